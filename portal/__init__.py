@@ -1,0 +1,57 @@
+"""The portal: sign-in, public catalogue, desktops and jobs; the token issuer on one machine."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, render_template
+from flask_login import LoginManager
+
+from portal import api, pages, security
+from portal.models import User
+from vre.config import Config, ConfigError, load_config
+from vre.errors import ApiError
+from vre.services import service
+from vre.tokens import TokenIssuer
+from vre.web import create_service_app, db_of
+
+SERVICE = service("portal")
+
+
+def _error_page(err: ApiError) -> Any:
+    return render_template("error.html", error=err), err.status
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the portal from its configuration (from the environment when not given)."""
+    config = config or load_config()
+    config.require(*SERVICE.requires)
+    key_path = config.signing_key_path
+    if not key_path.is_file():
+        raise ConfigError("VRE_SIGNING_KEY_FILE", f"token signing key not found at {key_path}")
+    app = create_service_app(SERVICE.name, config, SERVICE.migrations, title=SERVICE.title,
+                             html_errors=_error_page, import_name=__name__)
+    app.config.update(
+        SECRET_KEY=config.secret_key,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=config.url_of("portal").startswith("https://"),
+        SESSION_COOKIE_NAME="vre_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
+        REMEMBER_COOKIE_HTTPONLY=True,
+    )
+    app.extensions["vre.issuer"] = TokenIssuer.from_file(
+        key_path, config.issuer, config.token_audience, config.token_ttl_seconds)
+    logins = LoginManager(app)
+    logins.login_view = "pages.signin"
+
+    @logins.user_loader
+    def _load(user_id: str) -> User | None:
+        with db_of(app).session() as session:
+            return session.get(User, user_id)
+
+    security.install(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    return app

@@ -1,0 +1,144 @@
+"""The portal's JSON API: tokens (the one-machine issuer), its public keys, and users."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from flask import Blueprint, current_app, jsonify
+from pydantic import BaseModel, ConfigDict, Field
+
+from portal.accounts import SignInError, authenticate
+from portal.models import User
+from vre.api import PUBLIC, current_principal, endpoint
+from vre.errors import ApiError, Forbidden, NotFound
+from vre.services import SERVICES, derive_service_secret
+from vre.tokens import TokenIssuer
+from vre.web import config_of, db_of
+
+bp = Blueprint("portal_api", __name__)
+
+
+class TokenRequest(BaseModel):
+    """OAuth2-style token request: client credentials for services, password for people."""
+
+    model_config = ConfigDict(extra="forbid")
+    grant_type: Literal["client_credentials", "password"]
+    client_id: str | None = Field(None, max_length=64)
+    client_secret: str | None = Field(None, max_length=256)
+    username: str | None = Field(None, max_length=64)
+    password: str | None = Field(None, max_length=256)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    display_name: str
+    roles: list[str]
+    active: bool
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(id=user.id, username=user.username, display_name=user.display_name,
+                   roles=list(user.roles), active=user.active)
+
+
+class Me(BaseModel):
+    subject: str
+    roles: list[str]
+    client: str | None
+
+
+def issuer() -> TokenIssuer:
+    return current_app.extensions["vre.issuer"]
+
+
+def _service_token(body: TokenRequest) -> TokenResponse:
+    names = {s.name for s in SERVICES if s.name != "portal"}
+    secret = config_of().secret_key or ""
+    expected = derive_service_secret(secret, body.client_id or "")
+    if body.client_id not in names or not hmac.compare_digest(
+            expected, body.client_secret or ""):
+        raise ApiError("unknown client or wrong client secret", code="invalid_client",
+                       status=401)
+    token, ttl = issuer().issue(f"service:{body.client_id}", ["service"],
+                                client=body.client_id)
+    return TokenResponse(access_token=token, expires_in=ttl)
+
+
+def _user_token(body: TokenRequest) -> TokenResponse:
+    if not body.username or not body.password:
+        raise ApiError("username and password are required", code="missing_field",
+                       field="username" if not body.username else "password", status=422)
+    with db_of().session() as session:
+        try:
+            user = authenticate(session, body.username, body.password)
+        except SignInError as exc:
+            session.commit()  # keep the failure count
+            raise ApiError(str(exc), code=exc.code, status=401) from None
+        token, ttl = issuer().issue(user.id, list(user.roles), client="vre-cli",
+                                    preferred_username=user.username)
+    return TokenResponse(access_token=token, expires_in=ttl)
+
+
+@bp.post("/api/v1/tokens")
+@endpoint("Obtain an access token", body=TokenRequest, response=TokenResponse, roles=PUBLIC,
+          tags=["tokens"])
+def create_token(body: TokenRequest) -> TokenResponse:
+    if body.grant_type == "client_credentials":
+        return _service_token(body)
+    return _user_token(body)
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks() -> Any:
+    """The public keys tokens are signed with, for every service's validator."""
+    response = jsonify(issuer().jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.get("/.well-known/openid-configuration")
+def openid_configuration() -> Any:
+    base = config_of().url_of("portal")
+    return jsonify(issuer=issuer().issuer, jwks_uri=base + "/.well-known/jwks.json",
+                   token_endpoint=base + "/api/v1/tokens",
+                   id_token_signing_alg_values_supported=["RS256"])
+
+
+@bp.get("/api/v1/me")
+@endpoint("Who the token belongs to", response=Me, tags=["users"])
+def me() -> Me:
+    principal = current_principal()
+    assert principal is not None
+    return Me(subject=principal.subject, roles=sorted(principal.roles),
+              client=principal.client)
+
+
+@bp.get("/api/v1/users")
+@endpoint("List users", response=UserOut, roles=["admin"], tags=["users"])
+def list_users() -> list[UserOut]:
+    with db_of().session() as session:
+        users = session.scalars(sa.select(User).order_by(User.username)).all()
+        return [UserOut.of(u) for u in users]
+
+
+@bp.get("/api/v1/users/<user_id>")
+@endpoint("One user", response=UserOut, tags=["users"])
+def get_user(user_id: str) -> UserOut:
+    principal = current_principal()
+    assert principal is not None
+    if principal.subject != user_id and not principal.has_any("admin"):
+        raise Forbidden("only administrators may read other users")
+    with db_of().session() as session:
+        user = session.get(User, user_id)
+        if user is None:
+            raise NotFound(f"no user with id {user_id!r}", field="user_id")
+        return UserOut.of(user)

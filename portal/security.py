@@ -1,0 +1,46 @@
+"""Browser-facing protections: CSRF tokens on every form, strict security headers."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from flask import Flask, Response, request, session
+
+from vre.errors import ApiError
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; "
+       "object-src 'none'")
+
+
+def csrf_token() -> str:
+    """The session's CSRF token, created on first use; templates put it in every form."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def install(app: Flask) -> None:
+    """Check CSRF on state-changing form posts and set security headers on every page."""
+
+    @app.before_request
+    def _check_csrf() -> None:
+        if request.method in ("GET", "HEAD", "OPTIONS") or request.path.startswith("/api/"):
+            return
+        if request.routing_exception is not None:
+            return  # let routing answer 404/405 first
+        sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token", "")
+        expected = session.get("csrf", "")
+        if not expected or not hmac.compare_digest(sent, expected):
+            raise ApiError("the form is stale or was not sent by this site; reload and retry",
+                           code="csrf_failed", status=400)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    app.jinja_env.globals["csrf_token"] = csrf_token

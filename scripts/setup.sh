@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs what the platform needs on a Debian 12 machine: system packages, a virtual
+# environment with the platform in it, and the npm tools. Safe to run again.
+#   scripts/setup.sh          what running the platform needs
+#   scripts/setup.sh --test   also what the test suite needs (PostgreSQL, browser, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WITH_TESTS=0
+[[ "${1:-}" == "--test" ]] && WITH_TESTS=1
+SUDO=""
+[[ "$(id -u)" != 0 ]] && SUDO="sudo"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# System packages: only what is missing, so a second run is quick and offline-friendly.
+APT_PACKAGES=(python3 python3-venv python3-dev build-essential nodejs npm)
+if (( WITH_TESTS )); then
+  APT_PACKAGES+=(postgresql postgresql-client)
+fi
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# Tools already on PATH stand in for Debian's packages (a pyenv Python 3.11+, a node).
+skip=()
+python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
+  && skip+=(python3 python3-venv python3-dev)
+command -v node >/dev/null && command -v npm >/dev/null && skip+=(nodejs npm)
+command -v cc >/dev/null && skip+=(build-essential)
+command -v pg_ctlcluster >/dev/null && skip+=(postgresql postgresql-client)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  [[ " ${skip[*]} " == *" $pkg "* ]] && continue
+  have_pkg "$pkg" || missing+=("$pkg")
+done
+if (( ${#missing[@]} )); then
+  say "apt: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Python: one virtual environment in .venv with the platform installed in editable mode.
+if [[ ! -x .venv/bin/python ]]; then
+  say "python: creating .venv"
+  python3 -m venv .venv
+fi
+EXTRAS="."
+(( WITH_TESTS )) && EXTRAS=".[test]"
+stamp=".venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)-$WITH_TESTS"
+if [[ ! -f "$stamp" ]]; then
+  say "python: installing the platform into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e "$EXTRAS"
+  rm -f .venv/.installed-* && touch "$stamp"
+fi
+
+# npm: the local chain node and the Solidity compiler, pinned in package-lock.json.
+if [[ -f package-lock.json ]]; then
+  lock_stamp="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
+  if [[ ! -f "$lock_stamp" ]]; then
+    say "npm: installing pinned tools"
+    npm ci --no-audit --no-fund --loglevel=error
+    touch "$lock_stamp"
+  fi
+fi
+
+# PostgreSQL for the tests: started if installed but down.
+if (( WITH_TESTS )); then
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    say "postgresql: starting the local cluster"
+    version="$(ls /etc/postgresql | sort -V | tail -1)"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  fi
+fi
+say "setup done"

@@ -1,0 +1,180 @@
+"""`vre up` as an operator runs it: a subprocess in a fresh data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+from tests.conftest import POSTGRES_URL
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.integration
+ADMIN_PASSWORD = "correct-horse-battery"
+
+
+def vre_env(home: Path, backend: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
+    env.update(VRE_HOME=str(home), VRE_PORTAL_PORT=str(free_port()),
+               VRE_DATASET_PORT=str(free_port()), VRE_TRACER_PORT=str(free_port()),
+               VRE_ADMIN_PASSWORD=ADMIN_PASSWORD, VRE_LOG_LEVEL="WARNING")
+    if backend == "postgresql":
+        prefix = f"up{os.getpid()}_{int(time.time() * 1000) % 10**8}_"
+        env.update(VRE_DATABASE_URL=POSTGRES_URL, VRE_DATABASE_SCHEMA_PREFIX=prefix)
+    env.update(extra)
+    return env
+
+
+def drop_schemas(env: dict[str, str]) -> None:
+    prefix = env.get("VRE_DATABASE_SCHEMA_PREFIX")
+    if not prefix:
+        return
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for (name,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                                    (prefix + "%",)).fetchall():
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+class Platform:
+    """A running `vre up` and what it printed."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vre", "up"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        self.banner: list[str] = []
+        deadline = time.monotonic() + 120
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise AssertionError(f"vre up ended early ({self.proc.wait()}): {err}")
+            self.banner.append(line)
+            if line.startswith("Press Ctrl-C"):
+                return
+        raise AssertionError("vre up did not print its banner in time")
+
+    def url(self, service: str) -> str:
+        key = {"portal": "VRE_PORTAL_PORT", "dataset_service": "VRE_DATASET_PORT",
+               "tracer": "VRE_TRACER_PORT"}[service]
+        return f"http://127.0.0.1:{self.env[key]}"
+
+    def child_pids(self) -> list[int]:
+        state = json.loads((Path(self.env["VRE_HOME"]) / "run" / "state.json").read_text())
+        return [p["pid"] for p in state["processes"]]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=30)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def up_env(tmp_path: Path, backend: str) -> Iterator[dict[str, str]]:
+    env = vre_env(tmp_path / "var", backend)
+    yield env
+    drop_schemas(env)
+
+
+def test_vre_up_runs_the_platform_and_keeps_state(up_env: dict[str, str]) -> None:
+    platform = Platform(up_env)
+    try:
+        banner = "".join(platform.banner)
+        assert platform.url("portal") in banner
+        assert ADMIN_PASSWORD not in banner, "a password from the environment is not echoed"
+        for service in ("portal", "dataset_service", "tracer"):
+            assert requests.get(platform.url(service) + "/healthz", timeout=5).status_code == 200
+            ready = requests.get(platform.url(service) + "/readyz", timeout=5)
+            assert ready.status_code == 200, ready.text
+        home = requests.get(platform.url("portal") + "/", timeout=5)
+        assert home.status_code == 200 and "In-situ VRE" in home.text
+
+        # Tokens cross processes: the portal issues, the tracer validates over its JWKS.
+        user = requests.post(platform.url("portal") + "/api/v1/tokens", timeout=5, json={
+            "grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD})
+        assert user.status_code == 200, user.text
+        me = requests.get(platform.url("portal") + "/api/v1/me", timeout=5, headers={
+            "Authorization": "Bearer " + user.json()["access_token"]})
+        assert "admin" in me.json()["roles"]
+        status = subprocess.run([sys.executable, "-m", "vre", "status"], env=up_env,
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count("ready") == 3
+        assert (Path(up_env["VRE_HOME"]) / "demo" / "clinical.csv").is_file()
+        pids = platform.child_pids()
+    finally:
+        code = platform.stop()
+    assert code == 0
+    assert not [pid for pid in pids if alive(pid)], "Ctrl-C stops every process"
+
+    again = Platform(up_env)
+    try:
+        assert "first start" not in "".join(again.banner)
+        user = requests.post(again.url("portal") + "/api/v1/tokens", timeout=5, json={
+            "grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD})
+        assert user.status_code == 200, "the administrator survives a restart"
+    finally:
+        assert again.stop() == 0
+
+
+def run_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vre", "up"], env=env, capture_output=True,
+                          text=True, timeout=90)
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], home: Path,
+                         *words: str) -> None:
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not (home / "run" / "state.json").exists(), "no processes left behind"
+
+
+@pytest.mark.parametrize("key,value", [
+    ("VRE_PORTAL_PORT", "eighty"), ("VRE_TRACER_URL", "not a url"),
+    ("VRE_DATABASE_URL", "mysql://x/y"), ("VRE_BOGUS_SETTING", "1"),
+])
+def test_bad_configuration_stops_start_naming_the_key(tmp_path: Path, key: str,
+                                                      value: str) -> None:
+    env = vre_env(tmp_path / "var", "sqlite", **{key: value})
+    assert_clean_failure(run_up(env), tmp_path / "var", key)
+
+
+def test_occupied_port_stops_start(tmp_path: Path) -> None:
+    env = vre_env(tmp_path / "var", "sqlite")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", int(env["VRE_DATASET_PORT"])))
+        sock.listen()
+        result = run_up(env)
+    assert_clean_failure(result, tmp_path / "var", env["VRE_DATASET_PORT"], "dataset_service")
+
+
+def test_unreachable_database_stops_start(tmp_path: Path) -> None:
+    env = vre_env(tmp_path / "var", "sqlite",
+                  VRE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/vre")
+    assert_clean_failure(run_up(env), tmp_path / "var", "database unreachable", "127.0.0.1")

@@ -1,0 +1,24 @@
+"""The tracer: the platform's append-only audit ledger (Merkle log, signed checkpoints, chain
+anchoring, proofs)."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from vre.config import Config, load_config
+from vre.services import service
+from vre.web import create_service_app
+
+SERVICE = service("tracer")
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the tracer from its configuration (from the environment when not given)."""
+    from tracer import api
+
+    config = config or load_config()
+    config.require(*SERVICE.requires)
+    app = create_service_app(SERVICE.name, config, SERVICE.migrations, title=SERVICE.title,
+                             import_name=__name__)
+    app.register_blueprint(api.bp)
+    return app

@@ -1,0 +1,122 @@
+"""What a trace is: its actions, its closed schema (no field outside it, so no patient data
+can ride along), and its canonical JSON encoding, so a trace hashes the same everywhere."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tracer.merkle import leaf_hash
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
+_HASH = r"^sha256:[0-9a-f]{64}$"
+
+
+class Action(StrEnum):
+    CREATE_DATASET = "CREATE_DATASET"
+    UPDATE_DATASET = "UPDATE_DATASET"
+    USE_DATASETS = "USE_DATASETS"
+    ACCESS_REQUESTED = "ACCESS_REQUESTED"
+    ACCESS_APPROVED = "ACCESS_APPROVED"
+    ACCESS_REJECTED = "ACCESS_REJECTED"
+    DESKTOP_STARTED = "DESKTOP_STARTED"
+    DESKTOP_STOPPED = "DESKTOP_STOPPED"
+    JOB_SUBMITTED = "JOB_SUBMITTED"
+    JOB_FINISHED = "JOB_FINISHED"
+    EXPORT_REQUESTED = "EXPORT_REQUESTED"
+    EXPORT_APPROVED = "EXPORT_APPROVED"
+    EXPORT_REJECTED = "EXPORT_REJECTED"
+
+
+class DatasetUpdate(StrEnum):
+    """The kind of change an UPDATE_DATASET trace records."""
+
+    RELEASE = "RELEASE"
+    PUBLISH = "PUBLISH"
+    INVALIDATE = "INVALIDATE"
+    LICENSE_UPDATED = "LICENSE_UPDATED"
+    METADATA_UPDATED = "METADATA_UPDATED"
+    GRANT_ACCESS = "GRANT_ACCESS"
+    REVOKE_ACCESS = "REVOKE_ACCESS"
+
+
+class DatasetRef(BaseModel):
+    """A dataset named by id, with the content hash it had when the trace was written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=_ID)
+    hash: str | None = Field(None, pattern=_HASH)
+
+
+class Details(BaseModel):
+    """The closed set of facts a trace may carry: identifiers, hashes, tools, never data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    update: DatasetUpdate | None = None
+    version: str | None = Field(None, max_length=64)
+    license: str | None = Field(None, max_length=64, description="SPDX id")
+    subject_user: str | None = Field(None, pattern=_ID, description="user granted or revoked")
+    project: str | None = Field(None, pattern=_ID)
+    workload_id: str | None = Field(None, pattern=_ID)
+    purpose: str | None = Field(None, max_length=500)
+    reason: str | None = Field(None, max_length=500)
+    tool: str | None = Field(None, max_length=128)
+    image: str | None = Field(None, max_length=256)
+    image_digest: str | None = Field(None, pattern=_HASH)
+    flavor: str | None = Field(None, max_length=64)
+    command: list[str] | None = Field(None, max_length=256)
+    exit_status: int | None = Field(None, ge=-255, le=255)
+    output_hash: str | None = Field(None, pattern=_HASH)
+    request_id: str | None = Field(None, pattern=_ID)
+
+
+class TraceIn(BaseModel):
+    """A trace as a service submits it; the tracer adds the time and the sequence number."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: uuid.UUID | None = Field(None, description="caller's id, makes retries idempotent")
+    actor: str = Field(pattern=_ID, description="pseudonymous id of who acted")
+    action: Action
+    datasets: list[DatasetRef] = Field(default_factory=list, max_length=1000)
+    details: Details = Field(default_factory=Details)
+
+    @model_validator(mode="after")
+    def _update_needs_kind(self) -> TraceIn:
+        if self.action == Action.UPDATE_DATASET and self.details.update is None:
+            raise ValueError("UPDATE_DATASET needs details.update")
+        if self.action != Action.UPDATE_DATASET and self.details.update is not None:
+            raise ValueError("details.update is only for UPDATE_DATASET")
+        return self
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical encoding (sorted keys, no spaces, UTF-8) of JSON made of str/int/bool/None."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def trace_record(trace: TraceIn, trace_id: uuid.UUID, moment: datetime) -> dict[str, Any]:
+    """The exact record that is hashed into the log (nulls dropped, so it stays small)."""
+    return {
+        "id": str(trace_id),
+        "time": format_time(moment),
+        "actor": trace.actor,
+        "action": trace.action.value,
+        "datasets": [d.model_dump(exclude_none=True) for d in trace.datasets],
+        "details": trace.details.model_dump(mode="json", exclude_none=True),
+    }
+
+
+def trace_leaf(record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(canonical bytes, RFC 6962 leaf hash) of a trace record."""
+    body = canonical_json(record)
+    return body, leaf_hash(body)

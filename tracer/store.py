@@ -1,0 +1,127 @@
+"""Durable, append-only storage of traces: a trace is acknowledged only once committed with
+its sequence number; reads go through indexes and paginate."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from tracer.models import LogHead, TraceDataset, TraceRow
+from tracer.schema import Action, TraceIn, trace_leaf, trace_record
+from vre.db import utcnow
+from vre.errors import Conflict
+
+
+@dataclass(frozen=True)
+class StoredTrace:
+    """A trace as it sits in the log."""
+
+    seq: int
+    record: dict[str, Any]
+    leaf_hash: bytes
+
+    @classmethod
+    def of(cls, row: TraceRow) -> StoredTrace:
+        return cls(row.seq, json.loads(row.body), bytes(row.leaf_hash))
+
+
+def append(session: Session, traces: Sequence[TraceIn]) -> list[StoredTrace]:
+    """Append traces in order, in the caller's transaction; retries of known ids are no-ops."""
+    now = utcnow()
+    wanted = [str(t.id) for t in traces if t.id is not None]
+    existing: dict[str, TraceRow] = {}
+    if wanted:
+        rows = session.scalars(sa.select(TraceRow).where(TraceRow.id.in_(wanted)))
+        existing = {row.id: row for row in rows}
+    out: list[StoredTrace | None] = []
+    pending: list[tuple[int, str, dict[str, Any], bytes, bytes, TraceIn]] = []
+    seen: set[str] = set()
+    for trace in traces:
+        trace_id = str(trace.id or uuid.uuid4())
+        if trace_id in seen:
+            raise Conflict(f"trace id {trace_id} appears twice in one request",
+                           code="duplicate_trace_id", field="id")
+        seen.add(trace_id)
+        record = trace_record(trace, uuid.UUID(trace_id), now)
+        if trace_id in existing:
+            stored = StoredTrace.of(existing[trace_id])
+            if _without_time(stored.record) != _without_time(record):
+                raise Conflict(f"trace id {trace_id} exists with other content",
+                               code="trace_id_conflict", field="id")
+            out.append(stored)
+            continue
+        body, leaf = trace_leaf(record)
+        pending.append((len(out), trace_id, record, body, leaf, trace))
+        out.append(None)
+    if pending:
+        # The UPDATE takes the log's write lock first (row lock on PostgreSQL, database
+        # lock on SQLite), so sequence numbers are contiguous and in commit order.
+        size = session.execute(
+            sa.update(LogHead).where(LogHead.id == 1)
+            .values(size=LogHead.size + len(pending)).returning(LogHead.size)).scalar_one()
+        first = size - len(pending)
+        rows, links = [], []
+        for offset, (position, trace_id, record, body, leaf, trace) in enumerate(pending):
+            seq = first + offset
+            rows.append({"seq": seq, "id": trace_id, "recorded_at": now,
+                         "actor": trace.actor, "action": trace.action.value,
+                         "update": trace.details.update.value if trace.details.update else None,
+                         "body": body, "leaf_hash": leaf})
+            links.extend({"dataset_id": dataset_id, "seq": seq}
+                         for dataset_id in dict.fromkeys(d.id for d in trace.datasets))
+            out[position] = StoredTrace(seq, record, leaf)
+        session.execute(sa.insert(TraceRow), rows)
+        if links:
+            session.execute(sa.insert(TraceDataset), links)
+    return [s for s in out if s is not None]
+
+
+def _without_time(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "time"}
+
+
+def log_size(session: Session) -> int:
+    return session.scalar(sa.select(LogHead.size).where(LogHead.id == 1)) or 0
+
+
+def get(session: Session, trace_id: str) -> StoredTrace | None:
+    row = session.scalar(sa.select(TraceRow).where(TraceRow.id == trace_id))
+    return StoredTrace.of(row) if row else None
+
+
+@dataclass(frozen=True)
+class TraceQuery:
+    """Filters of a trace listing; every combination is served by an index."""
+
+    dataset: str | None = None
+    actor: str | None = None
+    action: Action | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    after_seq: int = -1
+    limit: int = 100
+
+
+def query(session: Session, q: TraceQuery) -> list[StoredTrace]:
+    """Traces matching the filters, in log order, after a cursor (keyset pagination)."""
+    stmt = sa.select(TraceRow).where(TraceRow.seq > q.after_seq)
+    if q.dataset is not None:
+        stmt = stmt.join(TraceDataset, TraceDataset.seq == TraceRow.seq).where(
+            TraceDataset.dataset_id == q.dataset)
+    if q.actor is not None:
+        stmt = stmt.where(TraceRow.actor == q.actor)
+    if q.action is not None:
+        stmt = stmt.where(TraceRow.action == q.action.value)
+    if q.since is not None:
+        stmt = stmt.where(TraceRow.recorded_at >= q.since)
+    if q.until is not None:
+        stmt = stmt.where(TraceRow.recorded_at < q.until)
+    stmt = stmt.order_by(TraceRow.seq).limit(q.limit)
+    return [StoredTrace.of(row) for row in session.scalars(stmt)]

@@ -1,0 +1,135 @@
+"""The `vre` command: run the whole platform on one machine (`up`), see how it is doing
+(`status`), serve one service (`serve`), and migrate databases (`migrate`)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from vre.config import Config, ConfigError, load_config
+from vre.db import Database, DatabaseUnavailable
+from vre.services import SERVICES, service
+from vre.supervisor import Supervisor, SupervisorError, read_status
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"vre: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = {"home": Path(args.home)} if getattr(args, "home", None) else {}
+    return load_config(**overrides)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start every process of the platform and keep them running until Ctrl-C."""
+    from vre import local
+
+    config = local.ensure_secrets(_config(args))
+    supervisor = Supervisor(config.home)
+    stopping = False
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    specs = local.process_specs(config)
+    try:
+        supervisor.lock()
+        supervisor.check_ports(specs, config.host)
+        local.check_database(config)
+        local.migrate_all(config)
+        started = local.first_start(config)
+        for spec in specs:
+            if stopping:
+                break
+            supervisor.start(spec)
+    except (SupervisorError, DatabaseUnavailable) as exc:
+        supervisor.stop_all()
+        return _fail(str(exc))
+    except BaseException:
+        supervisor.stop_all()
+        raise
+    if stopping:
+        supervisor.stop_all()
+        return 0
+    local.print_banner(config, started, sys.stdout)
+    died = supervisor.watch(lambda: stopping)
+    supervisor.stop_all()
+    if died is not None:
+        return _fail(f"{died.spec.name} stopped unexpectedly with status "
+                     f"{died.process.returncode}; all processes stopped (log: {died.log_path})")
+    print("VRE stopped.", flush=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """List the platform's processes and their health; non-zero if any is unwell."""
+    config = _config(args)
+    state, statuses = read_status(config.home)
+    if state is None:
+        print(f"VRE is not running (data directory {config.home})")
+        return 3
+    print(f"VRE supervisor pid {state['pid']}, data directory {state['home']}")
+    print(f"{'process':<18}{'pid':>8}  health")
+    for st in statuses:
+        print(f"{st.name:<18}{st.pid:>8}  {st.health}")
+    return 0 if all(s.health in ("ready", "running") for s in statuses) else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve one service in the foreground (what `vre up` runs for each)."""
+    from vre.serve import serve
+
+    config = _config(args)
+    svc = service(args.service)
+    app = svc.module().create_app(config)
+    serve(app, config, config.port_of(svc.name))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the named services' tables (default: all) to the newest migration."""
+    config = _config(args)
+    for svc in SERVICES:
+        if args.services and svc.name not in args.services:
+            continue
+        db = Database.for_service(config, svc.name, svc.migrations)
+        db.migrate(config, svc.name)
+        print(f"{svc.name}: at {db.readiness()[1]}")
+        db.engine.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vre", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the whole platform on this machine")
+    up.set_defaults(func=cmd_up)
+    status = sub.add_parser("status", help="list the platform's processes and their health")
+    status.set_defaults(func=cmd_status)
+    serve = sub.add_parser("serve", help="serve one service in the foreground")
+    serve.add_argument("service", choices=[s.name for s in SERVICES])
+    serve.set_defaults(func=cmd_serve)
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("services", nargs="*", choices=[[]] + [s.name for s in SERVICES])
+    migrate.set_defaults(func=cmd_migrate)
+    for p in (up, status, serve, migrate):
+        p.add_argument("--home", help="data directory (default: $VRE_HOME or ./var)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _fail(f"configuration: {exc}", 2)
+    except DatabaseUnavailable as exc:
+        return _fail(str(exc))

@@ -1,0 +1,199 @@
+"""The one configuration loader of the platform: VRE_* environment variables and an optional
+TOML file, validated once at start-up into a frozen, typed object."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "VRE_"
+SERVICES = ("portal", "dataset_service", "tracer")
+
+
+class ConfigError(Exception):
+    """A configuration value is unknown, malformed or missing; names the key at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"must be a URL with scheme {' or '.join(schemes)}, got {value!r}")
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        raise ValueError(f"URL has no host: {value!r}")
+    if parts.scheme == "file" and not parts.path:
+        raise ValueError(f"file URL has no path: {value!r}")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"URL has an invalid port: {value!r}") from exc
+    return value.rstrip("/") if parts.scheme in ("http", "https") else value
+
+
+class Config(BaseModel):
+    """Every setting of the platform. Each field documents itself; env name is VRE_ + upper."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    home: Path = Field(Path("var"), description="Data directory that holds all local state.")
+    config_file: Path | None = Field(None, description="Optional TOML file with these settings.")
+    host: str = Field("127.0.0.1", description="Interface the services listen on.")
+    portal_port: int = Field(8600, ge=1, le=65535, description="Port of the portal.")
+    dataset_port: int = Field(8601, ge=1, le=65535, description="Port of the dataset service.")
+    tracer_port: int = Field(8602, ge=1, le=65535, description="Port of the tracer.")
+    portal_url: str | None = Field(None, description="Base URL of the portal.")
+    dataset_url: str | None = Field(None, description="Base URL of the dataset service.")
+    tracer_url: str | None = Field(None, description="Base URL of the tracer.")
+    database_url: str | None = Field(
+        None,
+        description="postgresql://... to use PostgreSQL (one schema per service); "
+        "default: one SQLite file per service under home/db.",
+    )
+    database_schema_prefix: str = Field(
+        "", pattern=r"^[a-z0-9_]*$", description="Prefix of each service's PostgreSQL schema."
+    )
+    secret_key: str | None = Field(
+        None, min_length=32, description="Root secret of the portal (sessions, service creds)."
+    )
+    service_secret: str | None = Field(
+        None, min_length=32, description="Client secret this service uses to get tokens."
+    )
+    token_issuer: str | None = Field(None, description="Expected 'iss' of tokens.")
+    token_audience: str = Field("vre", description="Expected 'aud' of tokens.")
+    jwks_url: str | None = Field(None, description="Where the issuer's public keys are.")
+    token_ttl_seconds: int = Field(900, ge=30, le=86400, description="Lifetime of tokens.")
+    signing_key_file: Path | None = Field(
+        None, description="PEM private key the portal signs tokens with."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted, in bytes."
+    )
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    admin_user: str = Field("admin", pattern=r"^[a-z][a-z0-9_.-]{1,63}$")
+    admin_password: str | None = Field(None, min_length=8, description="First admin's password.")
+    demo_data: bool = Field(True, description="Load demo data on first start.")
+    threads: int = Field(8, ge=1, le=64, description="Request threads per service process.")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("portal_url", "dataset_url", "tracer_url", "token_issuer")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("http", "https"))
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("http", "https", "file"))
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = urlsplit(value).scheme.split("+")[0]
+        if scheme not in ("postgresql", "postgres", "sqlite"):
+            raise ValueError(f"must be a postgresql:// or sqlite:// URL, got {value!r}")
+        return value
+
+    # Derived values: callers ask these, never recompute them.
+    def url_of(self, service: str) -> str:
+        """Base URL of a service, defaulting to the local host and port."""
+        explicit = {"portal": self.portal_url, "dataset_service": self.dataset_url,
+                    "tracer": self.tracer_url}[service]
+        return explicit or f"http://{self.host}:{self.port_of(service)}"
+
+    def port_of(self, service: str) -> int:
+        """Port a service listens on."""
+        return {"portal": self.portal_port, "dataset_service": self.dataset_port,
+                "tracer": self.tracer_port}[service]
+
+    @property
+    def issuer(self) -> str:
+        return self.token_issuer or self.url_of("portal")
+
+    @property
+    def jwks(self) -> str:
+        return self.jwks_url or self.url_of("portal") + "/.well-known/jwks.json"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.home / "keys" / "token-signing.pem"
+
+    def require(self, *keys: str) -> None:
+        """Stop start-up if a setting this service cannot run without is missing."""
+        for key in keys:
+            if getattr(self, key) in (None, ""):
+                raise ConfigError(env_name(key), "is required but not set")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    known = {env_name(name): name for name in Config.model_fields}
+    values: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        if key not in known:
+            raise ConfigError(key, "unknown setting")
+        values[known[key]] = value
+    return values
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError("VRE_CONFIG_FILE", f"file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("VRE_CONFIG_FILE", f"{path} is not valid TOML: {exc}") from exc
+    for key in data:
+        if key not in Config.model_fields or key == "config_file":
+            raise ConfigError(f"{path}: {key}", "unknown setting")
+    return data
+
+
+def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Build the configuration from a file (if VRE_CONFIG_FILE), then env, then overrides."""
+    env = os.environ if env is None else env
+    from_env = _from_env(env)
+    values: dict[str, Any] = {}
+    if "config_file" in from_env or "config_file" in overrides:
+        path = Path(overrides.get("config_file") or from_env["config_file"])
+        values.update(_from_file(path))
+    values.update(from_env)
+    values.update(overrides)
+    try:
+        return Config.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise ConfigError(env_name(field), first["msg"]) from None
+
+
+def to_env(config: Config) -> dict[str, str]:
+    """Render a configuration back into VRE_* variables, to hand it to a child process."""
+    env: dict[str, str] = {}
+    for name, value in config.model_dump(exclude_none=True).items():
+        if name == "config_file":
+            continue
+        env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env

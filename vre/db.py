@@ -1,0 +1,182 @@
+"""Database plumbing shared by the services: one engine per service (its own SQLite file, or its
+own PostgreSQL schema), request-scoped sessions, and Alembic migrations run and checked."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from vre.config import Config
+
+# Stable constraint names, so migrations written on SQLite apply the same on PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s", "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the services store."""
+    return datetime.now(UTC)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached; says where."""
+
+
+def service_url(config: Config, service: str) -> URL:
+    """Where a service keeps its tables: the shared PostgreSQL or its own SQLite file."""
+    if config.database_url:
+        url = make_url(config.database_url)
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        return url
+    path = config.home / "db" / f"{service}.sqlite"
+    return make_url(f"sqlite:///{path}")
+
+
+def schema_name(config: Config, service: str) -> str:
+    return f"{config.database_schema_prefix}{service}"
+
+
+def redact(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def create_engine(config: Config, service: str) -> Engine:
+    """An engine bound to the service's own tables, and nothing else."""
+    url = service_url(config, service)
+    if url.get_backend_name() == "sqlite":
+        Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets readers run beside the one writer; foreign keys are off by default.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    schema = schema_name(config, service)
+    if not re.fullmatch(r"[a-z0-9_]+", schema):
+        raise ValueError(f"bad schema name {schema!r}")
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10,
+        connect_args={"options": f"-csearch_path={schema}", "connect_timeout": 5},
+    )
+
+
+def ensure_schema(engine: Engine, config: Config, service: str) -> None:
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema_name(config, service)}"'))
+
+
+def check_reachable(config: Config, service: str) -> None:
+    """Raise DatabaseUnavailable with one clear line if the database cannot be reached."""
+    engine = create_engine(config, service)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnavailable(
+            f"database unreachable at {redact(engine.url)}: {reason}") from None
+    finally:
+        engine.dispose()
+
+
+def alembic_config(migrations: str, engine: Engine | None = None) -> AlembicConfig:
+    """Alembic configuration for a service's migration package, e.g. 'tracer:migrations'."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", migrations)
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, migrations: str) -> None:
+    """Bring the service's tables to the newest migration."""
+    command.upgrade(alembic_config(migrations, engine), "head")
+
+
+@functools.cache
+def head_revision(migrations: str) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(migrations)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def run_migrations(context: Any, metadata: sa.MetaData) -> None:
+    """Body of every service's alembic env.py: migrate on the engine handed in."""
+    engine: Engine = context.config.attributes["engine"]
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=metadata,
+                          render_as_batch=engine.dialect.name == "sqlite")
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+@dataclass
+class Database:
+    """A service's engine and session factory, held by its app (no module-level state)."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+    migrations: str
+
+    @classmethod
+    def for_service(cls, config: Config, service: str, migrations: str) -> Database:
+        engine = create_engine(config, service)
+        return cls(engine, sessionmaker(engine, expire_on_commit=False), migrations)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed if the block succeeds, rolled back otherwise."""
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def migrate(self, config: Config, service: str) -> None:
+        ensure_schema(self.engine, config, service)
+        upgrade(self.engine, self.migrations)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): reachable and migrated to head."""
+        try:
+            current = current_revision(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            return False, f"database unreachable: {type(exc).__name__}"
+        head = head_revision(self.migrations)
+        if current != head:
+            return False, f"migrations not at head (at {current}, head {head})"
+        return True, "ok"

@@ -1,0 +1,115 @@
+"""One-machine mode: the data directory, its generated secrets and keys, first-start setup,
+and the list of processes `vre up` supervises."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from vre.config import Config, to_env
+from vre.db import Database, check_reachable
+from vre.services import SERVICES, derive_service_secret
+from vre.supervisor import ProcessSpec
+from vre.tokens import generate_signing_key
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    """What the first start created and must tell the operator once."""
+
+    admin_password: str | None
+    demo_dir: Path | None
+
+
+def ensure_secrets(config: Config) -> Config:
+    """Create the platform's root secret and signing key on first start; keep them after."""
+    secrets_file = config.home / "secrets" / "platform.json"
+    if config.secret_key:
+        root = config.secret_key
+    elif secrets_file.is_file():
+        root = json.loads(secrets_file.read_text())["secret_key"]
+    else:
+        secrets_file.parent.mkdir(parents=True, exist_ok=True)
+        secrets_file.parent.chmod(0o700)
+        root = secrets.token_urlsafe(48)
+        secrets_file.touch(mode=0o600)
+        secrets_file.write_text(json.dumps({"secret_key": root}))
+    if not config.signing_key_path.is_file():
+        generate_signing_key(config.signing_key_path)
+    return config.model_copy(update={"secret_key": root})
+
+
+def check_database(config: Config) -> None:
+    for svc in SERVICES:
+        check_reachable(config, svc.name)
+
+
+def migrate_all(config: Config) -> None:
+    for svc in SERVICES:
+        db = Database.for_service(config, svc.name, svc.migrations)
+        try:
+            db.migrate(config, svc.name)
+        finally:
+            db.engine.dispose()
+
+
+def first_start(config: Config) -> FirstStart:
+    """Create the administrator and the demo data if this data directory has none yet."""
+    from dataset_service.demo import generate_demo_data
+    from portal.accounts import ensure_admin
+
+    portal = next(s for s in SERVICES if s.name == "portal")
+    db = Database.for_service(config, portal.name, portal.migrations)
+    try:
+        with db.session() as session:
+            password = ensure_admin(session, config.admin_user, config.admin_password)
+    finally:
+        db.engine.dispose()
+    demo_dir = None
+    marker = config.home / "demo" / ".generated"
+    if config.demo_data and not marker.exists():
+        demo_dir = config.home / "demo"
+        generate_demo_data(demo_dir)
+        marker.touch()
+    return FirstStart(password, demo_dir)
+
+
+def service_env(config: Config, service_name: str) -> dict[str, str]:
+    """The environment a service process starts with: the resolved configuration."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
+    env.update(to_env(config))
+    if service_name != "portal":
+        # Services other than the portal get only their derived client secret.
+        env.pop("VRE_SECRET_KEY", None)
+        env["VRE_SERVICE_SECRET"] = derive_service_secret(config.secret_key or "", service_name)
+    return env
+
+
+def process_specs(config: Config) -> list[ProcessSpec]:
+    """The processes of the platform, in start order."""
+    order = ("tracer", "dataset_service", "portal")
+    specs = []
+    for name in order:
+        specs.append(ProcessSpec(
+            name=name, argv=[sys.executable, "-m", "vre", "serve", name],
+            env=service_env(config, name), ready_url=config.url_of(name) + "/readyz",
+            port=config.port_of(name)))
+    return specs
+
+
+def print_banner(config: Config, started: FirstStart, out: IO[str]) -> None:
+    print(f"VRE is up. Portal: {config.url_of('portal')}/", file=out)
+    print(f"  dataset service: {config.url_of('dataset_service')}/   "
+          f"tracer: {config.url_of('tracer')}/", file=out)
+    print(f"  data directory: {config.home}   logs: {config.home / 'logs'}", file=out)
+    if started.admin_password:
+        print(f"  first start: administrator '{config.admin_user}' with password "
+              f"{started.admin_password}  (shown once; change it after signing in)", file=out)
+    if started.demo_dir:
+        print(f"  demo data written to {started.demo_dir}", file=out)
+    print("Press Ctrl-C to stop.", file=out, flush=True)

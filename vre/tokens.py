@@ -1,0 +1,188 @@
+"""The one token validator of every service (signed JWT against the issuer's JWKS, audience,
+expiry), and the token issuer the portal runs in one-machine mode."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from vre.errors import ApiError
+
+ALGORITHMS = ["RS256", "ES256", "EdDSA"]
+
+
+class TokenError(ApiError):
+    """A bearer token is missing, expired or not to be trusted (always a 401)."""
+
+    status = 401
+    code = "token_invalid"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user or a service, with its roles, as the token says."""
+
+    subject: str
+    roles: frozenset[str]
+    client: str | None = None
+    username: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_service(self) -> bool:
+        return "service" in self.roles
+
+    def has_any(self, *roles: str) -> bool:
+        return bool(self.roles.intersection(roles))
+
+
+def _roles_of(claims: dict[str, Any]) -> frozenset[str]:
+    # Our issuer puts roles at top level; Keycloak puts realm roles under realm_access.
+    roles = set(claims.get("roles") or [])
+    roles.update((claims.get("realm_access") or {}).get("roles") or [])
+    return frozenset(str(r) for r in roles)
+
+
+class KeySet:
+    """Public keys of the issuer, from a JWKS URL (http or file), refreshed on unknown kid."""
+
+    def __init__(self, url: str, min_refresh_seconds: float = 10.0) -> None:
+        self.url = url
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = 0.0
+        self._min_refresh = min_refresh_seconds
+        self._lock = threading.Lock()
+
+    def _fetch(self) -> dict[str, Any]:
+        parts = urlsplit(self.url)
+        if parts.scheme == "file":
+            data = json.loads(Path(parts.path).read_text())
+        else:
+            response = requests.get(self.url, timeout=5)
+            response.raise_for_status()
+            data = response.json()
+        keys = {}
+        for jwk in data.get("keys", []):
+            key = jwt.PyJWK.from_dict(jwk)
+            keys[jwk.get("kid", "")] = key
+        return keys
+
+    def get(self, kid: str) -> Any:
+        with self._lock:
+            if kid not in self._keys and time.monotonic() - self._fetched_at > self._min_refresh:
+                try:
+                    self._keys = self._fetch()
+                except (OSError, ValueError, requests.RequestException) as exc:
+                    raise ApiError(f"cannot fetch the token issuer's keys: {exc}",
+                                   code="issuer_unavailable", status=503) from exc
+                finally:
+                    self._fetched_at = time.monotonic()
+            if kid not in self._keys:
+                raise TokenError("token signed with an unknown key", code="token_invalid")
+            return self._keys[kid]
+
+
+class TokenValidator:
+    """Checks signature (issuer's JWKS), issuer, audience and expiry; yields a Principal."""
+
+    def __init__(self, issuer: str, audience: str, jwks_url: str, leeway: int = 10) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.keys = KeySet(jwks_url)
+        self.leeway = leeway
+
+    def validate(self, token: str | None) -> Principal:
+        if not token:
+            raise TokenError("a bearer token is required", code="token_missing")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise TokenError(f"malformed token: {exc}") from exc
+        if header.get("alg") not in ALGORITHMS:
+            raise TokenError(f"token algorithm {header.get('alg')!r} is not accepted")
+        key = self.keys.get(header.get("kid", ""))
+        try:
+            claims = jwt.decode(
+                token, key=key, algorithms=ALGORITHMS, audience=self.audience,
+                issuer=self.issuer, leeway=self.leeway,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenError("token has expired", code="token_expired") from exc
+        except jwt.PyJWTError as exc:
+            raise TokenError(f"token rejected: {exc}") from exc
+        return Principal(
+            subject=str(claims["sub"]), roles=_roles_of(claims),
+            client=claims.get("azp") or claims.get("client_id"),
+            username=claims.get("preferred_username"), claims=claims,
+        )
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an 'Authorization: Bearer ...' header, or None."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise TokenError("Authorization header must be 'Bearer <token>'", code="token_missing")
+    return value.strip()
+
+
+def generate_signing_key(path: Path) -> None:
+    """Write a new RSA private key (PEM, mode 0600) for the token issuer."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_bytes(pem)
+
+
+class TokenIssuer:
+    """Signs tokens with the portal's key and publishes the matching JWKS (one-machine mode)."""
+
+    def __init__(self, key_pem: bytes, issuer: str, audience: str, ttl_seconds: int) -> None:
+        self._key = serialization.load_pem_private_key(key_pem, password=None)
+        public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._key.public_key()))
+        # RFC 7638 thumbprint: the key id changes exactly when the key does.
+        canonical = json.dumps({k: public_jwk[k] for k in ("e", "kty", "n")},
+                               separators=(",", ":"), sort_keys=True).encode()
+        self.kid = jwt.utils.base64url_encode(hashlib.sha256(canonical).digest()).decode()
+        self._jwk = {**public_jwk, "kid": self.kid, "use": "sig", "alg": "RS256"}
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl_seconds
+
+    @classmethod
+    def from_file(cls, path: Path, issuer: str, audience: str, ttl: int) -> TokenIssuer:
+        return cls(path.read_bytes(), issuer, audience, ttl)
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [self._jwk]}
+
+    def issue(self, subject: str, roles: list[str], *, client: str | None = None,
+              ttl: int | None = None, **extra: Any) -> tuple[str, int]:
+        """A signed access token and its lifetime in seconds."""
+        now = int(time.time())
+        lifetime = ttl or self.ttl
+        claims = {
+            "iss": self.issuer, "aud": self.audience, "sub": subject, "iat": now,
+            "nbf": now, "exp": now + lifetime, "jti": uuid.uuid4().hex, "roles": roles,
+            **({"azp": client} if client else {}), **extra,
+        }
+        token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+        return token, lifetime
