@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from flask import Flask
 
+from tracer.checkpoints import CheckpointSigner
 from vre.config import Config, load_config
 from vre.services import service
 from vre.tokens import TokenIssuer, generate_signing_key
@@ -30,6 +31,7 @@ def issuer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     generate_signing_key(keys / "signing.pem")
     issuer = TokenIssuer.from_file(keys / "signing.pem", ISSUER, "vre", 300)
     (keys / "jwks.json").write_text(json.dumps(issuer.jwks()))
+    CheckpointSigner.generate(keys / "tracer.pem")
     return keys
 
 
@@ -67,6 +69,7 @@ def config(tmp_path: Path, backend: str, issuer_dir: Path) -> Iterator[Config]:
         "home": tmp_path / "home", "token_issuer": ISSUER, "jwks_url": jwks.as_uri(),
         "secret_key": "s" * 48, "service_secret": "t" * 48, "demo_data": False,
         "signing_key_file": jwks.parent / "signing.pem", "log_level": "WARNING",
+        "tracer_key_file": jwks.parent / "tracer.pem",
     }
     prefix = ""
     if backend == "postgresql":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from vre.config import Config, load_config
+from vre.config import Config, ConfigError, load_config
 from vre.services import service
 from vre.web import create_service_app
 
@@ -20,5 +20,13 @@ def create_app(config: Config | None = None) -> Flask:
     config.require(*SERVICE.requires)
     app = create_service_app(SERVICE.name, config, SERVICE.migrations, title=SERVICE.title,
                              import_name=__name__)
+    from tracer.checkpoints import CheckpointSigner
+    from tracer.ledger import LogTree
+
+    key_path = config.tracer_key_path
+    if not key_path.is_file():
+        raise ConfigError("VRE_TRACER_KEY_FILE", f"checkpoint signing key not found at {key_path}")
+    app.extensions["tracer.public_key"] = CheckpointSigner.from_file(key_path).public
+    app.extensions["tracer.tree"] = LogTree()
     app.register_blueprint(api.bp)
     return app

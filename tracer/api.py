@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint
+from flask import Blueprint, current_app
 from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter
 
-from tracer import policy, store
+from tracer import ledger, policy, store
+from tracer.checkpoints import key_id, public_key_b64
+from tracer.ledger import LogTree, SignedCheckpoint
 from tracer.models import TraceDataset, TraceRow
 from tracer.schema import Action, DatasetUpdate, TraceIn
 from vre.api import PUBLIC, current_principal, endpoint
-from vre.errors import Forbidden, NotFound
-from vre.web import db_of
+from vre.errors import ApiError, Conflict, Forbidden, NotFound, Unprocessable
+from vre.web import config_of, db_of
 
 bp = Blueprint("tracer_api", __name__, url_prefix="/api/v1")
 
@@ -48,7 +51,7 @@ class TraceOut(BaseModel):
 
     @classmethod
     def of(cls, stored: store.StoredTrace) -> TraceOut:
-        return cls(seq=stored.seq, leaf_hash=stored.leaf_hash.hex(), **stored.record)
+        return cls(leaf_hash=stored.leaf_hash.hex(), **stored.record)
 
 
 class TraceList(BaseModel):
@@ -87,7 +90,8 @@ def record(body: TraceBatch) -> Any:
     if not batch:
         return TraceList(traces=[])
     if len(batch) > MAX_BATCH:
-        raise Forbidden(f"at most {MAX_BATCH} traces per request", code="batch_too_large")
+        raise ApiError(f"at most {MAX_BATCH} traces per request", code="batch_too_large",
+                       status=413)
     with db_of().session() as session:
         stored = store.append(session, batch)
     # The commit above is the durability point: only now is the trace acknowledged.
@@ -119,9 +123,8 @@ def list_traces(query: TraceFilter) -> TraceList:
     return TraceList(traces=[TraceOut.of(s) for s in found], next_after=next_after)
 
 
-@bp.get("/traces/<trace_id>")
-@endpoint("One trace with its leaf index", response=TraceOut, roles=PUBLIC, tags=["traces"])
-def get_trace(trace_id: str) -> TraceOut:
+def readable_trace(trace_id: str) -> TraceOut:
+    """The trace if it exists and the caller may read it; 404 alike otherwise."""
     principal = current_principal(required=False)
     try:
         uuid.UUID(trace_id)
@@ -137,3 +140,184 @@ def get_trace(trace_id: str) -> TraceOut:
         # Same answer as a missing trace: do not reveal that it exists.
         raise NotFound(f"no trace with id {trace_id!r}", field="trace_id")
     return TraceOut.of(stored)
+
+
+@bp.get("/traces/<trace_id>")
+@endpoint("One trace with its leaf index", response=TraceOut, roles=PUBLIC, tags=["traces"])
+def get_trace(trace_id: str) -> TraceOut:
+    return readable_trace(trace_id)
+
+
+# -- proofs and checkpoints -----------------------------------------------------------------
+
+def _tree() -> LogTree:
+    return current_app.extensions["tracer.tree"]
+
+
+def _origin() -> str:
+    return config_of().ledger_origin
+
+
+class AnchorOut(BaseModel):
+    chain_index: int
+    tx_hash: str
+    block_number: int
+    anchored_at: datetime
+
+
+class CheckpointOut(BaseModel):
+    tree_size: int
+    root: str = Field(description="hex")
+    timestamp: datetime
+    note: str = Field(description="the signed text")
+    signature: str = Field(description="base64 Ed25519 signature over note")
+    key_id: str
+    anchor: AnchorOut | None
+
+    @classmethod
+    def of(cls, signed: SignedCheckpoint) -> CheckpointOut:
+        cp = signed.checkpoint
+        anchor = None
+        if signed.anchor is not None:
+            anchor = AnchorOut.model_validate(signed.anchor, from_attributes=True)
+        return cls(tree_size=cp.tree_size, root=cp.root.hex(), timestamp=cp.timestamp,
+                   note=cp.note().decode(), signature=base64.b64encode(signed.signature).decode(),
+                   key_id=signed.key_id, anchor=anchor)
+
+
+class CheckpointList(BaseModel):
+    origin: str
+    public_key: str = Field(description="base64 raw Ed25519 public key of the tracer")
+    key_id: str
+    chain_contract: str | None
+    checkpoints: list[CheckpointOut]
+
+
+class CheckpointFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    before: int | None = Field(None, ge=1, description="only checkpoints smaller than this")
+    limit: int = Field(20, ge=1, le=1000)
+
+
+class ProofQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tree_size: int | None = Field(None, ge=1, description="default: the latest checkpoint")
+
+
+class InclusionProofOut(BaseModel):
+    trace_id: str
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    root: str
+    proof: list[str]
+    checkpoint: CheckpointOut | None
+
+
+class ConsistencyQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    from_: int = Field(alias="from", ge=1)
+    to: int = Field(ge=1)
+
+
+class ConsistencyOut(BaseModel):
+    from_size: int
+    to_size: int
+    root_from: str
+    root_to: str
+    proof: list[str]
+
+
+class EntriesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = Field(0, ge=0)
+    limit: int = Field(1000, ge=1, le=10_000)
+
+
+class Entry(BaseModel):
+    seq: int
+    body: str = Field(description="the canonical JSON that was hashed")
+    leaf_hash: str
+
+
+class EntriesOut(BaseModel):
+    entries: list[Entry]
+    log_size: int
+
+
+def _public_key() -> tuple[str, str]:
+    public = current_app.extensions["tracer.public_key"]
+    return public_key_b64(public), key_id(public)
+
+
+@bp.get("/checkpoints")
+@endpoint("Signed checkpoints, newest first, with their chain anchors", query=CheckpointFilter,
+          response=CheckpointList, roles=PUBLIC, tags=["checkpoints"])
+def list_checkpoints(query: CheckpointFilter) -> CheckpointList:
+    public, kid = _public_key()
+    with db_of().session() as session:
+        found = ledger.checkpoints(session, _origin(), before=query.before, limit=query.limit)
+    return CheckpointList(origin=_origin(), public_key=public, key_id=kid,
+                          chain_contract=config_of().chain_contract,
+                          checkpoints=[CheckpointOut.of(s) for s in found])
+
+
+@bp.get("/traces/<trace_id>/proof")
+@endpoint("Inclusion proof of a trace against a checkpoint", query=ProofQuery,
+          response=InclusionProofOut, roles=PUBLIC, tags=["proofs"])
+def trace_proof(trace_id: str, query: ProofQuery) -> InclusionProofOut:
+    stored = readable_trace(trace_id)
+    with db_of().session() as session:
+        size = _tree().sync(session)
+        signed = None
+        if query.tree_size is None:
+            signed = ledger.latest_checkpoint(session, _origin())
+            if signed is None:
+                raise Conflict("no checkpoint yet; retry in a few seconds",
+                               code="no_checkpoint")
+            tree_size = signed.checkpoint.tree_size
+        else:
+            tree_size = query.tree_size
+            signed = ledger.checkpoint_at(session, _origin(), tree_size)
+    if tree_size > size:
+        raise Unprocessable(f"tree_size {tree_size} is beyond the log size {size}",
+                            code="tree_size_too_large", field="tree_size")
+    if stored.seq >= tree_size:
+        raise Conflict(f"trace {trace_id} (leaf {stored.seq}) is not in the tree of size "
+                       f"{tree_size} yet", code="not_yet_in_checkpoint", field="tree_size")
+    proof = _tree().inclusion_proof(stored.seq, tree_size)
+    return InclusionProofOut(
+        trace_id=stored.id, leaf_index=stored.seq, tree_size=tree_size,
+        leaf_hash=stored.leaf_hash, root=_tree().root(tree_size).hex(),
+        proof=[p.hex() for p in proof], checkpoint=CheckpointOut.of(signed) if signed else None)
+
+
+@bp.get("/consistency")
+@endpoint("Consistency proof between two tree sizes", query=ConsistencyQuery,
+          response=ConsistencyOut, roles=PUBLIC, tags=["proofs"])
+def consistency(query: ConsistencyQuery) -> ConsistencyOut:
+    with db_of().session() as session:
+        size = _tree().sync(session)
+    if query.from_ > query.to:
+        raise Unprocessable("'from' must not exceed 'to'", code="bad_range", field="from")
+    if query.to > size:
+        raise Unprocessable(f"'to' {query.to} is beyond the log size {size}",
+                            code="tree_size_too_large", field="to")
+    proof = _tree().consistency_proof(query.from_, query.to)
+    return ConsistencyOut(from_size=query.from_, to_size=query.to,
+                          root_from=_tree().root(query.from_).hex(),
+                          root_to=_tree().root(query.to).hex(), proof=[p.hex() for p in proof])
+
+
+@bp.get("/log/entries")
+@endpoint("Raw log entries in order, for full verification", query=EntriesQuery,
+          response=EntriesOut, roles=list(policy.READ_ALL_ROLES), tags=["log"])
+def log_entries(query: EntriesQuery) -> EntriesOut:
+    with db_of().session() as session:
+        rows = session.execute(
+            sa.select(TraceRow.seq, TraceRow.body, TraceRow.leaf_hash)
+            .where(TraceRow.seq >= query.start).order_by(TraceRow.seq).limit(query.limit)).all()
+        size = store.log_size(session)
+    return EntriesOut(log_size=size, entries=[
+        Entry(seq=seq, body=bytes(body).decode(), leaf_hash=bytes(leaf).hex())
+        for seq, body, leaf in rows])

@@ -47,3 +47,35 @@ class TraceDataset(Base):
     __tablename__ = "trace_datasets"
     dataset_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+
+
+class CheckpointRow(Base):
+    """A checkpoint the tracer signed: the root of the log at one size."""
+
+    __tablename__ = "checkpoints"
+    tree_size: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    timestamp: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    signature: Mapped[bytes] = mapped_column(sa.LargeBinary(64))
+    key_id: Mapped[str] = mapped_column(sa.String(16))
+
+
+class AnchorRow(Base):
+    """A checkpoint whose root is on the chain, with the transaction that put it there."""
+
+    __tablename__ = "anchors"
+    tree_size: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    chain_index: Mapped[int] = mapped_column(sa.BigInteger)
+    tx_hash: Mapped[str] = mapped_column(sa.String(66))
+    block_number: Mapped[int] = mapped_column(sa.BigInteger)
+    anchored_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class LeafAnchorRow(Base):
+    """Per-trace mode: a leaf hash anchored in a transaction of its own."""
+
+    __tablename__ = "leaf_anchors"
+    seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    tx_hash: Mapped[str] = mapped_column(sa.String(66))
+    block_number: Mapped[int] = mapped_column(sa.BigInteger)

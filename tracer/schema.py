@@ -104,9 +104,13 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def trace_record(trace: TraceIn, trace_id: uuid.UUID, moment: datetime) -> dict[str, Any]:
-    """The exact record that is hashed into the log (nulls dropped, so it stays small)."""
+def trace_record(trace: TraceIn, trace_id: uuid.UUID, moment: datetime,
+                 seq: int) -> dict[str, Any]:
+    """The exact record that is hashed into the log (nulls dropped, so it stays small).
+
+    It names its own position: a leaf moved, dropped or swapped no longer matches its place."""
     return {
+        "seq": seq,
         "id": str(trace_id),
         "time": format_time(moment),
         "actor": trace.actor,

@@ -41,7 +41,7 @@ def append(session: Session, traces: Sequence[TraceIn]) -> list[StoredTrace]:
         rows = session.scalars(sa.select(TraceRow).where(TraceRow.id.in_(wanted)))
         existing = {row.id: row for row in rows}
     out: list[StoredTrace | None] = []
-    pending: list[tuple[int, str, dict[str, Any], bytes, bytes, TraceIn]] = []
+    pending: list[tuple[int, str, TraceIn]] = []
     seen: set[str] = set()
     for trace in traces:
         trace_id = str(trace.id or uuid.uuid4())
@@ -49,16 +49,15 @@ def append(session: Session, traces: Sequence[TraceIn]) -> list[StoredTrace]:
             raise Conflict(f"trace id {trace_id} appears twice in one request",
                            code="duplicate_trace_id", field="id")
         seen.add(trace_id)
-        record = trace_record(trace, uuid.UUID(trace_id), now)
         if trace_id in existing:
             stored = StoredTrace.of(existing[trace_id])
-            if _without_time(stored.record) != _without_time(record):
+            again = trace_record(trace, uuid.UUID(trace_id), now, stored.seq)
+            if _comparable(stored.record) != _comparable(again):
                 raise Conflict(f"trace id {trace_id} exists with other content",
                                code="trace_id_conflict", field="id")
             out.append(stored)
             continue
-        body, leaf = trace_leaf(record)
-        pending.append((len(out), trace_id, record, body, leaf, trace))
+        pending.append((len(out), trace_id, trace))
         out.append(None)
     if pending:
         # The UPDATE takes the log's write lock first (row lock on PostgreSQL, database
@@ -68,8 +67,10 @@ def append(session: Session, traces: Sequence[TraceIn]) -> list[StoredTrace]:
             .values(size=LogHead.size + len(pending)).returning(LogHead.size)).scalar_one()
         first = size - len(pending)
         rows, links = [], []
-        for offset, (position, trace_id, record, body, leaf, trace) in enumerate(pending):
+        for offset, (position, trace_id, trace) in enumerate(pending):
             seq = first + offset
+            record = trace_record(trace, uuid.UUID(trace_id), now, seq)
+            body, leaf = trace_leaf(record)
             rows.append({"seq": seq, "id": trace_id, "recorded_at": now,
                          "actor": trace.actor, "action": trace.action.value,
                          "update": trace.details.update.value if trace.details.update else None,
@@ -83,7 +84,7 @@ def append(session: Session, traces: Sequence[TraceIn]) -> list[StoredTrace]:
     return [s for s in out if s is not None]
 
 
-def _without_time(record: dict[str, Any]) -> dict[str, Any]:
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "time"}
 
 

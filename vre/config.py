@@ -85,6 +85,23 @@ class Config(BaseModel):
     admin_password: str | None = Field(None, min_length=8, description="First admin's password.")
     demo_data: bool = Field(True, description="Load demo data on first start.")
     threads: int = Field(8, ge=1, le=64, description="Request threads per service process.")
+    tracer_key_file: Path | None = Field(
+        None, description="PEM Ed25519 key the tracer signs checkpoints with.")
+    ledger_origin: str = Field("vre-ledger", pattern=r"^[A-Za-z0-9._/-]{1,100}$",
+                               description="Name of the log in its signed checkpoints.")
+    chain_url: str | None = Field(None, description="JSON-RPC URL of the chain node.")
+    chain_port: int = Field(8645, ge=1, le=65535, description="Port of the local chain node.")
+    chain_contract: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$", description="Address of the anchor contract.")
+    chain_private_key: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{64}$", description="Key of the tracer's chain account.")
+    anchor_interval_seconds: float = Field(
+        5.0, gt=0, le=3600, description="Anchor the newest checkpoint at least this often.")
+    anchor_batch_traces: int = Field(
+        1000, ge=1, description="...or as soon as this many traces are waiting.")
+    anchor_mode: str = Field(
+        "batch", pattern=r"^(batch|per-trace)$",
+        description="per-trace also anchors every leaf hash in its own transaction.")
 
     @field_validator("home")
     @classmethod
@@ -94,6 +111,11 @@ class Config(BaseModel):
     @field_validator("portal_url", "dataset_url", "tracer_url", "token_issuer")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("http", "https"))
+
+    @field_validator("chain_url")
+    @classmethod
+    def _chain_url(cls, value: str | None) -> str | None:
         return _check_url(value, ("http", "https"))
 
     @field_validator("jwks_url")
@@ -130,6 +152,14 @@ class Config(BaseModel):
     @property
     def jwks(self) -> str:
         return self.jwks_url or self.url_of("portal") + "/.well-known/jwks.json"
+
+    @property
+    def tracer_key_path(self) -> Path:
+        return self.tracer_key_file or self.home / "keys" / "tracer-checkpoint.pem"
+
+    @property
+    def chain_rpc_url(self) -> str:
+        return self.chain_url or f"http://{self.host}:{self.chain_port}"
 
     @property
     def signing_key_path(self) -> Path:

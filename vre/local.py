@@ -41,6 +41,10 @@ def ensure_secrets(config: Config) -> Config:
         secrets_file.write_text(json.dumps({"secret_key": root}))
     if not config.signing_key_path.is_file():
         generate_signing_key(config.signing_key_path)
+    if not config.tracer_key_path.is_file():
+        from tracer.checkpoints import CheckpointSigner
+
+        CheckpointSigner.generate(config.tracer_key_path)
     return config.model_copy(update={"secret_key": root})
 
 
