@@ -57,7 +57,9 @@ if [[ -f package-lock.json ]]; then
   lock_stamp="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
   if [[ ! -f "$lock_stamp" ]]; then
     say "npm: installing pinned tools"
-    npm ci --no-audit --no-fund --loglevel=error
+    # `npm install` with the committed lock (not `npm ci`): the registry serves only this
+    # platform's build of the node, so the lock cannot list the others npm ci insists on.
+    npm install --no-audit --no-fund --loglevel=error
     touch "$lock_stamp"
   fi
 fi

@@ -27,6 +27,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start every process of the platform and keep them running until Ctrl-C."""
+    from tracer.chain import ChainError
     from vre import local
 
     config = local.ensure_secrets(_config(args))
@@ -39,18 +40,20 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    specs = local.process_specs(config)
     try:
         supervisor.lock()
-        supervisor.check_ports(specs, config.host)
+        supervisor.check_ports(local.ports_needed(config), config.host)
         local.check_database(config)
         local.migrate_all(config)
         started = local.first_start(config)
-        for spec in specs:
+        if local.uses_local_chain(config):
+            supervisor.start(local.chain_spec(config))
+        config = local.ensure_contract(config)
+        for spec in local.service_specs(config):
             if stopping:
                 break
             supervisor.start(spec)
-    except (SupervisorError, DatabaseUnavailable) as exc:
+    except (SupervisorError, DatabaseUnavailable, ChainError, ConfigError) as exc:
         supervisor.stop_all()
         return _fail(str(exc))
     except BaseException:

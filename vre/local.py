@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from vre.config import Config, to_env
+import requests
+
+from vre.config import Config, ConfigError, to_env
 from vre.db import Database, check_reachable
 from vre.services import SERVICES, derive_service_secret
 from vre.supervisor import ProcessSpec
@@ -94,22 +96,83 @@ def service_env(config: Config, service_name: str) -> dict[str, str]:
     return env
 
 
-def process_specs(config: Config) -> list[ProcessSpec]:
-    """The processes of the platform, in start order."""
-    order = ("tracer", "dataset_service", "portal")
+def uses_local_chain(config: Config) -> bool:
+    """No chain configured: run the development node in the data directory."""
+    return config.chain_url is None
+
+
+def chain_spec(config: Config) -> ProcessSpec:
+    """The local Ethereum development node, its state kept in the data directory."""
+    from tracer.devnode import anvil_argv
+
+    state = config.home / "chain" / "anvil-state.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    argv = [*anvil_argv(config.chain_port, state), "--state-interval", "1"]
+    return ProcessSpec("chain", argv, ready_check=lambda: _chain_answers(config),
+                       ready_timeout=30, port=config.chain_port)
+
+
+def _chain_answers(config: Config) -> bool:
+    try:
+        response = requests.post(config.chain_rpc_url, timeout=1, json={
+            "jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
+        return response.ok and "result" in response.json()
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def ensure_contract(config: Config) -> Config:
+    """On the local chain: deploy the anchor contract on first start, reuse it afterwards."""
+    from tracer.cli import chain_client, contract_address, contract_file
+    from tracer.devnode import ANVIL_DEV_PRIVATE_KEY
+
+    if uses_local_chain(config) and config.chain_private_key is None:
+        # The development node's well-known account: fine on a private local chain only.
+        config = config.model_copy(update={"chain_private_key": ANVIL_DEV_PRIVATE_KEY})
+    address = contract_address(config)
+    if address is None:
+        if not uses_local_chain(config):
+            raise ConfigError("VRE_CHAIN_CONTRACT",
+                              "is required with an external chain (deploy with 'vre-trace deploy')")
+        address = chain_client(config, None, writer=True).deploy()
+        path = contract_file(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"address": address, "chain_url": config.chain_rpc_url}))
+    return config.model_copy(update={"chain_contract": address})
+
+
+def service_specs(config: Config) -> list[ProcessSpec]:
+    """The web services and the anchoring worker, in start order."""
     specs = []
-    for name in order:
+    for name in ("tracer", "dataset_service", "portal"):
         specs.append(ProcessSpec(
             name=name, argv=[sys.executable, "-m", "vre", "serve", name],
             env=service_env(config, name), ready_url=config.url_of(name) + "/readyz",
             port=config.port_of(name)))
+        if name == "tracer":
+            status = config.home / "run" / "anchor-status.json"
+            status.unlink(missing_ok=True)
+            specs.append(ProcessSpec(
+                name="anchor", argv=[sys.executable, "-m", "tracer", "worker"],
+                env=service_env(config, "tracer"), ready_check=status.is_file,
+                ready_timeout=60))
     return specs
+
+
+def ports_needed(config: Config) -> list[ProcessSpec]:
+    """Every process that listens, for the port check before anything starts."""
+    listening = [ProcessSpec(s.name, [], port=config.port_of(s.name)) for s in SERVICES]
+    if uses_local_chain(config):
+        listening.insert(0, ProcessSpec("chain", [], port=config.chain_port))
+    return listening
 
 
 def print_banner(config: Config, started: FirstStart, out: IO[str]) -> None:
     print(f"VRE is up. Portal: {config.url_of('portal')}/", file=out)
     print(f"  dataset service: {config.url_of('dataset_service')}/   "
           f"tracer: {config.url_of('tracer')}/", file=out)
+    print(f"  ledger chain: {config.chain_rpc_url}   anchor contract: {config.chain_contract}",
+          file=out)
     print(f"  data directory: {config.home}   logs: {config.home / 'logs'}", file=out)
     if started.admin_password:
         print(f"  first start: administrator '{config.admin_user}' with password "

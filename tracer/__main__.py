@@ -1,0 +1,5 @@
+"""`python -m tracer` is the `vre-trace` command."""
+
+from tracer.cli import main
+
+raise SystemExit(main())

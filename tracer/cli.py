@@ -1,0 +1,272 @@
+"""`vre-trace`: verify the ledger against the chain, prove one trace, deploy the anchor
+contract, see the anchoring status, and run the anchoring worker."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from eth_account import Account
+
+from tracer.chain import ChainClient, ChainError
+from tracer.checkpoints import Checkpoint, CheckpointError, load_public_key, verify_checkpoint
+from tracer.client import TracerClient, TracerError
+from tracer.merkle import ProofError, verify_inclusion
+from tracer.verify import ExpectedRoot, LogVerifier, VerifyReport
+from vre.config import Config, ConfigError, load_config
+from vre.service_auth import IssuedToken, StaticToken, TokenSource
+from vre.services import derive_service_secret
+
+PAGE = 10_000
+
+
+def contract_file(config: Config) -> Path:
+    return config.home / "chain" / "contract.json"
+
+
+def contract_address(config: Config) -> str | None:
+    """The anchor contract: configured, or the one `vre up` deployed on this machine."""
+    if config.chain_contract:
+        return config.chain_contract
+    path = contract_file(config)
+    if path.is_file():
+        return json.loads(path.read_text())["address"]
+    return None
+
+
+def chain_client(config: Config, address: str | None, *, writer: bool = False) -> ChainClient:
+    from tracer.chain_jsonrpc import JsonRpcChainClient
+
+    key = config.chain_private_key
+    if key is None:
+        if writer:
+            raise ConfigError("VRE_CHAIN_PRIVATE_KEY", "is required to send transactions")
+        key = Account.create().key  # reading needs no account of ours
+    return JsonRpcChainClient(config.chain_rpc_url, key, address)
+
+
+def tokens(config: Config, args: argparse.Namespace) -> TokenSource | None:
+    """Who the command acts as: --token, --user (password on stdin), or on the platform's own
+    machine the tracer's service credentials."""
+    if getattr(args, "token", None):
+        return StaticToken(args.token)
+    if getattr(args, "user", None):
+        password = sys.stdin.readline().rstrip("\n")
+        return IssuedToken.for_user(config.url_of("portal"), args.user, password)
+    secrets_file = config.home / "secrets" / "platform.json"
+    root = config.secret_key or (json.loads(secrets_file.read_text())["secret_key"]
+                                 if secrets_file.is_file() else None)
+    if root:
+        return IssuedToken.for_service(config.url_of("portal"), "tracer",
+                                       derive_service_secret(root, "tracer"))
+    return None
+
+
+def expected_roots(tracer: TracerClient, chain: ChainClient) -> list[ExpectedRoot]:
+    """What the log must match: every chain anchor, and every checkpoint the tracer signed."""
+    expected = [ExpectedRoot(a.tree_size, a.root, f"chain anchor #{a.index}")
+                for a in chain.anchors()]
+    listing = tracer.checkpoints(limit=1000)
+    public = load_public_key(listing["public_key"])
+    while listing["checkpoints"]:
+        for item in listing["checkpoints"]:
+            checkpoint = Checkpoint.parse(item["note"].encode())
+            verify_checkpoint(checkpoint, base64.b64decode(item["signature"]), public)
+            expected.append(ExpectedRoot(checkpoint.tree_size, checkpoint.root,
+                                         "signed checkpoint"))
+        listing = tracer.checkpoints(before=listing["checkpoints"][-1]["tree_size"], limit=1000)
+    return expected
+
+
+def run_verify(tracer: TracerClient, chain: ChainClient) -> VerifyReport:
+    """Fetch everything and check it; the report names the first bad sequence number."""
+    verifier = LogVerifier(expected_roots(tracer, chain))
+    start, log_size = 0, 0
+    while True:
+        page = tracer.entries(start, PAGE)
+        log_size = page["log_size"]
+        for entry in page["entries"]:
+            if not verifier.feed(entry["seq"], entry["body"].encode(),
+                                 bytes.fromhex(entry["leaf_hash"])):
+                return verifier.finish(log_size)
+        if len(page["entries"]) < PAGE:
+            return verifier.finish(log_size)
+        start = page["entries"][-1]["seq"] + 1
+
+
+def cmd_verify(args: argparse.Namespace, config: Config) -> int:
+    address = args.contract or contract_address(config)
+    if address is None:
+        print("vre-trace: no anchor contract configured (VRE_CHAIN_CONTRACT)", file=sys.stderr)
+        return 2
+    tracer = TracerClient(args.tracer or config.url_of("tracer"), tokens(config, args))
+    chain = chain_client(config, address)
+    if args.strict_owner:
+        chain.check_contract(address)
+    started = time.perf_counter()
+    report = run_verify(tracer, chain)
+    elapsed = time.perf_counter() - started
+    rate = report.leaves / elapsed if elapsed else 0.0
+    print(f"log size {report.log_size}, anchored {report.anchored_size}, "
+          f"verified {report.leaves} leaves and {report.roots_checked} roots "
+          f"in {elapsed:.2f} s ({rate:,.0f} leaves/s)")
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.divergence is not None:
+        print(f"FAILED: {report.divergence}")
+        return 1
+    print("OK: the log matches every anchored and signed root")
+    return 0
+
+
+def cmd_prove(args: argparse.Namespace, config: Config) -> int:
+    address = args.contract or contract_address(config)
+    tracer = TracerClient(args.tracer or config.url_of("tracer"), tokens(config, args))
+    chain = chain_client(config, address)
+    anchor = chain.latest_anchor()
+    if anchor is None:
+        print("vre-trace: nothing is anchored on the chain yet", file=sys.stderr)
+        return 1
+    proof = tracer.proof(args.trace_id, tree_size=anchor.tree_size)
+    trace = tracer.get(args.trace_id)
+    print(json.dumps({"trace": trace, "proof": proof,
+                      "anchor": {"index": anchor.index, "tree_size": anchor.tree_size,
+                                 "root": anchor.root.hex()}}, indent=2))
+    try:
+        verify_inclusion(bytes.fromhex(proof["leaf_hash"]), proof["leaf_index"],
+                         anchor.tree_size, [bytes.fromhex(p) for p in proof["proof"]],
+                         anchor.root)
+    except ProofError as exc:
+        print(f"FAILED: {exc}")
+        return 1
+    print(f"OK: trace {args.trace_id} is leaf {proof['leaf_index']} of the tree of size "
+          f"{anchor.tree_size} anchored on chain (anchor #{anchor.index})")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
+    existing = contract_address(config)
+    if existing and not args.force_new:
+        print(f"vre-trace: a contract is already configured ({existing}); refusing to deploy "
+              "over an existing history (use --force-new for a new, empty ledger)",
+              file=sys.stderr)
+        return 1
+    chain = chain_client(config, None, writer=True)
+    address = chain.deploy()
+    if args.save:
+        path = contract_file(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"address": address, "chain_url": config.chain_rpc_url}))
+    print(address)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    address = contract_address(config)
+    tracer = TracerClient(config.url_of("tracer"), tokens(config, args))
+    listing = tracer.checkpoints(limit=1)
+    latest = listing["checkpoints"][0] if listing["checkpoints"] else None
+    print(f"tracer: {config.url_of('tracer')}  key {listing['key_id']}")
+    print(f"latest checkpoint: {latest['tree_size'] if latest else 'none'}")
+    try:
+        anchor = chain_client(config, address).latest_anchor() if address else None
+        print(f"chain: {config.chain_rpc_url}  contract {address or 'none'}  latest anchor: "
+              f"{anchor.tree_size if anchor else 'none'}")
+    except ChainError as exc:
+        print(f"chain: unavailable ({exc})")
+        return 1
+    if latest and anchor is not None and latest["tree_size"] > anchor.tree_size:
+        print(f"anchoring lag: {latest['tree_size'] - anchor.tree_size} traces")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, config: Config) -> int:
+    """Run the anchoring worker until SIGTERM/SIGINT."""
+    from tracer.anchoring import Anchorer, AnchorPolicy, StepResult
+    from tracer.checkpoints import CheckpointSigner
+    from vre.db import Database
+    from vre.logs import configure_logging
+    from vre.services import service
+
+    configure_logging("tracer-anchor", config.log_level)
+    address = contract_address(config)
+    if address is None:
+        raise ConfigError("VRE_CHAIN_CONTRACT", "no anchor contract; run 'vre-trace deploy'")
+    svc = service("tracer")
+    anchorer = Anchorer(
+        Database.for_service(config, svc.name, svc.migrations),
+        chain_client(config, address, writer=True), address,
+        CheckpointSigner.from_file(config.tracer_key_path), config.ledger_origin,
+        AnchorPolicy(config.anchor_interval_seconds, config.anchor_batch_traces,
+                     per_trace=config.anchor_mode == "per-trace"))
+    stopping = False
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    status_file = config.home / "run" / "anchor-status.json"
+    status_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def report(result: StepResult) -> None:
+        # `vre up` waits for this file; `vre status` and operators read it.
+        status_file.write_text(json.dumps({**asdict(result), "at": time.time()}))
+
+    anchorer.run(lambda: stopping, on_step=report)
+    status_file.unlink(missing_ok=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vre-trace", description=__doc__)
+    parser.add_argument("--home", help="data directory (default: $VRE_HOME or ./var)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_auth(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tracer", help="tracer base URL (default: from configuration)")
+        p.add_argument("--contract", help="anchor contract address (default: configured)")
+        p.add_argument("--token", help="bearer token to read the log with")
+        p.add_argument("--user", help="sign in as this user; password read from stdin")
+
+    verify = sub.add_parser("verify", help="check the whole log against the chain")
+    with_auth(verify)
+    verify.add_argument("--strict-owner", action="store_true",
+                        help="also require the contract to be owned by our configured key")
+    verify.set_defaults(func=cmd_verify)
+    prove = sub.add_parser("prove", help="prove one trace against the latest chain anchor")
+    with_auth(prove)
+    prove.add_argument("trace_id")
+    prove.set_defaults(func=cmd_prove)
+    deploy = sub.add_parser("deploy", help="deploy a new anchor contract")
+    deploy.add_argument("--save", action="store_true", help="record it in the data directory")
+    deploy.add_argument("--force-new", action="store_true")
+    deploy.set_defaults(func=cmd_deploy)
+    status = sub.add_parser("status", help="checkpoints and chain anchoring status")
+    status.set_defaults(func=cmd_status)
+    worker = sub.add_parser("worker", help="run the anchoring worker")
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {"home": Path(args.home)} if args.home else {}
+        config = load_config(**overrides)
+        return args.func(args, config)
+    except ConfigError as exc:
+        print(f"vre-trace: configuration: {exc}", file=sys.stderr)
+        return 2
+    except (ChainError, TracerError, CheckpointError) as exc:
+        print(f"vre-trace: {exc}", file=sys.stderr)
+        return 1
