@@ -9,6 +9,8 @@ import json
 import signal
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
@@ -25,7 +27,8 @@ from vre.config import Config, ConfigError, load_config
 from vre.service_auth import IssuedToken, StaticToken, TokenSource
 from vre.services import derive_service_secret
 
-PAGE = 10_000
+PAGE = 20_000
+AHEAD = 2
 
 
 def contract_file(config: Config) -> Path:
@@ -89,17 +92,23 @@ def expected_roots(tracer: TracerClient, chain: ChainClient) -> list[ExpectedRoo
 def run_verify(tracer: TracerClient, chain: ChainClient) -> VerifyReport:
     """Fetch everything and check it; the report names the first bad sequence number."""
     verifier = LogVerifier(expected_roots(tracer, chain))
-    start, log_size = 0, 0
-    while True:
-        page = tracer.entries(start, PAGE)
-        log_size = page["log_size"]
-        for entry in page["entries"]:
-            if not verifier.feed(entry["seq"], entry["body"].encode(),
-                                 bytes.fromhex(entry["leaf_hash"])):
+    # Pages download ahead while earlier ones are checked: the database, the tracer and this
+    # process work in parallel. A short page marks the end of the log.
+    with ThreadPoolExecutor(max_workers=AHEAD) as pool:
+        upcoming = deque(pool.submit(tracer.entries, k * PAGE, PAGE) for k in range(AHEAD))
+        requested = AHEAD
+        while True:
+            log_size, entries = upcoming.popleft().result()
+            if len(entries) == PAGE:
+                upcoming.append(pool.submit(tracer.entries, requested * PAGE, PAGE))
+                requested += 1
+            for entry in entries:
+                if not verifier.feed(entry.seq, entry.body, entry.leaf_hash):
+                    return verifier.finish(log_size)
+            if len(entries) < PAGE:
+                for pending in upcoming:
+                    pending.cancel()
                 return verifier.finish(log_size)
-        if len(page["entries"]) < PAGE:
-            return verifier.finish(log_size)
-        start = page["entries"][-1]["seq"] + 1
 
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:

@@ -4,12 +4,20 @@ could not be stored gets an exception and must not commit its own change."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 from pydantic import BaseModel
 
 from vre.service_auth import TokenSource
+
+
+class LogEntry(NamedTuple):
+    """One raw entry of the log: position, stored leaf hash, and the bytes that were hashed."""
+
+    seq: int
+    leaf_hash: bytes
+    body: bytes
 
 
 class TracerError(Exception):
@@ -35,7 +43,7 @@ class TracerClient:
         self.timeout = timeout
         self.http = session or requests.Session()
 
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
+    def _call(self, method: str, path: str, *, raw: bool = False, **kw: Any) -> Any:
         headers = kw.pop("headers", {})
         if self.tokens is not None:
             headers["Authorization"] = f"Bearer {self.tokens.token()}"
@@ -52,7 +60,7 @@ class TracerClient:
                 code, message = "http_error", response.text[:200]
             cls = TracerUnavailable if response.status_code >= 500 else TracerError
             raise cls(response.status_code, code, message)
-        return response.json()
+        return response if raw else response.json()
 
     def record(self, trace: dict[str, Any] | BaseModel) -> dict[str, Any]:
         """Store one trace; returns it with its sequence number once durable."""
@@ -90,9 +98,15 @@ class TracerClient:
     def consistency(self, size1: int, size2: int) -> dict[str, Any]:
         return self._call("GET", "/api/v1/consistency", params={"from": size1, "to": size2})
 
-    def entries(self, start: int, limit: int = 10_000) -> dict[str, Any]:
-        """Raw log entries from `start` (auditors and services only)."""
-        return self._call("GET", "/api/v1/log/entries", params={"start": start, "limit": limit})
+    def entries(self, start: int, limit: int = 10_000) -> tuple[int, list[LogEntry]]:
+        """(log size, raw entries from `start`) for full verification (auditors, services)."""
+        response = self._call("GET", "/api/v1/log/entries", raw=True,
+                              params={"start": start, "limit": limit})
+        entries = []
+        for line in response.content.splitlines():
+            seq, leaf, body = line.split(b" ", 2)
+            entries.append(LogEntry(int(seq), bytes.fromhex(leaf.decode()), body))
+        return int(response.headers["X-Log-Size"]), entries
 
 
 def _plain(trace: dict[str, Any] | BaseModel) -> dict[str, Any]:

@@ -79,3 +79,11 @@ class LeafAnchorRow(Base):
     seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
     tx_hash: Mapped[str] = mapped_column(sa.String(66))
     block_number: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class PublishedDataset(Base):
+    """Datasets whose publication is in the log: their history is readable by anyone."""
+
+    __tablename__ = "published_datasets"
+    dataset_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.BigInteger)

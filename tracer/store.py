@@ -13,9 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from tracer.models import LogHead, TraceDataset, TraceRow
-from tracer.schema import Action, TraceIn, trace_leaf, trace_record
-from vre.db import utcnow
+from tracer.models import LogHead, PublishedDataset, TraceDataset, TraceRow
+from tracer.schema import Action, DatasetUpdate, TraceIn, trace_leaf, trace_record
+from vre.db import bulk_insert, utcnow
 from vre.errors import Conflict
 
 
@@ -78,14 +78,51 @@ def append(session: Session, traces: Sequence[TraceIn]) -> list[StoredTrace]:
             links.extend({"dataset_id": dataset_id, "seq": seq}
                          for dataset_id in dict.fromkeys(d.id for d in trace.datasets))
             out[position] = StoredTrace(seq, record, leaf)
-        session.execute(sa.insert(TraceRow), rows)
-        if links:
-            session.execute(sa.insert(TraceDataset), links)
+        bulk_insert(session, TraceRow.__table__, rows)
+        bulk_insert(session, TraceDataset.__table__, links)
+        _record_publications(session, [(first + offset, p[2]) for offset, p in
+                                       enumerate(pending)])
     return [s for s in out if s is not None]
+
+
+def _record_publications(session: Session, appended: list[tuple[int, TraceIn]]) -> None:
+    """Remember datasets whose PUBLISH trace just entered the log (their history is public)."""
+    published = {d.id: seq for seq, trace in appended
+                 if trace.details.update == DatasetUpdate.PUBLISH for d in trace.datasets}
+    if not published:
+        return
+    known = set(session.scalars(sa.select(PublishedDataset.dataset_id).where(
+        PublishedDataset.dataset_id.in_(published))))
+    for dataset_id, seq in published.items():
+        if dataset_id not in known:
+            session.add(PublishedDataset(dataset_id=dataset_id, seq=seq))
+
+
+def public_datasets(session: Session, dataset_ids: Sequence[str]) -> set[str]:
+    """Which of these datasets have a public history."""
+    if not dataset_ids:
+        return set()
+    return set(session.scalars(sa.select(PublishedDataset.dataset_id).where(
+        PublishedDataset.dataset_id.in_(list(dataset_ids)))))
 
 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "time"}
+
+
+def entries(session: Session, start: int, limit: int) -> list[tuple[int, bytes, bytes]]:
+    """(seq, leaf hash, body) from `start` in log order, as fast as the database allows."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        # Binary results carry bytea as is (the text protocol doubles it into hex): this is
+        # the path full verification reads millions of rows through.
+        with conn.connection.driver_connection.cursor() as cursor:
+            cursor.execute("SELECT seq, leaf_hash, body FROM traces WHERE seq >= %s "
+                           "ORDER BY seq LIMIT %s", (start, limit), binary=True)
+            return cursor.fetchall()
+    return [(seq, bytes(leaf), bytes(body)) for seq, leaf, body in session.execute(
+        sa.select(TraceRow.seq, TraceRow.leaf_hash, TraceRow.body)
+        .where(TraceRow.seq >= start).order_by(TraceRow.seq).limit(limit))]
 
 
 def log_size(session: Session) -> int:

@@ -64,12 +64,14 @@ class LogVerifier:
         self.report = VerifyReport(anchored_size=max(
             (e.tree_size for e in self.targets if e.source.startswith("chain")), default=0))
         self._verified_size = 0
+        self._size = 0
+        self._pending: list[bytes] = []
 
     def feed(self, seq: int, body: bytes, stored_leaf: bytes) -> bool:
         """Check one entry; False once a divergence is found (then stop feeding)."""
         if self.report.divergence is not None:
             return False
-        position = self.tree.size
+        position = self._size
         if seq != position:
             return self._fail(position, f"entry {position} is missing (the next stored "
                                         f"entry is {seq}): deleted or reordered")
@@ -81,8 +83,16 @@ class LogVerifier:
         leaf = hashlib.sha256(b"\x00" + body).digest()
         if leaf != stored_leaf:
             return self._fail(position, "the stored trace does not hash to its leaf: edited")
-        self.tree.append(leaf)
-        self.report.leaves += 1
+        # Leaves are hashed into the tree in bulk, at each size that has a root to check.
+        self._pending.append(leaf)
+        self._size += 1
+        if self._next < len(self.targets) and self.targets[self._next].tree_size == self._size:
+            return self._check_roots()
+        return True
+
+    def _check_roots(self) -> bool:
+        self.tree.extend(self._pending)
+        self._pending.clear()
         while self._next < len(self.targets) and \
                 self.targets[self._next].tree_size == self.tree.size:
             target = self.targets[self._next]
@@ -98,6 +108,9 @@ class LogVerifier:
     def finish(self, log_size: int) -> VerifyReport:
         """Close the run: a log shorter than what was anchored has been truncated."""
         self.report.log_size = log_size
+        self.report.leaves = self._size
+        if self.report.divergence is None:
+            self._check_roots()
         if self.report.divergence is None:
             if self.tree.size < self.report.anchored_size:
                 self._fail(self.tree.size, f"the log ends at {self.tree.size} traces but the "

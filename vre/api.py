@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app, g, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from vre.errors import ApiError, Forbidden
@@ -133,6 +133,8 @@ def endpoint(
 
 
 def to_json(value: Any) -> Any:
+    if isinstance(value, Response):
+        return value
     if isinstance(value, BaseModel):
         return jsonify(value.model_dump(mode="json"))
     if isinstance(value, list):

@@ -105,6 +105,24 @@ def check_reachable(config: Config, service: str) -> None:
         engine.dispose()
 
 
+def bulk_insert(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows in the session's transaction: COPY on PostgreSQL (an order of
+    magnitude faster than row-by-row inserts), executemany elsewhere."""
+    if not rows:
+        return
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        conn.execute(table.insert(), rows)
+        return
+    columns = list(rows[0])
+    quote = conn.dialect.identifier_preparer.quote
+    sql = f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cursor, cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])
+
+
 def alembic_config(migrations: str, engine: Engine | None = None) -> AlembicConfig:
     """Alembic configuration for a service's migration package, e.g. 'tracer:migrations'."""
     cfg = AlembicConfig()

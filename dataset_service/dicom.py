@@ -1,0 +1,664 @@
+"""The DICOM core of ingestion: read and validate instance headers (never pixels), check
+de-identification, group instances into studies, and hash study and dataset contents.
+
+Pure functions from files and datasets to data: no database, no HTTP, no copying.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import math
+import os
+import re
+import statistics
+import struct
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from vre.config import ConfigError
+
+# Why a file is refused; stable, clients and quarantine records depend on them.
+REASON_CODES = (
+    "not_dicom",  # no 128-byte preamble + "DICM": not a DICOM Part 10 file
+    "malformed",  # Part 10, but its header cannot be parsed, or lacks the Image Pixel module
+    "truncated",  # the file ends early, or Pixel Data is shorter than the image needs
+    "missing_uid",  # a required UID is absent or not a valid UID (the message says which)
+    "unsupported",  # no Pixel Data (not an image), or an unknown or deflated transfer
+    # syntax (deflated Pixel Data cannot be checked without inflating the whole file)
+    "identifying_data",  # breaks the de-identification policy (the message names attributes)
+)
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+PROBLEM_CODES = ("patient_conflict", "series_conflict", "duplicate_instance")
+
+# PS3.15 Annex E, Basic Application Level Confidentiality Profile: attributes whose action
+# is X (remove) or Z (empty), so that absent or empty is compliant. Kept on purpose, as by
+# the Retain Patient Characteristics and Retain Longitudinal Temporal Information options:
+# PatientSex/Age/Size/Weight and the study dates, which research needs. EthnicGroup is
+# removed even so: a special category of personal data (GDPR art. 9), allow it if needed.
+BASIC_PROFILE_FORBIDDEN = frozenset({
+    "PatientBirthDate", "PatientBirthTime", "PatientBirthName", "PatientAddress",
+    "PatientTelephoneNumbers", "PatientTelecomInformation", "PatientMotherBirthName",
+    "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "IssuerOfPatientID",
+    "MedicalRecordLocator", "MilitaryRank", "BranchOfService", "EthnicGroup",
+    "PatientReligiousPreference", "Occupation", "PatientComments", "AdditionalPatientHistory",
+    "PatientInsurancePlanCodeSequence", "RegionOfResidence", "CountryOfResidence",
+    "CurrentPatientLocation", "ResponsiblePerson", "ResponsibleOrganization", "AdmissionID",
+    "InstitutionName", "InstitutionAddress", "InstitutionCodeSequence",
+    "InstitutionalDepartmentName", "ReferringPhysicianName", "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers", "ReferringPhysicianIdentificationSequence",
+    "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence", "PerformingPhysicianName",
+    "PerformingPhysicianIdentificationSequence", "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence", "OperatorsName",
+    "OperatorIdentificationSequence", "RequestingPhysician", "RequestAttributesSequence",
+    "StationName", "DeviceSerialNumber", "AccessionNumber", "PerformedStationName",
+    "PerformedLocation",
+})  # fmt: skip
+DEFAULT_PSEUDONYM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Identifiers in free text: e-mail addresses, phone-like runs of 9 to 15 digits, calendar
+# dates (a free-text date escapes date handling and may be a birth date), birth keywords.
+DEFAULT_IDENTIFIER_PATTERNS = (
+    r"[\w.+-]+@[\w-]+(\.[\w-]+)+",
+    r"(?<![\w.])\+?\d([ ()/-]{0,2}\d){8,14}(?![\w.])",
+    r"(?<!\d)(19|20)\d\d[-/.](0?[1-9]|1[0-2])[-/.](0?[1-9]|[12]\d|3[01])(?!\d)",
+    r"(?<!\d)(0?[1-9]|[12]\d|3[01])[-/.](0?[1-9]|1[0-2])[-/.](19|20)\d\d(?!\d)",
+    r"(?i)\b(d\.?o\.?b\b|date of birth|birth ?date|born)",
+)
+FREE_TEXT_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC"})
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float
+# Explicit VRs whose element header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2)
+_LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_ITEM, _SEQUENCE_DELIMITER, _UNDEFINED = 0xFFFEE000, 0xFFFEE0DD, 0xFFFFFFFF
+
+
+class InvalidInstance(Exception):
+    """A file refused at ingestion: ``reason_code`` is one of REASON_CODES."""
+
+    def __init__(self, reason_code: str, message: str) -> None:
+        if reason_code not in REASON_CODES:
+            raise ValueError(f"unknown reason code {reason_code!r}")
+        super().__init__(f"{reason_code}: {message}")
+        self.reason_code = reason_code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DeidPolicy:
+    """What a de-identified instance must look like (after PS3.15 Annex E, Basic Profile).
+
+    ``forbidden`` attributes must be absent or empty; ``allowed`` exempts keywords (and the
+    contents of sequences) from every rule; PatientID must match ``pseudonym_pattern`` and
+    PatientName be empty or equal to it; PatientIdentityRemoved must be "YES" if
+    ``require_identity_removed``; any other non-empty person name (PN), and free text (VRs in
+    FREE_TEXT_VRS) matching ``identifier_patterns``, is refused; private tags are refused
+    unless ``allow_private_tags`` (they are where vendors keep what the profile cannot see).
+    """
+
+    forbidden: frozenset[str] = BASIC_PROFILE_FORBIDDEN
+    allowed: frozenset[str] = frozenset()
+    pseudonym_pattern: re.Pattern[str] = re.compile(DEFAULT_PSEUDONYM_PATTERN)
+    require_identity_removed: bool = True
+    allow_private_tags: bool = False
+    identifier_patterns: tuple[re.Pattern[str], ...] = tuple(
+        re.compile(p) for p in DEFAULT_IDENTIFIER_PATTERNS
+    )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> DeidPolicy:
+        """A policy from configuration (e.g. a TOML table); a ConfigError names the bad key."""
+        fields = {}
+        for key, value in mapping.items():
+            if key in ("forbidden", "allowed"):
+                fields[key] = frozenset(_keywords(key, value))
+            elif key in ("require_identity_removed", "allow_private_tags"):
+                if not isinstance(value, bool):
+                    raise ConfigError(key, f"must be true or false, got {value!r}")
+                fields[key] = value
+            elif key == "pseudonym_pattern":
+                fields[key] = _regex(key, value)
+            elif key == "identifier_patterns":
+                fields[key] = tuple(_regex(key, p) for p in _strings(key, value))
+            else:
+                raise ConfigError(key, "unknown de-identification policy key")
+        return cls(**fields)
+
+
+def _strings(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, f"must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _keywords(key: str, value: Any) -> list[str]:
+    keywords = _strings(key, value)
+    if unknown := [k for k in keywords if tag_for_keyword(k) is None]:
+        raise ConfigError(key, f"not DICOM keywords: {', '.join(unknown)}")
+    return keywords
+
+
+def _regex(key: str, value: Any) -> re.Pattern[str]:
+    try:
+        return re.compile(value)
+    except (re.error, TypeError) as exc:
+        raise ConfigError(key, f"not a regular expression: {value!r} ({exc})") from exc
+
+
+def check_deidentified(ds: Dataset, policy: DeidPolicy) -> list[str]:
+    """The keywords (sorted) of attributes in ``ds`` that break ``policy``; empty if none.
+
+    Sequences are searched too; private tags are reported per group as ``(gggg,xxxx)``.
+    """
+    found: set[str] = set()
+    pseudonym = _text(ds, "PatientID")
+    if not policy.pseudonym_pattern.fullmatch(pseudonym):
+        found.add("PatientID")
+    if _text(ds, "PatientName") not in ("", pseudonym):
+        found.add("PatientName")
+    if policy.require_identity_removed and _text(ds, "PatientIdentityRemoved") != "YES":
+        found.add("PatientIdentityRemoved")
+    _scan(ds, policy, found, top_level=True)
+    return sorted(found - policy.allowed)
+
+
+def _scan(ds: Dataset, policy: DeidPolicy, found: set[str], *, top_level: bool) -> None:
+    """Add to ``found`` the forbidden, person-name, free-text and private attributes."""
+    for elem in ds:
+        keyword = elem.keyword or str(elem.tag)
+        if elem.tag.is_private and not policy.allow_private_tags:
+            found.add(f"({elem.tag.group:04X},xxxx)")
+        elif keyword in policy.allowed or elem.is_empty:
+            continue
+        elif top_level and keyword in ("PatientID", "PatientName"):
+            continue  # the pseudonym has its own rules above
+        elif keyword in policy.forbidden:
+            found.add(keyword)
+        elif elem.VR == "SQ":
+            for item in elem.value:
+                _scan(item, policy, found, top_level=False)
+        elif elem.VR == "PN" and not (top_level and keyword == "PatientName"):
+            found.add(keyword)  # a person's name anywhere else identifies someone
+        elif elem.VR in FREE_TEXT_VRS and any(
+            pattern.search(text)
+            for text in _strings_of(elem.value)
+            for pattern in policy.identifier_patterns
+        ):
+            found.add(keyword)
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What ingestion keeps of a valid instance: identity, content hash, searchable metadata."""
+
+    path: Path
+    sha256: str  # hex digest of the whole file
+    size_bytes: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str  # the pseudonym
+    modality: str
+    body_part: str
+    manufacturer: str
+    manufacturer_model: str
+    study_date: dt.date | None
+    study_description: str
+    series_description: str
+    series_number: int | None
+    instance_number: int | None
+    rows: int
+    columns: int
+    number_of_frames: int
+    slice_thickness: float | None
+    pixel_spacing: tuple[float, ...] | None  # (row spacing, column spacing) in mm
+    image_position: tuple[float, ...] | None  # ImagePositionPatient (x, y, z) in mm
+    image_orientation: tuple[float, ...] | None  # row then column direction cosines
+    patient_sex: str
+    patient_age_years: int | None
+    transfer_syntax_uid: str
+
+
+def read_instance(path: Path, policy: DeidPolicy) -> InstanceHeader:
+    """Validate one file and read its header without its pixel data; or raise InvalidInstance.
+
+    Checks, first failure wins: Part 10 (preamble + "DICM"; a bare dataset has no reliable
+    transfer syntax), parsable header, Pixel Data complete (read from the file layout, never
+    decoded), required UIDs valid, an image, de-identified by ``policy``.
+    """
+    path = Path(path)
+    with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        ds = _parse(fp)
+        pixel_length = _pixel_data_length(fp, ds, size)
+        try:  # hostile values fail on conversion; converting all now keeps later code simple
+            for _ in (*ds.file_meta.iterall(), *ds.iterall()):
+                pass
+        except Exception as exc:  # pydicom raises many types on bad values
+            raise InvalidInstance("malformed", f"unreadable value: {exc}") from exc
+        _check_uids(ds)
+        _check_image(ds, pixel_length)
+        if offending := check_deidentified(ds, policy):
+            raise InvalidInstance("identifying_data", ", ".join(offending))
+        fp.seek(0)
+        sha256 = hashlib.file_digest(fp, "sha256").hexdigest()
+    return InstanceHeader(
+        path=path,
+        sha256=sha256,
+        size_bytes=size,
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        manufacturer=_text(ds, "Manufacturer"),
+        manufacturer_model=_text(ds, "ManufacturerModelName"),
+        study_date=_date(_text(ds, "StudyDate")),
+        study_description=_text(ds, "StudyDescription"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds.get("SeriesNumber")),
+        instance_number=_int(ds.get("InstanceNumber")),
+        rows=_int(ds.get("Rows")) or 0,
+        columns=_int(ds.get("Columns")) or 0,
+        number_of_frames=_int(ds.get("NumberOfFrames")) or 1,
+        slice_thickness=_float(ds.get("SliceThickness")),
+        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
+        image_position=_floats(ds.get("ImagePositionPatient"), 3),
+        image_orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        patient_sex=_text(ds, "PatientSex"),
+        patient_age_years=_age_years(_text(ds, "PatientAge")),
+        transfer_syntax_uid=_text(ds.file_meta, "TransferSyntaxUID"),
+    )
+
+
+def _parse(fp: BinaryIO) -> Dataset:
+    """The header up to Pixel Data, leaving ``fp`` at the Pixel Data element if any."""
+    start = fp.read(132)
+    if len(start) < 132 or start[128:] != b"DICM":
+        raise InvalidInstance("not_dicom", "no DICOM Part 10 preamble and 'DICM' prefix")
+    fp.seek(0)
+    try:
+        return dcmread(fp, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types on hostile input
+        raise InvalidInstance("malformed", f"unparsable header: {exc!r}") from exc
+
+
+def _pixel_data_length(fp: BinaryIO, ds: Dataset, size: int) -> int | None:
+    """Check from the file layout that Pixel Data and what follows it lie inside the file;
+    return its length: None when absent, 0xFFFFFFFF when encapsulated (fragments checked)."""
+    if _text(ds.file_meta, "TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        raise InvalidInstance("unsupported", "deflated transfer syntax")
+    at = fp.tell()
+    implicit, little = ds.original_encoding
+    endian = "<" if little in (True, None) else ">"
+    element = _element_header(fp, bool(implicit), endian)
+    if element is None:
+        if 0x00280010 in ds or _header_cut_short(ds, size):  # Rows but no pixels: cut short
+            raise InvalidInstance("truncated", f"file ends at byte {size} before Pixel Data")
+        return None
+    tag, length = element
+    if tag not in _PIXEL_TAGS:
+        raise InvalidInstance("malformed", f"header parsing stopped at byte {at} of {size}")
+    if length == _UNDEFINED:
+        _check_fragments(fp, endian, size)
+    else:
+        _skip(fp, length, size, "Pixel Data")
+    while (trailing := _element_header(fp, bool(implicit), endian)) and trailing[1] != _UNDEFINED:
+        _skip(fp, trailing[1], size, f"element {trailing[0]:08X} after Pixel Data")
+    return length
+
+
+def _element_header(fp: BinaryIO, implicit: bool, endian: str) -> tuple[int, int] | None:
+    """(tag, value length) of the element at ``fp`` (PS3.5 7.1), None at the end of file."""
+    head = fp.read(8)
+    if not head:
+        return None
+    long_length = not implicit and head[4:6] in _LONG_LENGTH_VRS
+    if long_length:
+        head += fp.read(4)
+    if len(head) < (12 if long_length else 8):
+        raise InvalidInstance("truncated", "file ends inside an element header")
+    group, element = struct.unpack(endian + "HH", head[:4])
+    if implicit or long_length:
+        (length,) = struct.unpack(endian + "L", head[-4:])
+    else:
+        (length,) = struct.unpack(endian + "H", head[6:8])
+    return group << 16 | element, length
+
+
+def _skip(fp: BinaryIO, length: int, size: int, what: str) -> None:
+    if fp.tell() + length > size:
+        raise InvalidInstance(
+            "truncated", f"{what} needs {length} bytes from byte {fp.tell()}, the file has {size}"
+        )
+    fp.seek(length, os.SEEK_CUR)
+
+
+def _header_cut_short(ds: Dataset, size: int) -> bool:
+    """Whether the dataset is empty or its last element does not end where the file does."""
+    elements = list(ds.elements())
+    if not elements:
+        return True
+    last = elements[-1]
+    if not isinstance(last, RawDataElement) or last.length == _UNDEFINED:
+        return False  # where it ends is unknown without parsing it again
+    return last.value_tell + last.length != size
+
+
+def _check_fragments(fp: BinaryIO, endian: str, size: int) -> None:
+    """Walk encapsulated Pixel Data items (PS3.5 A.4) to the delimiter, without reading them."""
+    items = 0
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            raise InvalidInstance("truncated", "file ends inside encapsulated Pixel Data")
+        group, element, length = struct.unpack(endian + "HHL", head)
+        if group << 16 | element == _SEQUENCE_DELIMITER:
+            break
+        if group << 16 | element != _ITEM or length == _UNDEFINED:
+            raise InvalidInstance("malformed", f"({group:04X},{element:04X}) in Pixel Data")
+        _skip(fp, length, size, "a Pixel Data fragment")
+        items += 1
+    if items < 2:  # the Basic Offset Table item, then at least one fragment
+        raise InvalidInstance("truncated", "encapsulated Pixel Data has no fragment")
+
+
+def _check_uids(ds: Dataset) -> None:
+    """Raise missing_uid unless the required UIDs and the transfer syntax are valid UIDs."""
+    values = {k: ds.get(k) for k in REQUIRED_UIDS}
+    values["TransferSyntaxUID"] = ds.file_meta.get("TransferSyntaxUID")
+    bad = []
+    for keyword, value in values.items():
+        if not value:
+            bad.append(f"{keyword} missing")
+        elif not isinstance(value, str) or not UID(value).is_valid:
+            bad.append(f"{keyword} invalid ({value!r})")
+    if bad:
+        raise InvalidInstance("missing_uid", ", ".join(bad))
+
+
+def _check_image(ds: Dataset, pixel_length: int | None) -> None:
+    """Raise unless ``ds`` is an image whose native Pixel Data holds every pixel it declares."""
+    name = UID(_text(ds, "SOPClassUID")).name
+    if pixel_length is None and "Image" in name:
+        raise InvalidInstance("truncated", f"no Pixel Data in a {name} instance")
+    if pixel_length is None:
+        raise InvalidInstance("unsupported", f"no Pixel Data: not an image ({name})")
+    syntax = UID(_text(ds.file_meta, "TransferSyntaxUID"))
+    if not syntax.is_transfer_syntax:
+        raise InvalidInstance("unsupported", f"unknown transfer syntax {syntax}")
+    module = {k: _int(ds.get(k)) for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")}
+    if missing := [k for k, v in module.items() if not v]:
+        raise InvalidInstance("malformed", f"Image Pixel module lacks {', '.join(missing)}")
+    if syntax.is_encapsulated or pixel_length == _UNDEFINED:
+        return
+    frames = max(_int(ds.get("NumberOfFrames")) or 1, 1)
+    bits = frames * math.prod(v or 0 for v in module.values())  # rows x columns x samples x bits
+    expected = (bits + 7) // 8
+    if _text(ds, "PhotometricInterpretation") == "YBR_FULL_422":
+        expected = expected // 3 * 2  # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels
+    if pixel_length < expected:
+        raise InvalidInstance(
+            "truncated", f"Pixel Data holds {pixel_length} bytes, the image needs {expected}"
+        )
+
+
+def _strings_of(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    return "\\".join(_strings_of(ds.get(keyword))).strip()
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if isinstance(value, MultiValue | list) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    """Exactly ``n`` finite numbers as floats, else None."""
+    values = value if isinstance(value, MultiValue | list) else [value]
+    try:
+        floats = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    return floats if len(floats) == n and all(map(math.isfinite, floats)) else None
+
+
+def _float(value: Any) -> float | None:
+    return floats[0] if (floats := _floats(value, 1)) else None
+
+
+def _date(text: str) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _age_years(text: str) -> int | None:
+    """Whole years from an Age String (PS3.5 AS) such as "063Y", "006M", "010W" or "003D"."""
+    if not (match := re.fullmatch(r"(\d{3})([DWMY])", text)):
+        return None
+    n = int(match[1])
+    return {"Y": n, "M": n // 12, "W": n * 7 // 365, "D": n // 365}[match[2]]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A conflict that keeps a whole study out: ``code`` is one of PROBLEM_CODES."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SeriesGeometry:
+    """Where a series' slices lie, from ImagePositionPatient along the orientation's normal."""
+
+    slices: int  # instances with a position
+    slice_spacing: float | None  # median distance between neighbouring slices, mm
+    consistent: bool  # every instance has a position and one shared orientation
+    evenly_spaced: bool  # consistent, and every gap within 1% (or 0.01 mm) of the median
+
+
+@dataclass(frozen=True)
+class SeriesGroup:
+    """The instances of one series, ordered by InstanceNumber then SOPInstanceUID."""
+
+    series_instance_uid: str
+    series_number: int | None
+    modality: str
+    series_description: str
+    body_part: str
+    instances: tuple[InstanceHeader, ...]
+    geometry: SeriesGeometry
+
+    @property
+    def instance_count(self) -> int:
+        return len(self.instances)
+
+    @property
+    def frame_count(self) -> int:
+        return sum(h.number_of_frames for h in self.instances)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(h.size_bytes for h in self.instances)
+
+
+@dataclass(frozen=True)
+class StudyGroup:
+    """One study of one subject: the unit that is ingested whole or not at all."""
+
+    patient_id: str  # the subject's pseudonym (the smallest one when in conflict)
+    study_instance_uid: str
+    study_date: dt.date | None
+    study_description: str
+    series: tuple[SeriesGroup, ...]  # ordered by SeriesNumber then SeriesInstanceUID
+    problems: tuple[Problem, ...]  # non-empty: quarantine the whole study
+
+    @property
+    def instances(self) -> tuple[InstanceHeader, ...]:
+        return tuple(h for s in self.series for h in s.instances)
+
+    @property
+    def instance_count(self) -> int:
+        return sum(s.instance_count for s in self.series)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size_bytes for s in self.series)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(sorted({s.modality for s in self.series if s.modality}))
+
+
+def group_instances(headers: Iterable[InstanceHeader]) -> list[StudyGroup]:
+    """Group valid instances into studies (by subject, date, UID) and their series.
+
+    Conflicts become the study's ``problems`` rather than an exception, so one bad study
+    does not stop the others: a StudyInstanceUID under two PatientIDs, a SeriesInstanceUID
+    in two studies, one SOPInstanceUID with two contents. Identical copies count once.
+    """
+    by_sop: dict[str, dict[str, InstanceHeader]] = defaultdict(dict)
+    for header in headers:
+        by_sop[header.sop_instance_uid].setdefault(header.sha256, header)
+    problems: dict[str, list[Problem]] = defaultdict(list)
+    by_study: dict[str, list[InstanceHeader]] = defaultdict(list)
+    for sop, contents in by_sop.items():
+        for header in contents.values():
+            by_study[header.study_instance_uid].append(header)
+        if len(contents) > 1:
+            message = f"SOPInstanceUID {sop} has {len(contents)} different contents"
+            for study in sorted({h.study_instance_uid for h in contents.values()}):
+                problems[study].append(Problem("duplicate_instance", message))
+    studies_of_series: dict[str, set[str]] = defaultdict(set)
+    for study, members in by_study.items():
+        for header in members:
+            studies_of_series[header.series_instance_uid].add(study)
+    for series, studies in studies_of_series.items():
+        if len(studies) > 1:
+            message = f"SeriesInstanceUID {series} is in studies {', '.join(sorted(studies))}"
+            for study in studies:
+                problems[study].append(Problem("series_conflict", message))
+    groups = [_study_group(uid, members, problems[uid]) for uid, members in by_study.items()]
+    return sorted(
+        groups, key=lambda g: (g.patient_id, g.study_date or dt.date.min, g.study_instance_uid)
+    )
+
+
+def _study_group(uid: str, members: list[InstanceHeader], problems: list[Problem]) -> StudyGroup:
+    patients = sorted({h.patient_id for h in members})
+    if len(patients) > 1:
+        message = f"StudyInstanceUID {uid} is under PatientIDs {', '.join(patients)}"
+        problems = [*problems, Problem("patient_conflict", message)]
+    by_series: dict[str, list[InstanceHeader]] = defaultdict(list)
+    for header in members:
+        by_series[header.series_instance_uid].append(header)
+    series = sorted(
+        (_series_group(series_uid, items) for series_uid, items in by_series.items()),
+        key=lambda s: (s.series_number is None, s.series_number or 0, s.series_instance_uid),
+    )
+    first = series[0].instances[0]
+    return StudyGroup(
+        patient_id=patients[0],
+        study_instance_uid=uid,
+        study_date=first.study_date,
+        study_description=first.study_description,
+        series=tuple(series),
+        problems=tuple(problems),
+    )
+
+
+def _series_group(uid: str, members: list[InstanceHeader]) -> SeriesGroup:
+    instances = tuple(
+        sorted(members, key=lambda h: (h.instance_number or 0, h.sop_instance_uid, h.sha256))
+    )
+    first = instances[0]
+    return SeriesGroup(
+        series_instance_uid=uid,
+        series_number=first.series_number,
+        modality=first.modality,
+        series_description=first.series_description,
+        body_part=first.body_part,
+        instances=instances,
+        geometry=series_geometry(instances),
+    )
+
+
+def series_geometry(instances: Iterable[InstanceHeader]) -> SeriesGeometry:
+    """Slice count and spacing from positions projected on the normal of the orientation."""
+    instances = list(instances)
+    positions = [h.image_position for h in instances if h.image_position is not None]
+    orientation = instances[0].image_orientation if instances else None
+    normal = _slice_normal(orientation)
+    consistent = (
+        normal is not None
+        and len(positions) == len(instances)
+        and all(
+            h.image_orientation is not None
+            and math.dist(h.image_orientation, orientation or ()) < 1e-4
+            for h in instances
+        )
+    )
+    if normal is None or not consistent or len(positions) < 2:
+        return SeriesGeometry(len(positions), None, consistent, False)
+    depths = sorted(sum(p * n for p, n in zip(pos, normal, strict=True)) for pos in positions)
+    gaps = [b - a for a, b in itertools.pairwise(depths)]
+    spacing = statistics.median(gaps)
+    tolerance = max(0.01, 0.01 * spacing)
+    even = spacing > tolerance and all(abs(gap - spacing) <= tolerance for gap in gaps)
+    return SeriesGeometry(len(positions), spacing, True, even)
+
+
+def _slice_normal(orientation: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """Row direction x column direction, as a unit vector; None when degenerate."""
+    if orientation is None:
+        return None
+    (a1, a2, a3), (b1, b2, b3) = orientation[:3], orientation[3:]
+    normal = (a2 * b3 - a3 * b2, a3 * b1 - a1 * b3, a1 * b2 - a2 * b1)
+    length = math.hypot(*normal)
+    return tuple(c / length for c in normal) if length > 1e-6 else None
+
+
+def study_hash(study: StudyGroup) -> str:
+    """``sha256:<hex>`` of the lines ``"<SOPInstanceUID> <sha256>\\n"`` sorted by UID (then
+    digest): independent of file order and names, changed by any change to any instance."""
+    pairs = sorted((h.sop_instance_uid, h.sha256) for h in study.instances)
+    return _hash_lines(f"{uid} {digest}" for uid, digest in pairs)
+
+
+def dataset_hash(study_hashes: Iterable[str]) -> str:
+    """``sha256:<hex>`` of the distinct study hashes, sorted, one ``"sha256:<hex>\\n"`` a line."""
+    hashes = sorted(set(study_hashes))
+    if bad := [h for h in hashes if not re.fullmatch(r"sha256:[0-9a-f]{64}", h)]:
+        raise ValueError(f"not study hashes: {', '.join(map(repr, bad))}")
+    return _hash_lines(hashes)
+
+
+def _hash_lines(lines: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(f"{line}\n".encode("ascii"))
+    return f"sha256:{digest.hexdigest()}"
