@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -27,3 +27,205 @@ class Project(Base):
     description: Mapped[str] = mapped_column(sa.Text, default="")
     created_by: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class ProjectMember(Base):
+    """A person's role in a project: stewards curate its data, researchers may use it."""
+
+    __tablename__ = "project_members"
+    project_id: Mapped[str] = mapped_column(sa.ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(sa.String(16))
+
+
+class Subject(Base):
+    """A pseudonymised person, with the clinical data that came with their images."""
+
+    __tablename__ = "subjects"
+    __table_args__ = (sa.UniqueConstraint("project_id", "pseudonym"),)
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    project_id: Mapped[str] = mapped_column(sa.ForeignKey("projects.id"), index=True)
+    pseudonym: Mapped[str] = mapped_column(sa.String(64))
+    sex: Mapped[str | None] = mapped_column(sa.String(1))
+    age: Mapped[int | None] = mapped_column(sa.Integer)
+    diagnosis: Mapped[str | None] = mapped_column(sa.String(200))
+    clinical: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+
+
+class Study(Base):
+    """One imaging study, accepted whole into the repository."""
+
+    __tablename__ = "studies"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    study_uid: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    subject_id: Mapped[str] = mapped_column(sa.ForeignKey("subjects.id"), index=True)
+    project_id: Mapped[str] = mapped_column(sa.ForeignKey("projects.id"), index=True)
+    study_date: Mapped[date | None] = mapped_column(sa.Date)
+    description: Mapped[str] = mapped_column(sa.String(200), default="")
+    modalities: Mapped[str] = mapped_column(sa.String(64), default="")  # "CT,MR"
+    body_parts: Mapped[str] = mapped_column(sa.String(200), default="")
+    series_count: Mapped[int] = mapped_column(sa.Integer)
+    instance_count: Mapped[int] = mapped_column(sa.Integer)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    content_hash: Mapped[str] = mapped_column(sa.String(71))
+    ingest_id: Mapped[str] = mapped_column(sa.String(36), index=True)
+    ingested_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class Series(Base):
+    """One series of a study, with the DICOM metadata researchers search and read."""
+
+    __tablename__ = "series"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    series_uid: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    study_id: Mapped[str] = mapped_column(sa.ForeignKey("studies.id"), index=True)
+    modality: Mapped[str] = mapped_column(sa.String(16), index=True)
+    body_part: Mapped[str] = mapped_column(sa.String(64), default="", index=True)
+    manufacturer: Mapped[str] = mapped_column(sa.String(64), default="")
+    model: Mapped[str] = mapped_column(sa.String(64), default="")
+    description: Mapped[str] = mapped_column(sa.String(200), default="")
+    number: Mapped[int | None] = mapped_column(sa.Integer)
+    instance_count: Mapped[int] = mapped_column(sa.Integer)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    rows: Mapped[int | None] = mapped_column(sa.Integer)
+    columns: Mapped[int | None] = mapped_column(sa.Integer)
+    slice_thickness: Mapped[float | None] = mapped_column(sa.Float)
+    slice_spacing: Mapped[float | None] = mapped_column(sa.Float)
+    pixel_spacing: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class Instance(Base):
+    """One DICOM file: where its bytes are is derived from its SHA-256, never shown."""
+
+    __tablename__ = "instances"
+    sop_uid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    series_id: Mapped[str] = mapped_column(sa.ForeignKey("series.id"), index=True)
+    sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    number: Mapped[int | None] = mapped_column(sa.Integer)
+
+
+class IngestRun(Base):
+    """One ingestion of a folder: what came in, what was refused and why."""
+
+    __tablename__ = "ingest_runs"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    project_id: Mapped[str] = mapped_column(sa.ForeignKey("projects.id"))
+    source: Mapped[str] = mapped_column(sa.Text)
+    started_by: Mapped[str] = mapped_column(sa.String(128))
+    started_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(sa.String(16), default="running")
+    counts: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+
+
+class QuarantineEntry(Base):
+    """A file (or a whole study) that was refused, with the stable reason code."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    ingest_id: Mapped[str] = mapped_column(sa.ForeignKey("ingest_runs.id"), index=True)
+    path: Mapped[str] = mapped_column(sa.Text)
+    study_uid: Mapped[str | None] = mapped_column(sa.String(64))
+    reason: Mapped[str] = mapped_column(sa.String(32))
+    message: Mapped[str] = mapped_column(sa.Text)
+
+
+class Dataset(Base):
+    """A versioned, citable selection of studies; its contents are fixed once released."""
+
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    project_id: Mapped[str] = mapped_column(sa.ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    version: Mapped[str] = mapped_column(sa.String(32), default="1.0")
+    state: Mapped[str] = mapped_column(sa.String(16), default="draft", index=True)
+    doi: Mapped[str | None] = mapped_column(sa.String(200))
+    license_id: Mapped[str] = mapped_column(sa.String(64))
+    license_url: Mapped[str] = mapped_column(sa.String(300))
+    contact_name: Mapped[str] = mapped_column(sa.String(200))
+    contact_email: Mapped[str] = mapped_column(sa.String(254))
+    authors: Mapped[list] = mapped_column(sa.JSON, default=list)
+    keywords: Mapped[list] = mapped_column(sa.JSON, default=list)
+    purpose: Mapped[str] = mapped_column(sa.Text, default="")
+    provenance: Mapped[str] = mapped_column(sa.Text, default="")
+    public_use: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    content_hash: Mapped[str] = mapped_column(sa.String(71))
+    statistics: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    created_by: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    invalidated_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    invalidation_reason: Mapped[str | None] = mapped_column(sa.Text)
+    previous_id: Mapped[str | None] = mapped_column(sa.String(36))
+    next_id: Mapped[str | None] = mapped_column(sa.String(36))
+
+
+class DatasetStudy(Base):
+    """Which studies a dataset holds."""
+
+    __tablename__ = "dataset_studies"
+    dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), primary_key=True)
+    study_id: Mapped[str] = mapped_column(sa.ForeignKey("studies.id"), primary_key=True,
+                                          index=True)
+
+
+class DatasetAccess(Base):
+    """A user a steward put on a dataset's access list."""
+
+    __tablename__ = "dataset_access"
+    dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    granted_by: Mapped[str] = mapped_column(sa.String(128))
+    granted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class AccessRequest(Base):
+    """A researcher asking to use a dataset, with a purpose; a steward decides."""
+
+    __tablename__ = "access_requests"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), index=True)
+    user_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    purpose: Mapped[str] = mapped_column(sa.Text)
+    state: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    decided_by: Mapped[str | None] = mapped_column(sa.String(128))
+    decided_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    decision_note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class Grant(Base):
+    """Data mounted for one workload (desktop or job) on behalf of a user."""
+
+    __tablename__ = "grants"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    user_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    workload_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    purpose: Mapped[str] = mapped_column(sa.String(16))
+    dataset_ids: Mapped[list] = mapped_column(sa.JSON)
+    tool: Mapped[str | None] = mapped_column(sa.String(128))
+    image: Mapped[str | None] = mapped_column(sa.String(256))
+    flavor: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class RevokedUser(Base):
+    """A user whose access is withdrawn: every later grant is refused."""
+
+    __tablename__ = "revoked_users"
+    user_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    revoked_by: Mapped[str] = mapped_column(sa.String(128))
+    revoked_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    reason: Mapped[str] = mapped_column(sa.Text, default="")

@@ -4,6 +4,7 @@ returns; refuses to run against a chain whose history does not match the log."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -95,6 +96,11 @@ class Anchorer:
     def step(self) -> StepResult:
         """Checkpoint if due, then anchor what waits; chain outages are reported, not raised."""
         result = StepResult(log_size=0)
+        if not self._checked:
+            # Check the history before signing anything, so a tampered log is never vouched
+            # for; if the chain is down, keep checkpointing and check once it is back.
+            with contextlib.suppress(ChainUnavailable):
+                self.check_chain()
         with self.db.session() as session:
             result.log_size = self.tree.sync(session)
             latest = session.scalar(sa.select(sa.func.max(CheckpointRow.tree_size))) or 0

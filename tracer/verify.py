@@ -112,9 +112,12 @@ class LogVerifier:
         if self.report.divergence is None:
             self._check_roots()
         if self.report.divergence is None:
-            if self.tree.size < self.report.anchored_size:
+            if self._next < len(self.targets):
+                # A root the log must have had at a size it no longer reaches.
+                target = self.targets[self._next]
                 self._fail(self.tree.size, f"the log ends at {self.tree.size} traces but the "
-                                           f"chain anchors {self.report.anchored_size}: truncated")
+                                           f"{target.source} covers {target.tree_size}: "
+                                           f"truncated")
             elif self.tree.size < log_size:
                 self._fail(self.tree.size, "the log reports more traces than it served")
         if self.report.ok and self.tree.size > self.report.anchored_size:

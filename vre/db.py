@@ -72,7 +72,8 @@ def create_engine(config: Config, service: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk before it is acknowledged (traces are promises).
+            cur.execute("PRAGMA synchronous=FULL")
             cur.close()
 
         return engine

@@ -1,0 +1,28 @@
+"""Each service's migrations build exactly the tables its models declare."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from vre.config import Config
+from vre.db import Database
+from vre.services import SERVICES
+
+
+@pytest.mark.parametrize("name", [s.name for s in SERVICES])
+def test_migrations_match_the_models(config: Config, name: str) -> None:
+    svc = next(s for s in SERVICES if s.name == name)
+    db = Database.for_service(config, svc.name, svc.migrations)
+    try:
+        db.migrate(config, svc.name)
+        assert db.readiness() == (True, "ok")
+        metadata = importlib.import_module(f"{svc.package}.models").Base.metadata
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == [], f"{name}: models and migrations differ: {diff}"
+    finally:
+        db.engine.dispose()
