@@ -99,6 +99,18 @@ class Config(BaseModel):
         5.0, gt=0, le=3600, description="Anchor the newest checkpoint at least this often.")
     anchor_batch_traces: int = Field(
         1000, ge=1, description="...or as soon as this many traces are waiting.")
+    import_root: Path | None = Field(
+        None, description="Folder below which stewards may ingest (default: the data dir).")
+    deid_policy_file: Path | None = Field(
+        None, description="TOML de-identification policy that replaces the default profile.")
+    ingest_workers: int = Field(0, ge=0, le=64, description="Header readers (0: one a core).")
+    search_backend: str = Field("database", pattern=r"^(database|elasticsearch)$",
+                                description="Catalogue search: database full text or ES.")
+    elasticsearch_url: str | None = Field(None, description="Elasticsearch URL.")
+    publisher: str = Field("In-situ VRE", max_length=200,
+                           description="Organisation named as publisher in dataset metadata.")
+    pid_base_url: str | None = Field(
+        None, description="Base of persistent identifiers (default: portal URL + /pid).")
     anchor_mode: str = Field(
         "batch", pattern=r"^(batch|per-trace)$",
         description="per-trace also anchors every leaf hash in its own transaction.")
@@ -111,6 +123,11 @@ class Config(BaseModel):
     @field_validator("portal_url", "dataset_url", "tracer_url", "token_issuer")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("http", "https"))
+
+    @field_validator("elasticsearch_url", "pid_base_url")
+    @classmethod
+    def _other_urls(cls, value: str | None) -> str | None:
         return _check_url(value, ("http", "https"))
 
     @field_validator("chain_url")
@@ -156,6 +173,18 @@ class Config(BaseModel):
     @property
     def tracer_key_path(self) -> Path:
         return self.tracer_key_file or self.home / "keys" / "tracer-checkpoint.pem"
+
+    @property
+    def import_root_path(self) -> Path:
+        return (self.import_root or self.home).resolve()
+
+    @property
+    def repository_path(self) -> Path:
+        return self.home / "repository"
+
+    @property
+    def pid_base(self) -> str:
+        return self.pid_base_url or self.url_of("portal") + "/pid"
 
     @property
     def chain_rpc_url(self) -> str:

@@ -1,0 +1,369 @@
+"""Ingestion: a folder of DICOM files (and its clinical data) into the repository. Headers are
+read in parallel without pixel data; each study goes in whole or not at all; every refused
+file or study is recorded with its reason; running it again skips what is already in."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from dataset_service.dicom import (
+    DeidPolicy,
+    InstanceHeader,
+    InvalidInstance,
+    StudyGroup,
+    group_instances,
+    read_instance,
+    study_hash,
+)
+from dataset_service.models import (
+    IngestRun,
+    Instance,
+    QuarantineEntry,
+    Series,
+    Study,
+    Subject,
+)
+from dataset_service.repository import Repository
+from vre.db import Database, utcnow
+
+log = logging.getLogger(__name__)
+
+CLINICAL_FILES = ("clinical.csv", "clinical.json")
+# Clinical columns that would identify a person; a table carrying one is refused whole.
+IDENTIFYING_COLUMNS = frozenset({
+    "name", "patient_name", "first_name", "last_name", "surname", "birth_date", "dob",
+    "date_of_birth", "address", "street", "postcode", "zip", "phone", "telephone", "email",
+    "mrn", "medical_record_number", "ssn", "national_id", "insurance_number",
+})
+KNOWN_CLINICAL = ("subject_id", "age", "sex", "diagnosis")
+
+
+class IngestError(Exception):
+    """The ingestion cannot start (bad folder, folder outside the import root)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class IngestReport:
+    """What one run did; also kept, as counts, on its IngestRun row."""
+
+    files: int = 0
+    read: int = 0
+    studies_ingested: int = 0
+    studies_skipped: int = 0
+    studies_quarantined: int = 0
+    files_ingested: int = 0
+    files_quarantined: int = 0
+    bytes_stored: int = 0
+    subjects_with_clinical_data: int = 0
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    subjects_seen: set[str] = field(default_factory=set)
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
+
+
+def resolve_source(path: str, import_root: Path) -> Path:
+    """The folder to ingest, which must exist and lie below the import root."""
+    source = Path(path).expanduser().resolve()
+    if not source.is_dir():
+        raise IngestError("source_not_found", f"no such folder: {path}")
+    if source != import_root and import_root not in source.parents:
+        raise IngestError("source_not_allowed",
+                          f"{path} is outside the import root {import_root}")
+    return source
+
+
+def dicom_candidates(source: Path) -> list[Path]:
+    """Every regular file under the folder except hidden files and the clinical tables."""
+    found = []
+    for directory, subdirs, files in os.walk(source):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or (directory == str(source) and name in CLINICAL_FILES):
+                continue
+            path = Path(directory) / name
+            if path.is_file() and not path.is_symlink():
+                found.append(path)
+    return found
+
+
+def _read(args: tuple[Path, DeidPolicy]) -> InstanceHeader | tuple[str, str, str]:
+    path, policy = args
+    try:
+        return read_instance(path, policy)
+    except InvalidInstance as exc:
+        return (str(path), exc.reason_code, exc.message)
+
+
+def read_headers(paths: list[Path], policy: DeidPolicy, workers: int,
+                 progress: Callable[[int], None]) -> Iterator[
+                     InstanceHeader | tuple[str, str, str]]:
+    """Headers of every file, across processes; refused files as (path, reason, message)."""
+    jobs = [(p, policy) for p in paths]
+    if workers <= 1 or len(paths) < 64:
+        for n, job in enumerate(jobs, 1):
+            yield _read(job)
+            progress(n)
+        return
+    # forkserver: the service is multi-threaded, and forking such a process is unsafe.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for n, result in enumerate(pool.map(_read, jobs, chunksize=32), 1):
+            yield result
+            progress(n)
+
+
+# -- clinical data ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClinicalRow:
+    subject_id: str
+    age: int | None
+    sex: str | None
+    diagnosis: str | None
+    extra: dict[str, Any]
+
+
+def read_clinical(source: Path) -> tuple[dict[str, ClinicalRow], list[tuple[str, str, str]]]:
+    """Clinical rows by subject from clinical.csv or clinical.json; refusals as quarantine."""
+    for name in CLINICAL_FILES:
+        path = source / name
+        if not path.is_file():
+            continue
+        try:
+            if name.endswith(".csv"):
+                with open(path, newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+            else:
+                rows = json.loads(path.read_text())
+                if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                    raise ValueError("must be a JSON list of objects")
+        except (OSError, ValueError, csv.Error) as exc:
+            return {}, [(str(path), "malformed_clinical_data", str(exc))]
+        columns = {str(c).strip().lower() for r in rows for c in r}
+        identifying = sorted(columns & IDENTIFYING_COLUMNS)
+        if identifying:
+            return {}, [(str(path), "identifying_data",
+                         f"clinical data has identifying columns: {', '.join(identifying)}")]
+        if "subject_id" not in columns:
+            return {}, [(str(path), "malformed_clinical_data", "no subject_id column")]
+        table = {}
+        for row in rows:
+            clean = {str(k).strip().lower(): v for k, v in row.items()}
+            subject = str(clean.get("subject_id", "")).strip()
+            if not subject:
+                continue
+            table[subject] = ClinicalRow(
+                subject, _int_or_none(clean.get("age")), _sex(clean.get("sex")),
+                str(clean["diagnosis"]) if clean.get("diagnosis") not in (None, "") else None,
+                {k: v for k, v in clean.items() if k not in KNOWN_CLINICAL})
+        return table, []
+    return {}, []
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _sex(value: Any) -> str | None:
+    text = str(value or "").strip().upper()[:1]
+    return text if text in ("M", "F", "O") else None
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+class Ingestor:
+    """Runs ingestions for one project into one repository and database."""
+
+    def __init__(self, db: Database, repository: Repository, policy: DeidPolicy,
+                 workers: int = 0) -> None:
+        self.db = db
+        self.repository = repository
+        self.policy = policy
+        self.workers = workers or os.cpu_count() or 1
+
+    def start(self, project_id: str, source: Path, started_by: str) -> str:
+        """Record a new run and return its id (the work is done by `run`)."""
+        with self.db.session() as session:
+            run = IngestRun(project_id=project_id, source=str(source), started_by=started_by)
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def run(self, run_id: str, progress: Callable[[IngestReport], None] | None = None
+            ) -> IngestReport:
+        """Ingest the run's folder; the run ends 'finished' or 'failed', never half-done."""
+        with self.db.session() as session:
+            run = session.get(IngestRun, run_id)
+            assert run is not None
+            project_id, source = run.project_id, Path(run.source)
+        report = IngestReport()
+        try:
+            self._ingest(run_id, project_id, source, report, progress or (lambda _r: None))
+            state = "finished"
+        except Exception:
+            log.exception("ingestion failed", extra={"event": "ingest_failed", "run": run_id})
+            state = "failed"
+        with self.db.session() as session:
+            run = session.get(IngestRun, run_id)
+            assert run is not None
+            run.state, run.finished_at, run.counts = state, utcnow(), report.counts()
+        return report
+
+    def _ingest(self, run_id: str, project_id: str, source: Path, report: IngestReport,
+                progress: Callable[[IngestReport], None]) -> None:
+        paths = dicom_candidates(source)
+        report.files = len(paths)
+        headers: list[InstanceHeader] = []
+        refused_by_study: dict[str, list[tuple[str, str, str]]] = {}
+
+        def tick(n: int) -> None:
+            report.read = n
+            if n % 50 == 0 or n == len(paths):
+                progress(report)
+
+        for result in read_headers(paths, self.policy, self.workers, tick):
+            if isinstance(result, InstanceHeader):
+                headers.append(result)
+                continue
+            study_uid = _study_uid_of(Path(result[0]))
+            if study_uid:
+                refused_by_study.setdefault(study_uid, []).append(result)
+            else:
+                self._quarantine(run_id, report, result[0], None, result[1], result[2])
+        clinical, refusals = read_clinical(source)
+        for path, reason, message in refusals:
+            self._quarantine(run_id, report, path, None, reason, message)
+        studies = group_instances(headers)
+        grouped = {s.study_instance_uid for s in studies}
+        for study_uid, refused in refused_by_study.items():
+            if study_uid not in grouped:
+                report.studies_quarantined += 1
+                for path, reason, message in refused:
+                    self._quarantine(run_id, report, path, study_uid, reason, message)
+        for study in studies:
+            self._ingest_study(run_id, project_id, study, refused_by_study.get(
+                study.study_instance_uid, []), clinical, report)
+            progress(report)
+
+    def _ingest_study(self, run_id: str, project_id: str, study: StudyGroup,
+                      refused: list[tuple[str, str, str]], clinical: dict[str, ClinicalRow],
+                      report: IngestReport) -> None:
+        uid = study.study_instance_uid
+        with self.db.session() as session:
+            if session.scalar(sa.select(Study.id).where(Study.study_uid == uid)):
+                report.studies_skipped += 1
+                return
+        problems = [(p, r, m) for p, r, m in refused]
+        problems += [(str(study.instances[0].path), p.code, p.message) for p in study.problems]
+        if problems:
+            # One bad file keeps the whole study out; the good ones are named with the cause.
+            report.studies_quarantined += 1
+            for path, reason, message in problems:
+                self._quarantine(run_id, report, path, uid, reason, message)
+            bad = {p for p, _, _ in problems}
+            for header in study.instances:
+                if str(header.path) not in bad:
+                    self._quarantine(run_id, report, str(header.path), uid, "study_incomplete",
+                                     "another file of this study was refused")
+            return
+        written: list[str] = []
+        try:
+            for header in study.instances:
+                if self.repository.store(header.path, header.sha256):
+                    written.append(header.sha256)
+            with self.db.session() as session:
+                self._record_study(session, run_id, project_id, study, clinical)
+        except BaseException:
+            self.repository.discard(written)  # no blob without its row
+            raise
+        report.studies_ingested += 1
+        report.files_ingested += study.instance_count
+        report.bytes_stored += study.size_bytes
+        if study.patient_id in clinical and study.patient_id not in report.subjects_seen:
+            report.subjects_with_clinical_data += 1
+        report.subjects_seen.add(study.patient_id)
+
+    def _record_study(self, session: Session, run_id: str, project_id: str,
+                      study: StudyGroup, clinical: dict[str, ClinicalRow]) -> None:
+        first = study.instances[0]
+        subject = session.scalar(sa.select(Subject).where(
+            Subject.project_id == project_id, Subject.pseudonym == study.patient_id))
+        row = clinical.get(study.patient_id)
+        if subject is None:
+            subject = Subject(project_id=project_id, pseudonym=study.patient_id, clinical={})
+            session.add(subject)
+        # The clinical table wins over the headers; the headers fill what it leaves out.
+        subject.sex = (row.sex if row else None) or subject.sex or _sex(first.patient_sex)
+        age = row.age if row else None
+        subject.age = age if age is not None else (subject.age or first.patient_age_years)
+        if row is not None:
+            subject.diagnosis = row.diagnosis or subject.diagnosis
+            subject.clinical = {**(subject.clinical or {}), **row.extra}
+        session.flush()
+        record = Study(
+            study_uid=study.study_instance_uid, subject_id=subject.id, project_id=project_id,
+            study_date=study.study_date, description=study.study_description[:200],
+            modalities=",".join(study.modalities),
+            body_parts=",".join(sorted({s.body_part for s in study.series if s.body_part})),
+            series_count=len(study.series), instance_count=study.instance_count,
+            size_bytes=study.size_bytes, content_hash=study_hash(study), ingest_id=run_id)
+        session.add(record)
+        session.flush()
+        for group in study.series:
+            head = group.instances[0]
+            series = Series(
+                series_uid=group.series_instance_uid, study_id=record.id,
+                modality=group.modality, body_part=group.body_part,
+                manufacturer=head.manufacturer[:64], model=head.manufacturer_model[:64],
+                description=group.series_description[:200], number=group.series_number,
+                instance_count=group.instance_count, size_bytes=group.size_bytes,
+                rows=head.rows, columns=head.columns, slice_thickness=head.slice_thickness,
+                slice_spacing=group.geometry.slice_spacing,
+                pixel_spacing="\\".join(f"{v:g}" for v in head.pixel_spacing)
+                if head.pixel_spacing else None)
+            session.add(series)
+            session.flush()
+            session.add_all(Instance(sop_uid=h.sop_instance_uid, series_id=series.id,
+                                     sha256=h.sha256, size_bytes=h.size_bytes,
+                                     number=h.instance_number) for h in group.instances)
+
+    def _quarantine(self, run_id: str, report: IngestReport, path: str, study_uid: str | None,
+                    reason: str, message: str) -> None:
+        entry = {"path": path, "study_uid": study_uid, "reason": reason, "message": message}
+        report.quarantine.append(entry)
+        report.files_quarantined += 1
+        with self.db.session() as session:
+            session.add(QuarantineEntry(ingest_id=run_id, **entry))
+
+
+def _study_uid_of(path: Path) -> str | None:
+    """The StudyInstanceUID of a refused file, if its header can still say (to keep the whole
+    study out); None for files that are not DICOM enough to tell."""
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        uid = str(ds.get("StudyInstanceUID", "") or "")
+        return uid or None
+    except Exception:  # any unreadable file: not attributable to a study
+        return None
