@@ -3,10 +3,18 @@ metadata, search, access grants)."""
 
 from __future__ import annotations
 
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+
+import sqlalchemy as sa
 from flask import Flask
 
-from dataset_service import api
-from vre.config import Config, load_config
+from dataset_service import api, api_ingest
+from dataset_service.dicom import DeidPolicy
+from dataset_service.ingest import Ingestor
+from dataset_service.models import IngestRun
+from dataset_service.repository import Repository
+from vre.config import Config, ConfigError, load_config
 from vre.services import service
 from vre.web import create_service_app
 
@@ -19,5 +27,31 @@ def create_app(config: Config | None = None) -> Flask:
     config.require(*SERVICE.requires)
     app = create_service_app(SERVICE.name, config, SERVICE.migrations, title=SERVICE.title,
                              import_name=__name__)
+    _install_ingestion(app, config)
     app.register_blueprint(api.bp)
+    app.register_blueprint(api_ingest.bp)
     return app
+
+
+def _install_ingestion(app: Flask, config: Config) -> None:
+    policy = DeidPolicy()
+    if config.deid_policy_file is not None:
+        try:
+            data = tomllib.loads(config.deid_policy_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("VRE_DEID_POLICY_FILE", str(exc)) from None
+        policy = DeidPolicy.from_mapping(data)
+    db = app.extensions["vre.db"]
+    app.extensions["dataset.ingestor"] = Ingestor(
+        db, Repository(config.repository_path), policy, config.ingest_workers)
+    # One ingestion at a time: each already uses every core for reading headers.
+    app.extensions["dataset.ingest_executor"] = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="ingest")
+    app.extensions["dataset.live_ingests"] = {}
+    try:
+        with db.session() as session:
+            # Runs cut off by a restart did not finish; re-running them resumes.
+            session.execute(sa.update(IngestRun).where(IngestRun.state == "running")
+                            .values(state="interrupted"))
+    except sa.exc.SQLAlchemyError:
+        pass  # not migrated yet: /readyz says so

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import sqlalchemy as sa
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
-from dataset_service.models import Project
+from dataset_service.api_ingest import find_project, require_project_steward
+from dataset_service.models import Project, ProjectMember
 from vre.api import current_principal, endpoint
 from vre.errors import Conflict, NotFound
 from vre.web import db_of
@@ -50,6 +52,10 @@ def create_project(body: ProjectIn) -> ProjectOut:
                           created_by=principal.subject)
         session.add(project)
         session.flush()
+        if not principal.is_service:
+            # Whoever creates a project stewards it.
+            session.add(ProjectMember(project_id=project.id, user_id=principal.subject,
+                                      role="steward"))
         return ProjectOut.of(project)
 
 
@@ -69,3 +75,60 @@ def get_project(project_id: str) -> ProjectOut:
         if project is None:
             raise NotFound(f"no project with id {project_id!r}", field="project_id")
         return ProjectOut.of(project)
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1, max_length=128)
+    role: Literal["steward", "researcher"]
+
+
+class MemberOut(BaseModel):
+    project_id: str
+    user_id: str
+    role: str
+
+
+@bp.get("/projects/<project_id>/members")
+@endpoint("Members of a project and their roles", response=MemberOut, tags=["projects"])
+def list_members(project_id: str) -> list[MemberOut]:
+    with db_of().session() as session:
+        project = find_project(session, project_id)
+        rows = session.scalars(sa.select(ProjectMember).where(
+            ProjectMember.project_id == project.id).order_by(ProjectMember.user_id))
+        return [MemberOut.model_validate(m, from_attributes=True) for m in rows]
+
+
+@bp.put("/projects/<project_id>/members")
+@endpoint("Add a member to a project, or change their role", body=MemberIn,
+          response=MemberOut, roles=["steward", "admin", "service"], tags=["projects"])
+def put_member(project_id: str, body: MemberIn) -> MemberOut:
+    principal = current_principal()
+    assert principal is not None
+    with db_of().session() as session:
+        project = find_project(session, project_id)
+        require_project_steward(session, principal, project.id)
+        member = session.get(ProjectMember, (project.id, body.user_id))
+        if member is None:
+            member = ProjectMember(project_id=project.id, user_id=body.user_id, role=body.role)
+            session.add(member)
+        member.role = body.role
+        session.flush()
+        return MemberOut.model_validate(member, from_attributes=True)
+
+
+@bp.delete("/projects/<project_id>/members/<user_id>")
+@endpoint("Remove a member from a project", response=MemberOut,
+          roles=["steward", "admin", "service"], tags=["projects"])
+def delete_member(project_id: str, user_id: str) -> MemberOut:
+    principal = current_principal()
+    assert principal is not None
+    with db_of().session() as session:
+        project = find_project(session, project_id)
+        require_project_steward(session, principal, project.id)
+        member = session.get(ProjectMember, (project.id, user_id))
+        if member is None:
+            raise NotFound(f"{user_id!r} is not a member of {project.name!r}", field="user_id")
+        out = MemberOut.model_validate(member, from_attributes=True)
+        session.delete(member)
+        return out

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import requests
 
 from dataset_service.demo import DemoSpec, generate_demo_data
+from vre.config import Config, load_config
+from vre.service_auth import command_line_tokens
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -17,6 +24,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(config: Config, args: argparse.Namespace) -> tuple[requests.Session, str]:
+    tokens = command_line_tokens(config, args.token, args.user, client="dataset_service")
+    if tokens is None:
+        raise SystemExit("vre-dataset: say who you are with --token or --user")
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {tokens.token()}"
+    return http, config.url_of("dataset_service") + "/api/v1"
+
+
+def _answer(response: requests.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            message = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError):
+            message = f"HTTP {response.status_code}"
+        raise SystemExit(f"vre-dataset: {message}")
+    return response.json()
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = width * done // total if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files"
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Ingest a folder into a project through the service; show progress, then the report."""
+    config = load_config(**({"home": Path(args.home)} if args.home else {}))
+    http, base = _client(config, args)
+    run = _answer(http.post(base + "/ingest", json={
+        "path": str(Path(args.path).resolve()), "project": args.project}, timeout=30))
+    tty = sys.stderr.isatty()
+    while run["state"] == "running":
+        time.sleep(0.5)
+        run = _answer(http.get(f"{base}/ingest/{run['id']}", timeout=30))
+        counts = run["counts"]
+        if tty:
+            print("\r" + _bar(counts.get("read", 0), counts.get("files", 0)), end="",
+                  file=sys.stderr, flush=True)
+    if tty:
+        print(file=sys.stderr)
+    counts = run["counts"]
+    print(f"ingestion {run['id']} {run['state']}: {counts.get('studies_ingested', 0)} studies "
+          f"in ({counts.get('files_ingested', 0)} files), "
+          f"{counts.get('studies_skipped', 0)} already there, "
+          f"{counts.get('studies_quarantined', 0)} studies and "
+          f"{counts.get('files_quarantined', 0)} files quarantined")
+    for entry in run["quarantine"]:
+        print(f"  quarantined {entry['path']}: {entry['reason']}: {entry['message']}")
+    return 0 if run["state"] == "finished" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vre-dataset", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--subjects", type=int, default=6)
     demo.set_defaults(func=cmd_demo)
+    ingest = sub.add_parser("ingest", help="ingest a folder of DICOM studies into a project")
+    ingest.add_argument("path")
+    ingest.add_argument("--project", required=True)
+    ingest.add_argument("--home", help="data directory (default: $VRE_HOME or ./var)")
+    ingest.add_argument("--token", help="bearer token to act with")
+    ingest.add_argument("--user", help="sign in as this user; password read from stdin")
+    ingest.set_defaults(func=cmd_ingest)
     return parser
 
 

@@ -24,8 +24,7 @@ from tracer.client import TracerClient, TracerError
 from tracer.merkle import ProofError, verify_inclusion
 from tracer.verify import ExpectedRoot, LogVerifier, VerifyReport
 from vre.config import Config, ConfigError, load_config
-from vre.service_auth import IssuedToken, StaticToken, TokenSource
-from vre.services import derive_service_secret
+from vre.service_auth import TokenSource, command_line_tokens
 
 PAGE = 20_000
 AHEAD = 2
@@ -57,20 +56,8 @@ def chain_client(config: Config, address: str | None, *, writer: bool = False) -
 
 
 def tokens(config: Config, args: argparse.Namespace) -> TokenSource | None:
-    """Who the command acts as: --token, --user (password on stdin), or on the platform's own
-    machine the tracer's service credentials."""
-    if getattr(args, "token", None):
-        return StaticToken(args.token)
-    if getattr(args, "user", None):
-        password = sys.stdin.readline().rstrip("\n")
-        return IssuedToken.for_user(config.url_of("portal"), args.user, password)
-    secrets_file = config.home / "secrets" / "platform.json"
-    root = config.secret_key or (json.loads(secrets_file.read_text())["secret_key"]
-                                 if secrets_file.is_file() else None)
-    if root:
-        return IssuedToken.for_service(config.url_of("portal"), "tracer",
-                                       derive_service_secret(root, "tracer"))
-    return None
+    return command_line_tokens(config, getattr(args, "token", None),
+                               getattr(args, "user", None), client="tracer")
 
 
 def expected_roots(tracer: TracerClient, chain: ChainClient) -> list[ExpectedRoot]:

@@ -9,7 +9,7 @@ import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import requests
 
@@ -19,6 +19,9 @@ from vre.services import SERVICES, derive_service_secret
 from vre.supervisor import ProcessSpec
 from vre.tokens import generate_signing_key
 
+if TYPE_CHECKING:
+    from dataset_service.ingest import IngestReport
+
 
 @dataclass(frozen=True)
 class FirstStart:
@@ -26,6 +29,7 @@ class FirstStart:
 
     admin_password: str | None
     demo_dir: Path | None
+    demo: IngestReport | None = None
 
 
 def ensure_secrets(config: Config) -> Config:
@@ -65,24 +69,25 @@ def migrate_all(config: Config) -> None:
 
 
 def first_start(config: Config) -> FirstStart:
-    """Create the administrator and the demo data if this data directory has none yet."""
-    from dataset_service.demo import generate_demo_data
+    """Create the administrator and load the demo data if this data directory has none yet."""
+    import sqlalchemy as sa
+
+    from dataset_service.bootstrap import load_demo
     from portal.accounts import ensure_admin
+    from portal.models import User
 
     portal = next(s for s in SERVICES if s.name == "portal")
     db = Database.for_service(config, portal.name, portal.migrations)
     try:
         with db.session() as session:
             password = ensure_admin(session, config.admin_user, config.admin_password)
+            session.flush()
+            admin_id = session.scalar(sa.select(User.id).where(
+                User.username == config.admin_user))
     finally:
         db.engine.dispose()
-    demo_dir = None
-    marker = config.home / "demo" / ".generated"
-    if config.demo_data and not marker.exists():
-        demo_dir = config.home / "demo"
-        generate_demo_data(demo_dir)
-        marker.touch()
-    return FirstStart(password, demo_dir)
+    demo = load_demo(config, admin_id) if config.demo_data and admin_id else None
+    return FirstStart(password, config.home / "demo" if demo else None, demo)
 
 
 def service_env(config: Config, service_name: str) -> dict[str, str]:
@@ -177,6 +182,8 @@ def print_banner(config: Config, started: FirstStart, out: IO[str]) -> None:
     if started.admin_password:
         print(f"  first start: administrator '{config.admin_user}' with password "
               f"{started.admin_password}  (shown once; change it after signing in)", file=out)
-    if started.demo_dir:
-        print(f"  demo data written to {started.demo_dir}", file=out)
+    if started.demo is not None:
+        print(f"  demo data: {started.demo.studies_ingested} studies "
+              f"({started.demo.files_ingested} DICOM files) ingested into project 'demo' "
+              f"from {started.demo_dir}", file=out)
     print("Press Ctrl-C to stop.", file=out, flush=True)

@@ -3,11 +3,16 @@ issuer with client credentials (or a password) and renewed before it expires."""
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 from typing import Protocol
 
 import requests
+
+from vre.config import Config
+from vre.services import derive_service_secret
 
 
 class TokenSource(Protocol):
@@ -59,3 +64,21 @@ class IssuedToken:
                 # Renew at 80% of the lifetime, so a token never expires in flight.
                 self._expires = time.monotonic() + 0.8 * float(body.get("expires_in", 60))
             return self._token
+
+
+def command_line_tokens(config: Config, token: str | None, user: str | None,
+                        client: str) -> TokenSource | None:
+    """Who a command acts as: a given token; a user (password read from stdin); or, on the
+    platform's own machine, the service credentials derived from its root secret."""
+    if token:
+        return StaticToken(token)
+    if user:
+        password = sys.stdin.readline().rstrip("\n")
+        return IssuedToken.for_user(config.url_of("portal"), user, password)
+    secrets_file = config.home / "secrets" / "platform.json"
+    root = config.secret_key or (json.loads(secrets_file.read_text())["secret_key"]
+                                 if secrets_file.is_file() else None)
+    if root:
+        return IssuedToken.for_service(config.url_of("portal"), client,
+                                       derive_service_secret(root, client))
+    return None
