@@ -9,12 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import sqlalchemy as sa
 from flask import Flask
 
-from dataset_service import api, api_ingest
+from dataset_service import api, api_datasets, api_ingest
 from dataset_service.dicom import DeidPolicy
 from dataset_service.ingest import Ingestor
 from dataset_service.models import IngestRun
 from dataset_service.repository import Repository
+from tracer.client import TracerClient
 from vre.config import Config, ConfigError, load_config
+from vre.service_auth import IssuedToken
 from vre.services import service
 from vre.web import create_service_app
 
@@ -25,11 +27,18 @@ def create_app(config: Config | None = None) -> Flask:
     """Build the dataset service from its configuration (from the environment when not given)."""
     config = config or load_config()
     config.require(*SERVICE.requires)
-    app = create_service_app(SERVICE.name, config, SERVICE.migrations, title=SERVICE.title,
-                             import_name=__name__)
+    app = create_service_app(
+        SERVICE.name, config, SERVICE.migrations, title=SERVICE.title, import_name=__name__
+    )
     _install_ingestion(app, config)
     app.register_blueprint(api.bp)
     app.register_blueprint(api_ingest.bp)
+    app.register_blueprint(api_datasets.bp)
+    # Every dataset action is traced through the tracer's client, as this service itself.
+    app.extensions["dataset.tracer"] = TracerClient(
+        config.url_of("tracer"),
+        IssuedToken.for_service(config.url_of("portal"), SERVICE.name, config.service_secret or ""),
+    )
     return app
 
 
@@ -42,16 +51,19 @@ def _install_ingestion(app: Flask, config: Config) -> None:
             raise ConfigError("VRE_DEID_POLICY_FILE", str(exc)) from None
         policy = DeidPolicy.from_mapping(data)
     db = app.extensions["vre.db"]
-    app.extensions["dataset.ingestor"] = Ingestor(
-        db, Repository(config.repository_path), policy, config.ingest_workers)
+    repository = Repository(config.repository_path)
+    app.extensions["dataset.repository"] = repository
+    app.extensions["dataset.ingestor"] = Ingestor(db, repository, policy, config.ingest_workers)
     # One ingestion at a time: each already uses every core for reading headers.
     app.extensions["dataset.ingest_executor"] = ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="ingest")
+        max_workers=1, thread_name_prefix="ingest"
+    )
     app.extensions["dataset.live_ingests"] = {}
     try:
         with db.session() as session:
             # Runs cut off by a restart did not finish; re-running them resumes.
-            session.execute(sa.update(IngestRun).where(IngestRun.state == "running")
-                            .values(state="interrupted"))
+            session.execute(
+                sa.update(IngestRun).where(IngestRun.state == "running").values(state="interrupted")
+            )
     except sa.exc.SQLAlchemyError:
         pass  # not migrated yet: /readyz says so

@@ -11,20 +11,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 import sqlalchemy as sa
 from eth_account import Account
-from flask import Flask
 from web3 import Web3
-from werkzeug.serving import make_server
 
 from tracer.anchoring import Anchorer, AnchorPolicy, StepResult
 from tracer.chain_jsonrpc import JsonRpcChainClient, load_artifact
@@ -58,20 +53,6 @@ def trace(n: int, **extra: Any) -> dict[str, Any]:
     }
     body.update(extra)
     return body
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """Serve the app over real HTTP on a free loopback port; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="tracer-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
 
 
 def web3(chain_url: str) -> Web3:

@@ -1,0 +1,438 @@
+"""Datasets API: create from studies, release, publish, invalidate (each traced before it is
+committed), FAIR metadata, access lists, and the grants that decide what a workload mounts."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, request
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from sqlalchemy.orm import Session
+
+from dataset_service import datasets as ds
+from dataset_service import fair
+from dataset_service.api_ingest import find_project
+from dataset_service.models import Dataset, DatasetAccess, DatasetStudy, Grant, RevokedUser
+from dataset_service.policy import Action, Decision, decide, decide_use, visible_to
+from tracer.client import TracerClient, TracerError
+from vre.api import PUBLIC, current_principal, endpoint
+from vre.db import utcnow
+from vre.errors import ApiError, NotFound, Unprocessable
+from vre.tokens import Principal
+from vre.web import config_of, db_of
+
+bp = Blueprint("datasets_api", __name__, url_prefix="/api/v1")
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
+
+
+class Author(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    given_name: str | None = Field(None, max_length=100)
+    family_name: str | None = Field(None, max_length=100)
+    orcid: str | None = Field(None, pattern=r"^(https://orcid\.org/)?\d{4}-\d{4}-\d{4}-\d{3}[\dX]$")
+    affiliation: str | None = Field(None, max_length=200)
+
+
+class StudyQueryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    modality: str | None = Field(None, max_length=16)
+    body_part: str | None = Field(None, max_length=64)
+    age_min: int | None = Field(None, ge=0, le=150)
+    age_max: int | None = Field(None, ge=0, le=150)
+    sex: Literal["M", "F", "O"] | None = None
+    diagnosis: str | None = Field(None, max_length=200)
+
+
+class DatasetIn(BaseModel):
+    """A new dataset: its studies (listed or queried) and its descriptive metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+    project: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=3, max_length=200)
+    description: str = Field("", max_length=20_000)
+    version: str = Field("1.0", pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+    studies: list[str] | None = Field(None, max_length=100_000)
+    query: StudyQueryIn | None = None
+    license_id: str = Field(pattern=r"^[A-Za-z0-9.+-]{1,64}$", description="SPDX identifier")
+    license_url: HttpUrl | None = None
+    contact_name: str = Field(min_length=1, max_length=200)
+    contact_email: str = Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,}$")
+    authors: list[Author] = Field(default_factory=list, max_length=200)
+    keywords: list[str] = Field(default_factory=list, max_length=50)
+    purpose: str = Field("", max_length=5000)
+    provenance: str = Field("", max_length=5000)
+    doi: str | None = Field(None, pattern=r"^(https://doi\.org/|doi:)?10\.\d{4,9}/\S+$")
+    public_use: bool = False
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> DatasetIn:
+        if (self.studies is None) == (self.query is None):
+            raise ValueError("give either 'studies' or 'query'")
+        if self.license_url is None and self.license_id not in ds.KNOWN_LICENSES:
+            raise ValueError(f"license_url is needed for licence {self.license_id!r}")
+        return self
+
+
+class DatasetOut(BaseModel):
+    id: str
+    pid: str
+    project_id: str
+    name: str
+    description: str
+    version: str
+    state: str
+    license_id: str
+    license_url: str
+    contact_name: str
+    authors: list[dict[str, Any]]
+    keywords: list[str]
+    purpose: str
+    provenance: str
+    doi: str | None
+    public_use: bool
+    content_hash: str
+    statistics: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    released_at: datetime | None
+    published_at: datetime | None
+    invalidated_at: datetime | None
+    invalidation_reason: str | None
+    previous_id: str | None
+    next_id: str | None
+
+
+class InvalidateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class AccessIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(pattern=_ID)
+
+
+class GrantIn(BaseModel):
+    """What the portal asks on behalf of a user before it starts a workload."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(pattern=_ID)
+    user_roles: list[str] = Field(default_factory=list, max_length=10)
+    workload_id: str = Field(pattern=_ID)
+    purpose: Literal["desktop", "job"]
+    datasets: list[str] = Field(min_length=1, max_length=50)
+    tool: str | None = Field(None, max_length=128)
+    image: str | None = Field(None, max_length=256)
+    flavor: str | None = Field(None, max_length=64)
+
+
+class Mount(BaseModel):
+    dataset_id: str
+    name: str
+    source: str = Field(description="host directory holding this dataset's files only")
+    target: str = Field(description="where the workload sees it")
+    read_only: Literal[True] = True
+
+
+class GrantOut(BaseModel):
+    id: str
+    user_id: str
+    workload_id: str
+    purpose: str
+    mounts: list[Mount]
+    index_file: str = "index.json"
+
+
+class RevokeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=500)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def _tracer() -> TracerClient:
+    return current_app.extensions["dataset.tracer"]
+
+
+def record_trace(actor: str, action: str, datasets: list[Dataset],
+                 details: dict[str, Any]) -> None:
+    """Trace an action before its change is committed: no action without its trace."""
+    try:
+        _tracer().record({"actor": actor, "action": action,
+                          "datasets": [{"id": d.id, "hash": d.content_hash} for d in datasets],
+                          "details": {k: v for k, v in details.items() if v is not None}})
+    except TracerError as exc:
+        raise ApiError(f"the audit ledger did not record this action, so it was not done: "
+                       f"{exc}", code="tracer_unavailable", status=503) from None
+
+
+def _out(dataset: Dataset) -> DatasetOut:
+    pid = f"{config_of().pid_base}/{dataset.id}"
+    return DatasetOut.model_validate({**{c.key: getattr(dataset, c.key) for c in
+                                         sa.inspect(Dataset).mapper.column_attrs}, "pid": pid})
+
+
+def _refuse(decision: Decision, dataset_id: str) -> None:
+    if decision:
+        return
+    if decision.code == "not_visible":
+        raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
+    raise ApiError(decision.reason, code=str(decision.code), status=403)
+
+
+def _load(session: Session, dataset_id: str, principal: Principal | None,
+          action: Action) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
+    if action == Action.VIEW_METADATA and dataset.state == "published":
+        return dataset  # published metadata is public
+    if principal is None:
+        raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
+    _refuse(decide(ds.actor_of(session, principal), ds.facts_of(session, dataset), action),
+            dataset_id)
+    return dataset
+
+
+def _me() -> Principal:
+    principal = current_principal()
+    assert principal is not None
+    return principal
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+@bp.post("/datasets")
+@endpoint("Create a draft dataset from studies", body=DatasetIn, response=DatasetOut,
+          status=201, roles=["steward", "admin"], tags=["datasets"])
+def create_dataset(body: DatasetIn) -> DatasetOut:
+    principal = _me()
+    with db_of().session() as session:
+        project = find_project(session, body.project)
+        actor = ds.actor_of(session, principal)
+        if not (actor.steward_of(project.id) or principal.has_any("admin")):
+            raise ApiError("only the project's stewards may create its datasets",
+                           code="not_a_steward", status=403)
+        if body.studies is not None:
+            studies, missing = ds.studies_by_ids(session, project.id, body.studies)
+            if missing:
+                raise Unprocessable(f"studies not in project {project.name!r}: "
+                                    f"{', '.join(missing[:10])}", code="unknown_studies",
+                                    field="studies")
+        else:
+            studies = ds.select_studies(session, project.id,
+                                        ds.StudyQuery(**body.query.model_dump()))
+        if not studies:
+            raise Unprocessable("the selection holds no study", code="no_studies",
+                                field="studies" if body.studies is not None else "query")
+        dataset = Dataset(
+            project_id=project.id, name=body.name, description=body.description,
+            version=body.version, license_id=body.license_id,
+            license_url=str(body.license_url or ds.KNOWN_LICENSES[body.license_id]),
+            contact_name=body.contact_name, contact_email=body.contact_email,
+            authors=[a.model_dump(exclude_none=True) for a in body.authors],
+            keywords=body.keywords, purpose=body.purpose, provenance=body.provenance,
+            doi=body.doi, public_use=body.public_use, content_hash=ds.content_hash(studies),
+            statistics=ds.compute_statistics(session, [s.id for s in studies]),
+            created_by=principal.subject)
+        session.add(dataset)
+        session.flush()
+        session.add_all(DatasetStudy(dataset_id=dataset.id, study_id=s.id) for s in studies)
+        session.flush()
+        record_trace(principal.subject, "CREATE_DATASET", [dataset], {
+            "project": project.name, "version": dataset.version,
+            "license": dataset.license_id})
+        return _out(dataset)
+
+
+def _transition(dataset_id: str, action: Action, update: str, change: Any,
+                details: dict[str, Any] | None = None) -> DatasetOut:
+    principal = _me()
+    with db_of().session() as session:
+        dataset = _load(session, dataset_id, principal, action)
+        change(session, dataset)
+        dataset.modified_at = utcnow()
+        session.flush()
+        record_trace(principal.subject, "UPDATE_DATASET", [dataset],
+                     {"update": update, "version": dataset.version, **(details or {})})
+        return _out(dataset)
+
+
+@bp.post("/datasets/<dataset_id>/release")
+@endpoint("Release a draft: its contents are fixed from now on", response=DatasetOut,
+          tags=["datasets"])
+def release(dataset_id: str) -> DatasetOut:
+    def change(session: Session, dataset: Dataset) -> None:
+        dataset.state, dataset.released_at = "released", utcnow()
+        ds.ensure_tree(session, current_app.extensions["dataset.repository"], dataset)
+
+    return _transition(dataset_id, Action.RELEASE, "RELEASE", change)
+
+
+@bp.post("/datasets/<dataset_id>/publish")
+@endpoint("Publish a released dataset's metadata in the public catalogue",
+          response=DatasetOut, tags=["datasets"])
+def publish(dataset_id: str) -> DatasetOut:
+    def change(session: Session, dataset: Dataset) -> None:
+        dataset.state, dataset.published_at = "published", utcnow()
+        index = current_app.extensions.get("dataset.catalogue_index")
+        if index is not None:
+            index(session, dataset)
+
+    return _transition(dataset_id, Action.PUBLISH, "PUBLISH", change)
+
+
+@bp.post("/datasets/<dataset_id>/invalidate")
+@endpoint("Invalidate a dataset: it still resolves, with its reason, but nobody can use it",
+          body=InvalidateIn, response=DatasetOut, tags=["datasets"])
+def invalidate(dataset_id: str, body: InvalidateIn) -> DatasetOut:
+    def change(session: Session, dataset: Dataset) -> None:
+        dataset.state, dataset.invalidated_at = "invalidated", utcnow()
+        dataset.invalidation_reason = body.reason
+
+    return _transition(dataset_id, Action.INVALIDATE, "INVALIDATE", change,
+                       {"reason": body.reason})
+
+
+@bp.get("/datasets/<dataset_id>")
+@endpoint("One dataset's record (published ones are public)", response=DatasetOut,
+          roles=PUBLIC, tags=["datasets"])
+def get_dataset(dataset_id: str) -> DatasetOut:
+    with db_of().session() as session:
+        return _out(_load(session, dataset_id, current_principal(required=False),
+                          Action.VIEW_METADATA))
+
+
+@bp.get("/datasets")
+@endpoint("Datasets the caller may see, newest first", response=DatasetOut, tags=["datasets"])
+def list_datasets() -> list[DatasetOut]:
+    principal = _me()
+    with db_of().session() as session:
+        actor = ds.actor_of(session, principal)
+        rows = session.scalars(sa.select(Dataset).order_by(Dataset.created_at.desc())
+                               .limit(1000))
+        return [_out(d) for d in rows if visible_to(actor, ds.facts_of(session, d))]
+
+
+@bp.get("/datasets/<dataset_id>/metadata")
+@endpoint("Metadata as DataCite, schema.org JSON-LD or DCAT-AP (Turtle or JSON-LD); by "
+          "?format= or Accept", roles=PUBLIC, tags=["datasets"])
+def metadata(dataset_id: str) -> Response:
+    with db_of().session() as session:
+        dataset = _load(session, dataset_id, current_principal(required=False),
+                        Action.VIEW_METADATA)
+        record = ds.fair_record(config_of(), session, dataset)
+    try:
+        name = fair.negotiate(request.headers.get("Accept"), request.args.get("format"))
+    except fair.UnknownFormat as exc:
+        status = 400 if request.args.get("format") else 406
+        raise ApiError(str(exc), code="unknown_format", field="format", status=status) from None
+    chosen = fair.FORMATS[name]
+    rendered = chosen.render(record)
+    if isinstance(rendered, str):
+        return Response(rendered, mimetype=chosen.media_type.split(";")[0])
+    return Response(json.dumps(rendered, ensure_ascii=False, indent=1),
+                    content_type=chosen.media_type)
+
+
+# -- access ------------------------------------------------------------------------------
+
+@bp.put("/datasets/<dataset_id>/access")
+@endpoint("Put a user on the dataset's access list", body=AccessIn, status=200,
+          tags=["access"])
+def grant_access(dataset_id: str, body: AccessIn) -> dict[str, str]:
+    principal = _me()
+    with db_of().session() as session:
+        dataset = _load(session, dataset_id, principal, Action.MANAGE_ACCESS)
+        if session.get(DatasetAccess, (dataset.id, body.user_id)) is None:
+            session.add(DatasetAccess(dataset_id=dataset.id, user_id=body.user_id,
+                                      granted_by=principal.subject))
+            session.flush()
+            record_trace(principal.subject, "UPDATE_DATASET", [dataset],
+                         {"update": "GRANT_ACCESS", "subject_user": body.user_id})
+    return {"dataset_id": dataset_id, "user_id": body.user_id}
+
+
+@bp.delete("/datasets/<dataset_id>/access/<user_id>")
+@endpoint("Take a user off the dataset's access list", tags=["access"])
+def revoke_access(dataset_id: str, user_id: str) -> dict[str, str]:
+    principal = _me()
+    with db_of().session() as session:
+        dataset = _load(session, dataset_id, principal, Action.MANAGE_ACCESS)
+        entry = session.get(DatasetAccess, (dataset.id, user_id))
+        if entry is None:
+            raise NotFound(f"{user_id!r} is not on the access list", field="user_id")
+        session.delete(entry)
+        session.flush()
+        record_trace(principal.subject, "UPDATE_DATASET", [dataset],
+                     {"update": "REVOKE_ACCESS", "subject_user": user_id})
+    return {"dataset_id": dataset_id, "user_id": user_id}
+
+
+@bp.post("/grants")
+@endpoint("Decide and trace what a workload may mount; answer with its read-only mounts",
+          body=GrantIn, response=GrantOut, status=201, roles=["service"], tags=["grants"])
+def create_grant(body: GrantIn) -> GrantOut:
+    with db_of().session() as session:
+        wanted = list(dict.fromkeys(body.datasets))
+        rows = {d.id: d for d in session.scalars(sa.select(Dataset).where(
+            Dataset.id.in_(wanted)))}
+        actor = ds.actor_for(session, body.user_id, frozenset(body.user_roles))
+        answers = decide_use(actor, [ds.facts_of(session, rows[i]) for i in wanted
+                                     if i in rows])
+        refused = {i: {"code": "not_found", "reason": "no such dataset"}
+                   for i in wanted if i not in rows}
+        refused.update({i: {"code": str(d.code), "reason": d.reason}
+                        for i, d in answers.items() if not d})
+        if refused:
+            raise ApiError("some datasets may not be used: " + "; ".join(
+                f"{i}: {r['reason']}" for i, r in refused.items()),
+                code="grant_refused", status=403, details={"refused": refused})
+        repository = current_app.extensions["dataset.repository"]
+        mounts = []
+        for dataset_id in wanted:
+            dataset = rows[dataset_id]
+            source = ds.ensure_tree(session, repository, dataset)
+            mounts.append(Mount(dataset_id=dataset.id, name=dataset.name, source=source,
+                                target=f"/data/{dataset.id}"))
+        grant = Grant(user_id=body.user_id, workload_id=body.workload_id,
+                      purpose=body.purpose, dataset_ids=wanted, tool=body.tool,
+                      image=body.image, flavor=body.flavor)
+        session.add(grant)
+        session.flush()
+        record_trace(body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
+            "workload_id": body.workload_id, "purpose": body.purpose, "tool": body.tool,
+            "image": body.image, "flavor": body.flavor})
+        return GrantOut(id=grant.id, user_id=grant.user_id, workload_id=grant.workload_id,
+                        purpose=grant.purpose, mounts=mounts)
+
+
+@bp.delete("/grants/<grant_id>")
+@endpoint("End a grant when its workload stops", roles=["service"], tags=["grants"])
+def end_grant(grant_id: str) -> dict[str, Any]:
+    with db_of().session() as session:
+        grant = session.get(Grant, grant_id)
+        if grant is None:
+            raise NotFound(f"no grant {grant_id!r}", field="grant_id")
+        grant.ended_at = grant.ended_at or utcnow()
+        return {"id": grant.id, "ended_at": grant.ended_at.isoformat()}
+
+
+@bp.put("/revoked-users/<user_id>")
+@endpoint("Withdraw a user's access: every later grant for them is refused", body=RevokeIn,
+          roles=["admin", "service"], tags=["grants"])
+def revoke_user(user_id: str, body: RevokeIn) -> dict[str, Any]:
+    principal = _me()
+    with db_of().session() as session:
+        if session.get(RevokedUser, user_id) is None:
+            session.add(RevokedUser(user_id=user_id, revoked_by=principal.subject,
+                                    reason=body.reason))
+        active = list(session.scalars(sa.select(Grant.workload_id).where(
+            Grant.user_id == user_id, Grant.ended_at.is_(None))))
+    # The caller (the portal) stops these workloads; the next grant is refused anyway.
+    return {"user_id": user_id, "revoked": True, "active_workloads": active}

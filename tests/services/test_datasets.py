@@ -1,0 +1,220 @@
+"""Datasets from ingested studies: created, released, published and invalidated, each traced
+by the real tracer before it counts; grants decide what a workload mounts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from dataset_service.demo import DemoSpec, generate_demo_data
+from dataset_service.ingest import Ingestor
+from dataset_service.models import Project, ProjectMember
+from tests.helpers import auth, serving
+from tracer.client import TracerClient
+from vre.service_auth import StaticToken
+
+SPEC = DemoSpec(seed=5, subjects=4, slices_per_series=(3, 4))
+DATASET = {"project": "lung", "name": "Chest CT pilot", "description": "Pilot <b>set</b>",
+           "query": {"modality": "CT"}, "license_id": "CC-BY-4.0",
+           "contact_name": "Data Steward", "contact_email": "steward@hospital.example",
+           "keywords": ["chest", "CT"], "authors": [{"name": "Ada Lovelace"}]}
+
+
+@pytest.fixture
+def platform(make_app: Callable[[str], Flask], token: Callable[..., str],
+             tmp_path: Path) -> Iterator[tuple[Flask, TracerClient]]:
+    tracer_app = make_app("tracer")
+    service = make_app("dataset_service")
+    with serving(tracer_app) as tracer_url:
+        client = TracerClient(tracer_url, StaticToken(token("service:dataset_service",
+                                                            "service")))
+        service.extensions["dataset.tracer"] = client
+        db = service.extensions["vre.db"]
+        with db.session() as session:
+            project = Project(name="lung", title="Lung", created_by="steward-1")
+            session.add(project)
+            session.flush()
+            session.add_all([ProjectMember(project_id=project.id, user_id="steward-1",
+                                           role="steward"),
+                             ProjectMember(project_id=project.id, user_id="res-1",
+                                           role="researcher")])
+            project_id = project.id
+        generate_demo_data(tmp_path / "in", SPEC)
+        ingestor: Ingestor = service.extensions["dataset.ingestor"]
+        ingestor.run(ingestor.start(project_id, tmp_path / "in", "steward-1"))
+        yield service, TracerClient(tracer_url, StaticToken(token("auditor-1", "auditor")))
+
+
+@pytest.fixture
+def steward(token: Callable[..., str]) -> dict[str, str]:
+    return auth(token("steward-1", "steward"))
+
+
+@pytest.fixture
+def portal(token: Callable[..., str]) -> dict[str, str]:
+    return auth(token("service:portal", "service"))
+
+
+def create(service: Flask, steward: dict[str, str], **changes: object) -> dict:
+    response = service.test_client().post("/api/v1/datasets", headers=steward,
+                                          json={**DATASET, **changes})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def grant(service: Flask, portal: dict[str, str], user: str, *ids: str,
+          roles: tuple[str, ...] = ("researcher",)):
+    return service.test_client().post("/api/v1/grants", headers=portal, json={
+        "user_id": user, "user_roles": list(roles), "workload_id": f"desktop-{user}",
+        "purpose": "desktop", "datasets": list(ids), "tool": "desktop",
+        "image": "vre/desktop:1", "flavor": "small"})
+
+
+def test_creating_a_dataset_traces_its_content_hash(platform, steward) -> None:
+    service, auditor = platform
+    dataset = create(service, steward)
+    assert dataset["state"] == "draft" and dataset["content_hash"].startswith("sha256:")
+    stats = dataset["statistics"]
+    assert stats["studies"] >= 1 and set(stats["modalities"]) == {"CT"}
+    traces = list(auditor.query(dataset=dataset["id"]))
+    assert [t["action"] for t in traces] == ["CREATE_DATASET"]
+    assert traces[0]["datasets"] == [{"id": dataset["id"], "hash": dataset["content_hash"]}]
+
+
+def test_release_publish_and_the_public_record(platform, steward) -> None:
+    service, auditor = platform
+    dataset = create(service, steward)
+    client = service.test_client()
+    assert client.get(f"/api/v1/datasets/{dataset['id']}").status_code == 404, \
+        "a draft is not public"
+    released = client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+    assert released.status_code == 200 and released.get_json()["state"] == "released"
+    assert client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward
+                       ).get_json()["error"]["code"] == "wrong_state"
+    assert client.post(f"/api/v1/datasets/{dataset['id']}/publish", headers=steward
+                       ).status_code == 200
+    public = client.get(f"/api/v1/datasets/{dataset['id']}")
+    assert public.status_code == 200 and public.get_json()["state"] == "published"
+    updates = [t["details"].get("update") for t in auditor.query(dataset=dataset["id"])]
+    assert updates == [None, "RELEASE", "PUBLISH"]
+    ttl = client.get(f"/api/v1/datasets/{dataset['id']}/metadata?format=dcat-ttl")
+    assert ttl.status_code == 200 and ttl.mimetype == "text/turtle"
+    datacite = client.get(f"/api/v1/datasets/{dataset['id']}/metadata",
+                          headers={"Accept": "application/vnd.datacite.datacite+json"})
+    assert datacite.get_json()["titles"][0]["title"] == "Chest CT pilot"
+    bad = client.get(f"/api/v1/datasets/{dataset['id']}/metadata?format=pdf")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "unknown_format"
+
+
+def test_a_grant_mounts_exactly_the_dataset_read_only(platform, steward, portal) -> None:
+    service, auditor = platform
+    dataset = create(service, steward)
+    service.test_client().post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+    response = grant(service, portal, "res-1", dataset["id"])
+    assert response.status_code == 201, response.get_json()
+    mount = response.get_json()["mounts"][0]
+    assert mount["read_only"] is True and mount["target"] == f"/data/{dataset['id']}"
+    tree = Path(mount["source"])
+    files = [p for p in tree.rglob("*.dcm")]
+    assert len(files) == dataset["statistics"]["instances"]
+    assert (tree / "index.json").is_file()
+    assert all(p.stat().st_mode & 0o222 == 0 for p in files), "files are read-only"
+    assert tree.stat().st_mode & 0o222 == 0, "the tree cannot be written"
+    if os.geteuid() != 0:
+        with pytest.raises(PermissionError):
+            (tree / "new-file").write_text("x")
+    use = [t for t in auditor.query(dataset=dataset["id"]) if t["action"] == "USE_DATASETS"]
+    assert use[0]["actor"] == "res-1"
+    assert use[0]["details"]["workload_id"] == "desktop-res-1"
+    assert use[0]["details"]["image"] == "vre/desktop:1"
+
+
+def test_grants_are_refused_with_the_dataset_and_the_reason(platform, steward,
+                                                            portal) -> None:
+    service, _ = platform
+    dataset = create(service, steward)
+    draft = grant(service, portal, "steward-1", dataset["id"], roles=("steward",))
+    assert draft.status_code == 403
+    refused = draft.get_json()["error"]["details"]["refused"]
+    assert refused[dataset["id"]]["code"] == "draft_not_usable"
+    client = service.test_client()
+    client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+    outsider = grant(service, portal, "res-2", dataset["id"])
+    assert outsider.get_json()["error"]["details"]["refused"][dataset["id"]]["code"] == \
+        "not_a_member"
+    client.put(f"/api/v1/datasets/{dataset['id']}/access", headers=steward,
+               json={"user_id": "res-2"})
+    assert grant(service, portal, "res-2", dataset["id"]).status_code == 201
+    client.put("/api/v1/revoked-users/res-2", headers=portal, json={"reason": "left"})
+    assert grant(service, portal, "res-2", dataset["id"]).get_json()["error"]["details"][
+        "refused"][dataset["id"]]["code"] == "user_revoked"
+    unknown = grant(service, portal, "res-1", "no-such-dataset")
+    assert unknown.get_json()["error"]["details"]["refused"]["no-such-dataset"]["code"] == \
+        "not_found"
+
+
+def test_an_invalidated_dataset_resolves_but_cannot_be_used(platform, steward,
+                                                            portal) -> None:
+    service, _ = platform
+    dataset = create(service, steward)
+    client = service.test_client()
+    client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+    client.post(f"/api/v1/datasets/{dataset['id']}/publish", headers=steward)
+    gone = client.post(f"/api/v1/datasets/{dataset['id']}/invalidate", headers=steward,
+                       json={"reason": "a series was mislabelled"})
+    assert gone.status_code == 200
+    record = client.get(f"/api/v1/datasets/{dataset['id']}", headers=steward).get_json()
+    assert record["state"] == "invalidated"
+    assert record["invalidation_reason"] == "a series was mislabelled"
+    refused = grant(service, portal, "res-1", dataset["id"]).get_json()["error"]
+    assert refused["details"]["refused"][dataset["id"]]["code"] == "dataset_invalidated"
+
+
+def test_no_action_without_its_trace(platform, steward, token) -> None:
+    service, _ = platform
+    service.extensions["dataset.tracer"] = TracerClient(
+        "http://127.0.0.1:9", StaticToken(token("service:dataset_service", "service")),
+        timeout=2)
+    response = service.test_client().post("/api/v1/datasets", headers=steward, json=DATASET)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "tracer_unavailable"
+    listing = service.test_client().get("/api/v1/datasets", headers=steward).get_json()
+    assert listing == [], "the untraced dataset was not created"
+
+
+@pytest.mark.parametrize("change,code,field", [
+    ({"studies": ["no-such-study"], "query": None}, "unknown_studies", "studies"),
+    ({"query": {"modality": "PET"}}, "no_studies", "query"),
+    ({"license_id": "Custom-1"}, "validation_error", None),
+    ({"contact_email": "not-an-email"}, "validation_error", "contact_email"),
+    ({"project": "nope"}, "not_found", "project"),
+])
+def test_bad_dataset_requests_are_refused(platform, steward, change: dict, code: str,
+                                          field: str | None) -> None:
+    service, _ = platform
+    body = {**DATASET, **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    response = service.test_client().post("/api/v1/datasets", headers=steward, json=body)
+    assert response.status_code in (404, 422), response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    if field:
+        assert error["field"] == field
+
+
+def test_researchers_cannot_create_or_release(platform, steward, token) -> None:
+    service, _ = platform
+    researcher = auth(token("res-1", "researcher"))
+    assert service.test_client().post("/api/v1/datasets", headers=researcher,
+                                      json=DATASET).status_code == 403
+    dataset = create(service, steward)
+    member_steward_role = auth(token("res-1", "steward"))
+    response = service.test_client().post(f"/api/v1/datasets/{dataset['id']}/release",
+                                          headers=member_steward_role)
+    assert response.status_code in (403, 404)
+
+
