@@ -340,6 +340,35 @@ def metadata(dataset_id: str) -> Response:
                     content_type=chosen.media_type)
 
 
+class IntegrityOut(BaseModel):
+    dataset_id: str
+    ok: bool
+    stored_hash: str
+    recomputed_hash: str | None
+    traced_hash: str | None
+    problems: list[str]
+
+
+@bp.get("/datasets/<dataset_id>/integrity")
+@endpoint("Re-hash the dataset's files and compare with its traced content hash",
+          response=IntegrityOut, tags=["datasets"])
+def integrity(dataset_id: str) -> IntegrityOut:
+    principal = _me()
+    with db_of().session() as session:
+        dataset = _load(session, dataset_id, principal, Action.VIEW_ACCESS_LOG)
+        try:
+            created = next(iter(_tracer().query(dataset=dataset.id, action="CREATE_DATASET")),
+                           None)
+        except TracerError as exc:
+            raise ApiError(f"cannot read the ledger: {exc}", code="tracer_unavailable",
+                           status=503) from None
+        traced = next((d.get("hash") for d in (created or {}).get("datasets", [])
+                       if d["id"] == dataset.id), None)
+        report = ds.check_integrity(session, current_app.extensions["dataset.repository"],
+                                    dataset, traced)
+    return IntegrityOut(ok=report.ok, **vars(report))
+
+
 # -- access ------------------------------------------------------------------------------
 
 @bp.put("/datasets/<dataset_id>/access")

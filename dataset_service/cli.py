@@ -76,6 +76,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if run["state"] == "finished" else 1
 
 
+def cmd_check_integrity(args: argparse.Namespace) -> int:
+    """Recompute a dataset's content hash from its files and compare with the traced one."""
+    config = load_config(**({"home": Path(args.home)} if args.home else {}))
+    http, base = _client(config, args)
+    report = _answer(http.get(f"{base}/datasets/{args.dataset_id}/integrity", timeout=600))
+    print(f"dataset {report['dataset_id']}")
+    print(f"  traced hash:     {report['traced_hash']}")
+    print(f"  recorded hash:   {report['stored_hash']}")
+    print(f"  recomputed hash: {report['recomputed_hash']}")
+    for problem in report["problems"]:
+        print(f"  problem: {problem}")
+    print("OK: the files are what was traced" if report["ok"] else "FAILED")
+    return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vre-dataset", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--token", help="bearer token to act with")
     ingest.add_argument("--user", help="sign in as this user; password read from stdin")
     ingest.set_defaults(func=cmd_ingest)
+    check = sub.add_parser("check-integrity",
+                           help="recompute a dataset's content hash and compare with the ledger")
+    check.add_argument("dataset_id")
+    for p in (check,):
+        p.add_argument("--home", help="data directory (default: $VRE_HOME or ./var)")
+        p.add_argument("--token", help="bearer token to act with")
+        p.add_argument("--user", help="sign in as this user; password read from stdin")
+    check.set_defaults(func=cmd_check_integrity)
     return parser
 
 

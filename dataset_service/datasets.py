@@ -3,6 +3,7 @@ about, the mount tree of a released dataset, and the FAIR record of one dataset.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from dataset_service import fair
-from dataset_service.dicom import dataset_hash
+from dataset_service.dicom import dataset_hash, instances_hash
 from dataset_service.models import (
     Dataset,
     DatasetAccess,
@@ -218,3 +219,57 @@ def fair_record(config: Config, session: Session, dataset: Dataset) -> fair.Data
         keywords=list(dataset.keywords or []), purpose=dataset.purpose,
         provenance=dataset.provenance, project=project.title if project else None,
         previous_version=link(dataset.previous_id), next_version=link(dataset.next_id))
+
+
+@dataclass
+class IntegrityReport:
+    """A dataset's contents recomputed from the repository's files, against what was traced."""
+
+    dataset_id: str
+    stored_hash: str
+    recomputed_hash: str | None
+    traced_hash: str | None
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_integrity(session: Session, repository: Repository, dataset: Dataset,
+                    traced_hash: str | None) -> IntegrityReport:
+    """Re-hash every file of the dataset and rebuild its content hash from them."""
+    problems: list[str] = []
+    study_hashes = []
+    for study in session.scalars(sa.select(Study).join(
+            DatasetStudy, DatasetStudy.study_id == Study.id).where(
+            DatasetStudy.dataset_id == dataset.id).order_by(Study.study_uid)):
+        pairs = []
+        for sop_uid, recorded in session.execute(
+                sa.select(Instance.sop_uid, Instance.sha256).join(
+                    Series, Series.id == Instance.series_id).where(
+                    Series.study_id == study.id)):
+            path = repository.blob_path(recorded)
+            try:
+                with open(path, "rb") as handle:
+                    actual = hashlib.file_digest(handle, "sha256").hexdigest()
+            except FileNotFoundError:
+                problems.append(f"instance {sop_uid}: its file is missing")
+                actual = "0" * 64
+            else:
+                if actual != recorded:
+                    problems.append(f"instance {sop_uid}: its file changed")
+            pairs.append((sop_uid, actual))
+        recomputed = instances_hash(pairs)
+        if recomputed != study.content_hash:
+            problems.append(f"study {study.study_uid}: contents differ from when it was ingested")
+        study_hashes.append(recomputed)
+    recomputed_hash = dataset_hash(study_hashes) if study_hashes else None
+    if recomputed_hash != dataset.content_hash:
+        problems.append("the dataset's contents differ from its recorded content hash")
+    if traced_hash is None:
+        problems.append("the ledger holds no CREATE_DATASET trace for this dataset")
+    elif traced_hash != dataset.content_hash:
+        problems.append("the recorded content hash differs from the one in the ledger")
+    return IntegrityReport(dataset.id, dataset.content_hash, recomputed_hash, traced_hash,
+                           problems)

@@ -645,8 +645,12 @@ def _slice_normal(orientation: tuple[float, ...] | None) -> tuple[float, ...] | 
 def study_hash(study: StudyGroup) -> str:
     """``sha256:<hex>`` of the lines ``"<SOPInstanceUID> <sha256>\\n"`` sorted by UID (then
     digest): independent of file order and names, changed by any change to any instance."""
-    pairs = sorted((h.sop_instance_uid, h.sha256) for h in study.instances)
-    return _hash_lines(f"{uid} {digest}" for uid, digest in pairs)
+    return instances_hash((h.sop_instance_uid, h.sha256) for h in study.instances)
+
+
+def instances_hash(pairs: Iterable[tuple[str, str]]) -> str:
+    """The study hash from (SOPInstanceUID, sha256) pairs, for recomputing a stored study."""
+    return _hash_lines(f"{uid} {digest}" for uid, digest in sorted(pairs))
 
 
 def dataset_hash(study_hashes: Iterable[str]) -> str:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from flask import Flask, has_request_context, request
 from sqlalchemy import event
 
+from tests.helpers import serving
 from tests.ledger_helpers import (
     OTHER_CONTRACT_INITCODE,
     ChainState,
@@ -30,7 +31,6 @@ from tests.ledger_helpers import (
     leaf_events,
     log_head,
     next_leaf_index,
-    serving,
     stored_rows,
     swap_traces,
     trace,

@@ -8,11 +8,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
+from dataset_service import datasets as ds
 from dataset_service.demo import DemoSpec, generate_demo_data
 from dataset_service.ingest import Ingestor
-from dataset_service.models import Project, ProjectMember
+from dataset_service.models import Instance, Project, ProjectMember, Series
 from tests.helpers import auth, serving
 from tracer.client import TracerClient
 from vre.service_auth import StaticToken
@@ -218,3 +220,26 @@ def test_researchers_cannot_create_or_release(platform, steward, token) -> None:
     assert response.status_code in (403, 404)
 
 
+
+
+def test_integrity_check_finds_a_changed_file(platform, steward) -> None:
+    service, _ = platform
+    dataset = create(service, steward)
+    client = service.test_client()
+    report = client.get(f"/api/v1/datasets/{dataset['id']}/integrity", headers=steward)
+    assert report.status_code == 200, report.get_json()
+    assert report.get_json()["ok"] is True
+    assert report.get_json()["traced_hash"] == dataset["content_hash"]
+    repository = service.extensions["dataset.repository"]
+    with service.extensions["vre.db"].session() as session:
+        study_id = ds.study_ids_of(session, dataset["id"])[0]
+        sha = session.scalar(sa.select(Instance.sha256).join(
+            Series, Series.id == Instance.series_id).where(Series.study_id == study_id))
+    blob = repository.blob_path(sha)
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes() + b"tampered")
+    report = client.get(f"/api/v1/datasets/{dataset['id']}/integrity",
+                        headers=steward).get_json()
+    assert report["ok"] is False
+    assert report["recomputed_hash"] != report["traced_hash"]
+    assert any("changed" in p for p in report["problems"])
