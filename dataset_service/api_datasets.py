@@ -292,8 +292,12 @@ def publish(dataset_id: str) -> DatasetOut:
           body=InvalidateIn, response=DatasetOut, tags=["datasets"])
 def invalidate(dataset_id: str, body: InvalidateIn) -> DatasetOut:
     def change(session: Session, dataset: Dataset) -> None:
+        was_published = dataset.state == "published"
         dataset.state, dataset.invalidated_at = "invalidated", utcnow()
         dataset.invalidation_reason = body.reason
+        remove = current_app.extensions.get("dataset.catalogue_remove")
+        if was_published and remove is not None:
+            remove(session, dataset)  # still resolves by its PID, no longer offered
 
     return _transition(dataset_id, Action.INVALIDATE, "INVALIDATE", change,
                        {"reason": body.reason})

@@ -229,3 +229,7 @@ class RevokedUser(Base):
     revoked_by: Mapped[str] = mapped_column(sa.String(128))
     revoked_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     reason: Mapped[str] = mapped_column(sa.Text, default="")
+
+
+# The catalogue's tables live with their search backend; importing it puts them on Base.metadata.
+from dataset_service.search import database as _catalogue_tables  # noqa: E402, F401

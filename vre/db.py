@@ -148,12 +148,22 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+_FTS_TABLE = re.compile(r".+_fts(_(data|idx|content|docsize|config))?")
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic's include_name hook: compare everything but SQLite FTS5 tables (and their
+    shadow tables), which no model can declare, with the models."""
+    return not (type_ == "table" and name is not None and _FTS_TABLE.fullmatch(name))
+
+
 def run_migrations(context: Any, metadata: sa.MetaData) -> None:
     """Body of every service's alembic env.py: migrate on the engine handed in."""
     engine: Engine = context.config.attributes["engine"]
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=metadata,
-                          render_as_batch=engine.dialect.name == "sqlite")
+                          render_as_batch=engine.dialect.name == "sqlite",
+                          include_name=include_name)
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()

@@ -243,3 +243,23 @@ def test_integrity_check_finds_a_changed_file(platform, steward) -> None:
     assert report["ok"] is False
     assert report["recomputed_hash"] != report["traced_hash"]
     assert any("changed" in p for p in report["problems"])
+
+
+def test_published_datasets_are_found_in_the_public_catalogue(platform, steward) -> None:
+    service, _ = platform
+    client = service.test_client()
+    hidden = create(service, steward, name="Draft never published")
+    shown = create(service, steward, name="Chest CT pilot", keywords=["thorax"])
+    for step in ("release", "publish"):
+        client.post(f"/api/v1/datasets/{shown['id']}/{step}", headers=steward)
+    found = client.get("/api/v1/catalogue?q=thorax").get_json()
+    assert [r["id"] for r in found["results"]] == [shown["id"]]
+    assert found["facets"]["modality"] == {"CT": 1}
+    everything = client.get("/api/v1/catalogue").get_json()
+    assert hidden["id"] not in [r["id"] for r in everything["results"]]
+    assert client.get("/api/v1/catalogue?modality=MR").get_json()["total"] == 0
+    assert client.get('/api/v1/catalogue?q="NEAR(').status_code == 200
+    assert client.get("/api/v1/catalogue?per_page=1000").status_code == 422
+    client.post(f"/api/v1/datasets/{shown['id']}/invalidate", headers=steward,
+                json={"reason": "withdrawn by the hospital"})
+    assert client.get("/api/v1/catalogue?q=thorax").get_json()["total"] == 0

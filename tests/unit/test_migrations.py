@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from vre.config import Config
-from vre.db import Database
+from vre.db import Database, include_name
 from vre.services import SERVICES
 
 
@@ -22,7 +22,8 @@ def test_migrations_match_the_models(config: Config, name: str) -> None:
         assert db.readiness() == (True, "ok")
         metadata = importlib.import_module(f"{svc.package}.models").Base.metadata
         with db.engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"include_name": include_name}), metadata)
         assert diff == [], f"{name}: models and migrations differ: {diff}"
     finally:
         db.engine.dispose()

@@ -1,0 +1,99 @@
+"""The public catalogue: search published datasets (no sign-in), with facets."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import sqlalchemy as sa
+from flask import Blueprint, Flask, current_app
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from dataset_service.models import Dataset, Project
+from dataset_service.search import CatalogueQuery, DatasetDoc, SearchBackend, backend_for
+from vre.api import PUBLIC, endpoint
+from vre.config import Config, ConfigError
+from vre.web import config_of, db_of
+
+bp = Blueprint("catalogue_api", __name__, url_prefix="/api/v1")
+
+
+class CatalogueQueryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    q: str | None = Field(None, max_length=1000, description="words, \"phrases\", -exclusions")
+    modality: str | None = Field(None, max_length=16)
+    body_part: str | None = Field(None, max_length=64)
+    license: str | None = Field(None, max_length=64)
+    project: str | None = Field(None, max_length=200)
+    sort: Literal["relevance", "newest", "name", "subjects"] = "relevance"
+    page: int = Field(1, ge=1, le=100_000)
+    per_page: int = Field(20, ge=1, le=100)
+
+
+class CatalogueEntry(BaseModel):
+    id: str
+    pid: str
+    name: str
+    description: str
+    version: str
+    license_id: str
+    keywords: list[str]
+    subjects: int
+    studies: int
+    modalities: list[str]
+    body_parts: list[str]
+
+
+class CataloguePage(BaseModel):
+    total: int
+    page: int
+    per_page: int
+    pages: int
+    results: list[CatalogueEntry]
+    facets: dict[str, dict[str, int]]
+
+
+def install(app: Flask, config: Config) -> None:
+    """Choose the search backend from configuration and hook it into publication."""
+    try:
+        backend = backend_for(config.search_backend, config.elasticsearch_url)
+    except ValueError as exc:
+        raise ConfigError("VRE_ELASTICSEARCH_URL", str(exc)) from None
+    app.extensions["dataset.search"] = backend
+    app.extensions["dataset.catalogue_index"] = lambda s, d: index_dataset(backend, s, d)
+    app.extensions["dataset.catalogue_remove"] = lambda s, d: backend.remove(s, d.id)
+
+
+def index_dataset(backend: SearchBackend, session: Session, dataset: Dataset) -> None:
+    project = session.get(Project, dataset.project_id)
+    backend.index(session, DatasetDoc.from_dataset(dataset, project.title if project else ""))
+
+
+@bp.get("/catalogue")
+@endpoint("Search the published datasets", query=CatalogueQueryIn, response=CataloguePage,
+          roles=PUBLIC, tags=["catalogue"])
+def search(query: CatalogueQueryIn) -> CataloguePage:
+    backend: SearchBackend = current_app.extensions["dataset.search"]
+    pid_base = config_of().pid_base
+    with db_of().session() as session:
+        page = backend.search(session, CatalogueQuery(
+            text=query.q, modality=query.modality, body_part=query.body_part,
+            license_id=query.license, project=query.project, sort=query.sort,
+            page=query.page, per_page=query.per_page))
+        rows = {d.id: d for d in session.scalars(sa.select(Dataset).where(
+            Dataset.id.in_(page.ids), Dataset.state == "published"))}
+        results = []
+        for dataset_id in page.ids:
+            dataset = rows.get(dataset_id)
+            if dataset is None:
+                continue
+            stats = dataset.statistics or {}
+            results.append(CatalogueEntry(
+                id=dataset.id, pid=f"{pid_base}/{dataset.id}", name=dataset.name,
+                description=dataset.description, version=dataset.version,
+                license_id=dataset.license_id, keywords=list(dataset.keywords or []),
+                subjects=stats.get("subjects", 0), studies=stats.get("studies", 0),
+                modalities=sorted(stats.get("modalities", {})),
+                body_parts=sorted(stats.get("body_parts", {}))))
+    return CataloguePage(total=page.total, page=page.page, per_page=page.per_page,
+                         pages=page.pages, results=results, facets=page.facets)
