@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 from dataset_service import datasets as ds
 from dataset_service import fair
 from dataset_service.api_ingest import find_project
-from dataset_service.models import Dataset, DatasetAccess, DatasetStudy, Grant, RevokedUser
+from dataset_service.models import (
+    AccessRequest,
+    Dataset,
+    DatasetAccess,
+    DatasetStudy,
+    Grant,
+    RevokedUser,
+)
 from dataset_service.policy import Action, Decision, decide, decide_use, visible_to
 from tracer.client import TracerClient, TracerError
 from vre.api import PUBLIC, current_principal, endpoint
@@ -469,3 +476,106 @@ def revoke_user(user_id: str, body: RevokeIn) -> dict[str, Any]:
             Grant.user_id == user_id, Grant.ended_at.is_(None))))
     # The caller (the portal) stops these workloads; the next grant is refused anyway.
     return {"user_id": user_id, "revoked": True, "active_workloads": active}
+
+
+# -- access requests -------------------------------------------------------------------------
+
+class AccessRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purpose: str = Field(min_length=10, max_length=500)
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field("", max_length=500)
+
+
+class AccessRequestOut(BaseModel):
+    id: str
+    dataset_id: str
+    user_id: str
+    purpose: str
+    state: str
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_note: str | None
+    created_at: datetime
+
+
+def _request_out(row: AccessRequest) -> AccessRequestOut:
+    return AccessRequestOut.model_validate(row, from_attributes=True)
+
+
+@bp.post("/datasets/<dataset_id>/requests")
+@endpoint("Ask to use a dataset, saying what for", body=AccessRequestIn,
+          response=AccessRequestOut, status=201, tags=["access"])
+def request_access(dataset_id: str, body: AccessRequestIn) -> AccessRequestOut:
+    principal = _me()
+    with db_of().session() as session:
+        dataset = _load(session, dataset_id, principal, Action.REQUEST_ACCESS)
+        pending = session.scalar(sa.select(AccessRequest).where(
+            AccessRequest.dataset_id == dataset.id, AccessRequest.user_id == principal.subject,
+            AccessRequest.state == "pending"))
+        if pending is not None:
+            raise ApiError("you already have a pending request for this dataset",
+                           code="request_pending", status=409)
+        row = AccessRequest(dataset_id=dataset.id, user_id=principal.subject,
+                            purpose=body.purpose)
+        session.add(row)
+        session.flush()
+        record_trace(principal.subject, "ACCESS_REQUESTED", [dataset],
+                     {"purpose": body.purpose, "request_id": row.id})
+        return _request_out(row)
+
+
+@bp.get("/datasets/<dataset_id>/requests")
+@endpoint("Access requests of a dataset (its stewards), or the caller's own",
+          response=AccessRequestOut, tags=["access"])
+def list_requests(dataset_id: str) -> list[AccessRequestOut]:
+    principal = _me()
+    with db_of().session() as session:
+        dataset = _load(session, dataset_id, principal, Action.VIEW_METADATA)
+        stmt = sa.select(AccessRequest).where(AccessRequest.dataset_id == dataset.id)
+        steward = decide(ds.actor_of(session, principal), ds.facts_of(session, dataset),
+                         Action.MANAGE_ACCESS)
+        if not steward:
+            stmt = stmt.where(AccessRequest.user_id == principal.subject)
+        return [_request_out(r) for r in session.scalars(
+            stmt.order_by(AccessRequest.created_at.desc()))]
+
+
+def _decide_request(request_id: str, approve: bool, body: DecisionIn) -> AccessRequestOut:
+    principal = _me()
+    with db_of().session() as session:
+        row = session.get(AccessRequest, request_id)
+        if row is None:
+            raise NotFound(f"no access request {request_id!r}", field="request_id")
+        dataset = _load(session, row.dataset_id, principal, Action.MANAGE_ACCESS)
+        if row.state != "pending":
+            raise ApiError(f"the request is already {row.state}", code="request_decided",
+                           status=409)
+        row.state = "approved" if approve else "rejected"
+        row.decided_by, row.decided_at, row.decision_note = principal.subject, utcnow(), \
+            body.note
+        if approve and session.get(DatasetAccess, (dataset.id, row.user_id)) is None:
+            session.add(DatasetAccess(dataset_id=dataset.id, user_id=row.user_id,
+                                      granted_by=principal.subject))
+        session.flush()
+        record_trace(principal.subject, "ACCESS_APPROVED" if approve else "ACCESS_REJECTED",
+                     [dataset], {"subject_user": row.user_id, "request_id": row.id,
+                                 "reason": body.note or None})
+        return _request_out(row)
+
+
+@bp.post("/requests/<request_id>/approve")
+@endpoint("Approve an access request: the user joins the dataset's access list",
+          body=DecisionIn, response=AccessRequestOut, tags=["access"])
+def approve_request(request_id: str, body: DecisionIn) -> AccessRequestOut:
+    return _decide_request(request_id, True, body)
+
+
+@bp.post("/requests/<request_id>/reject")
+@endpoint("Reject an access request", body=DecisionIn, response=AccessRequestOut,
+          tags=["access"])
+def reject_request(request_id: str, body: DecisionIn) -> AccessRequestOut:
+    return _decide_request(request_id, False, body)

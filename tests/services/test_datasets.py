@@ -263,3 +263,32 @@ def test_published_datasets_are_found_in_the_public_catalogue(platform, steward)
     client.post(f"/api/v1/datasets/{shown['id']}/invalidate", headers=steward,
                 json={"reason": "withdrawn by the hospital"})
     assert client.get("/api/v1/catalogue?q=thorax").get_json()["total"] == 0
+
+
+def test_access_requests_are_decided_by_stewards_and_traced(platform, steward, portal,
+                                                            token) -> None:
+    service, auditor = platform
+    dataset = create(service, steward)
+    client = service.test_client()
+    client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+    outsider = auth(token("res-9", "researcher"))
+    asked = client.post(f"/api/v1/datasets/{dataset['id']}/requests", headers=outsider,
+                        json={"purpose": "train a nodule detector"})
+    assert asked.status_code == 201, asked.get_json()
+    again = client.post(f"/api/v1/datasets/{dataset['id']}/requests", headers=outsider,
+                        json={"purpose": "train a nodule detector"})
+    assert again.status_code == 409
+    request_id = asked.get_json()["id"]
+    assert client.post(f"/api/v1/requests/{request_id}/approve", headers=outsider,
+                       json={}).status_code == 403, "nobody approves their own request"
+    assert grant(service, portal, "res-9", dataset["id"]).status_code == 403
+    approved = client.post(f"/api/v1/requests/{request_id}/approve", headers=steward,
+                           json={"note": "fits the project"})
+    assert approved.get_json()["state"] == "approved"
+    assert grant(service, portal, "res-9", dataset["id"]).status_code == 201
+    assert client.post(f"/api/v1/requests/{request_id}/reject", headers=steward,
+                       json={}).status_code == 409
+    mine = client.get(f"/api/v1/datasets/{dataset['id']}/requests", headers=outsider)
+    assert [r["state"] for r in mine.get_json()] == ["approved"]
+    actions = [t["action"] for t in auditor.query(dataset=dataset["id"])]
+    assert "ACCESS_REQUESTED" in actions and "ACCESS_APPROVED" in actions
