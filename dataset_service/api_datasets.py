@@ -22,6 +22,7 @@ from dataset_service.models import (
     DatasetStudy,
     Grant,
     RevokedUser,
+    Study,
 )
 from dataset_service.policy import Action, Decision, decide, decide_use, visible_to
 from tracer.client import TracerClient, TracerError
@@ -579,3 +580,114 @@ def approve_request(request_id: str, body: DecisionIn) -> AccessRequestOut:
           tags=["access"])
 def reject_request(request_id: str, body: DecisionIn) -> AccessRequestOut:
     return _decide_request(request_id, False, body)
+
+
+# -- editing and versions -----------------------------------------------------------------------
+
+class DatasetPatch(BaseModel):
+    """Metadata that may change after creation; contents only change by a new version."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=3, max_length=200)
+    description: str | None = Field(None, max_length=20_000)
+    license_id: str | None = Field(None, pattern=r"^[A-Za-z0-9.+-]{1,64}$")
+    license_url: HttpUrl | None = None
+    contact_name: str | None = Field(None, min_length=1, max_length=200)
+    contact_email: str | None = Field(None, pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,}$")
+    authors: list[Author] | None = Field(None, max_length=200)
+    keywords: list[str] | None = Field(None, max_length=50)
+    purpose: str | None = Field(None, max_length=5000)
+    provenance: str | None = Field(None, max_length=5000)
+    doi: str | None = Field(None, pattern=r"^(https://doi\.org/|doi:)?10\.\d{4,9}/\S+$")
+    public_use: bool | None = None
+
+    @model_validator(mode="after")
+    def _licence_url(self) -> DatasetPatch:
+        if self.license_id and not self.license_url and \
+                self.license_id not in ds.KNOWN_LICENSES:
+            raise ValueError(f"license_url is needed for licence {self.license_id!r}")
+        return self
+
+
+class VersionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+    studies: list[str] | None = Field(None, max_length=100_000)
+    query: StudyQueryIn | None = None
+
+
+@bp.patch("/datasets/<dataset_id>")
+@endpoint("Edit a dataset's metadata (a licence change is traced as such)", body=DatasetPatch,
+          response=DatasetOut, tags=["datasets"])
+def edit_dataset(dataset_id: str, body: DatasetPatch) -> DatasetOut:
+    principal = _me()
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise Unprocessable("nothing to change", code="empty_change")
+    with db_of().session() as session:
+        dataset = _load(session, dataset_id, principal, Action.EDIT)
+        old_license = dataset.license_id
+        for key, value in changes.items():
+            if key == "authors":
+                value = [a.model_dump(exclude_none=True) for a in body.authors or []]
+            elif key == "license_url":
+                value = str(value)
+            setattr(dataset, key, value)
+        if "license_id" in changes and "license_url" not in changes:
+            dataset.license_url = ds.KNOWN_LICENSES[dataset.license_id]
+        dataset.modified_at = utcnow()
+        if dataset.state == "published":
+            index = current_app.extensions.get("dataset.catalogue_index")
+            if index is not None:
+                index(session, dataset)
+        session.flush()
+        licensed = dataset.license_id != old_license
+        record_trace(principal.subject, "UPDATE_DATASET", [dataset], {
+            "update": "LICENSE_UPDATED" if licensed else "METADATA_UPDATED",
+            "license": dataset.license_id if licensed else None})
+        return _out(dataset)
+
+
+@bp.post("/datasets/<dataset_id>/versions")
+@endpoint("Start a new version (a draft) from a released, published or invalidated dataset",
+          body=VersionIn, response=DatasetOut, status=201, tags=["datasets"])
+def new_version(dataset_id: str, body: VersionIn) -> DatasetOut:
+    principal = _me()
+    with db_of().session() as session:
+        old = _load(session, dataset_id, principal, Action.CREATE_VERSION)
+        if old.next_id is not None:
+            raise ApiError(f"version {old.version} already has a next version",
+                           code="version_exists", status=409)
+        if body.version == old.version:
+            raise Unprocessable("a new version needs a new version number",
+                                code="same_version", field="version")
+        if body.studies is not None:
+            studies, missing = ds.studies_by_ids(session, old.project_id, body.studies)
+            if missing:
+                raise Unprocessable(f"studies not in the project: {', '.join(missing[:10])}",
+                                    code="unknown_studies", field="studies")
+        elif body.query is not None:
+            studies = ds.select_studies(session, old.project_id,
+                                        ds.StudyQuery(**body.query.model_dump()))
+        else:
+            ids = ds.study_ids_of(session, old.id)
+            studies = list(session.scalars(sa.select(Study).where(Study.id.in_(ids))))
+        if not studies:
+            raise Unprocessable("the selection holds no study", code="no_studies")
+        copied = {c.key: getattr(old, c.key) for c in sa.inspect(Dataset).mapper.column_attrs
+                  if c.key in ("project_id", "name", "description", "license_id",
+                               "license_url", "contact_name", "contact_email", "authors",
+                               "keywords", "purpose", "provenance", "public_use")}
+        new = Dataset(**copied, version=body.version, previous_id=old.id,
+                      content_hash=ds.content_hash(studies),
+                      statistics=ds.compute_statistics(session, [s.id for s in studies]),
+                      created_by=principal.subject)
+        session.add(new)
+        session.flush()
+        old.next_id = new.id
+        session.add_all(DatasetStudy(dataset_id=new.id, study_id=s.id) for s in studies)
+        session.flush()
+        record_trace(principal.subject, "CREATE_DATASET", [new], {
+            "version": new.version, "license": new.license_id,
+            "reason": f"new version of {old.id}"})
+        return _out(new)

@@ -292,3 +292,29 @@ def test_access_requests_are_decided_by_stewards_and_traced(platform, steward, p
     assert [r["state"] for r in mine.get_json()] == ["approved"]
     actions = [t["action"] for t in auditor.query(dataset=dataset["id"])]
     assert "ACCESS_REQUESTED" in actions and "ACCESS_APPROVED" in actions
+
+
+def test_metadata_edits_and_new_versions_are_traced_and_linked(platform, steward) -> None:
+    service, auditor = platform
+    dataset = create(service, steward)
+    client = service.test_client()
+    client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+    edited = client.patch(f"/api/v1/datasets/{dataset['id']}", headers=steward,
+                          json={"license_id": "CC-BY-NC-4.0", "keywords": ["lung"]})
+    assert edited.status_code == 200, edited.get_json()
+    assert edited.get_json()["license_url"].endswith("/by-nc/4.0/")
+    updates = [t["details"].get("update") for t in auditor.query(dataset=dataset["id"])]
+    assert updates[-1] == "LICENSE_UPDATED"
+    nothing = client.patch(f"/api/v1/datasets/{dataset['id']}", headers=steward, json={})
+    assert nothing.status_code == 422
+    second = client.post(f"/api/v1/datasets/{dataset['id']}/versions", headers=steward,
+                         json={"version": "2.0"})
+    assert second.status_code == 201, second.get_json()
+    new = second.get_json()
+    assert new["state"] == "draft" and new["previous_id"] == dataset["id"]
+    assert new["content_hash"] == dataset["content_hash"], "same studies, same hash"
+    old = client.get(f"/api/v1/datasets/{dataset['id']}", headers=steward).get_json()
+    assert old["next_id"] == new["id"]
+    again = client.post(f"/api/v1/datasets/{dataset['id']}/versions", headers=steward,
+                        json={"version": "3.0"})
+    assert again.status_code == 409
