@@ -7,7 +7,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from dataset_service.api_ingest import find_project, require_project_steward
 from dataset_service.models import Project, ProjectMember
@@ -23,6 +23,20 @@ class ProjectIn(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="Short unique name.")
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=10_000)
+    default_license_id: str | None = Field(None, pattern=r"^[A-Za-z0-9.+-]{1,64}$")
+    default_license_url: HttpUrl | None = None
+    default_contact_name: str | None = Field(None, min_length=1, max_length=200)
+    default_contact_email: str | None = Field(
+        None, pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,}$")
+
+    @model_validator(mode="after")
+    def _licence_url(self) -> ProjectIn:
+        from dataset_service.datasets import KNOWN_LICENSES
+
+        if self.default_license_id and not self.default_license_url and \
+                self.default_license_id not in KNOWN_LICENSES:
+            raise ValueError(f"default_license_url is needed for {self.default_license_id!r}")
+        return self
 
 
 class ProjectOut(BaseModel):
@@ -32,6 +46,10 @@ class ProjectOut(BaseModel):
     description: str
     created_by: str
     created_at: datetime
+    default_license_id: str | None
+    default_license_url: str | None
+    default_contact_name: str | None
+    default_contact_email: str | None
 
     @classmethod
     def of(cls, project: Project) -> ProjectOut:
@@ -49,7 +67,12 @@ def create_project(body: ProjectIn) -> ProjectOut:
             raise Conflict(f"a project named {body.name!r} exists", code="project_exists",
                            field="name")
         project = Project(name=body.name, title=body.title, description=body.description,
-                          created_by=principal.subject)
+                          created_by=principal.subject,
+                          default_license_id=body.default_license_id,
+                          default_license_url=str(body.default_license_url)
+                          if body.default_license_url else None,
+                          default_contact_name=body.default_contact_name,
+                          default_contact_email=body.default_contact_email)
         session.add(project)
         session.flush()
         if not principal.is_service:

@@ -21,6 +21,7 @@ from dataset_service.models import (
     DatasetAccess,
     DatasetStudy,
     Grant,
+    Project,
     RevokedUser,
     Study,
 )
@@ -66,10 +67,12 @@ class DatasetIn(BaseModel):
     version: str = Field("1.0", pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
     studies: list[str] | None = Field(None, max_length=100_000)
     query: StudyQueryIn | None = None
-    license_id: str = Field(pattern=r"^[A-Za-z0-9.+-]{1,64}$", description="SPDX identifier")
+    license_id: str | None = Field(None, pattern=r"^[A-Za-z0-9.+-]{1,64}$",
+                                   description="SPDX identifier (default: the project's)")
     license_url: HttpUrl | None = None
-    contact_name: str = Field(min_length=1, max_length=200)
-    contact_email: str = Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,}$")
+    contact_name: str | None = Field(None, min_length=1, max_length=200)
+    contact_email: str | None = Field(None,
+                                      pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,}$")
     authors: list[Author] = Field(default_factory=list, max_length=200)
     keywords: list[str] = Field(default_factory=list, max_length=50)
     purpose: str = Field("", max_length=5000)
@@ -81,7 +84,8 @@ class DatasetIn(BaseModel):
     def _one_selection(self) -> DatasetIn:
         if (self.studies is None) == (self.query is None):
             raise ValueError("give either 'studies' or 'query'")
-        if self.license_url is None and self.license_id not in ds.KNOWN_LICENSES:
+        if self.license_id and self.license_url is None and \
+                self.license_id not in ds.KNOWN_LICENSES:
             raise ValueError(f"license_url is needed for licence {self.license_id!r}")
         return self
 
@@ -215,6 +219,27 @@ def _me() -> Principal:
 
 # -- lifecycle ----------------------------------------------------------------------------
 
+def _with_project_defaults(body: DatasetIn, project: Project) -> tuple[
+        tuple[str, str], tuple[str, str]]:
+    """Licence and contact of a new dataset: as given, else the project's defaults."""
+    if body.license_id:
+        license_url = str(body.license_url or ds.KNOWN_LICENSES[body.license_id])
+        licence = (body.license_id, license_url)
+    elif project.default_license_id:
+        licence = (project.default_license_id, project.default_license_url or
+                   ds.KNOWN_LICENSES.get(project.default_license_id, ""))
+    else:
+        raise Unprocessable("no licence given and the project has no default",
+                            code="missing_field", field="license_id")
+    name = body.contact_name or project.default_contact_name
+    email = body.contact_email or project.default_contact_email
+    if not name or not email:
+        raise Unprocessable("no contact given and the project has no default",
+                            code="missing_field",
+                            field="contact_name" if not name else "contact_email")
+    return licence, (name, email)
+
+
 @bp.post("/datasets")
 @endpoint("Create a draft dataset from studies", body=DatasetIn, response=DatasetOut,
           status=201, roles=["steward", "admin"], tags=["datasets"])
@@ -238,11 +263,11 @@ def create_dataset(body: DatasetIn) -> DatasetOut:
         if not studies:
             raise Unprocessable("the selection holds no study", code="no_studies",
                                 field="studies" if body.studies is not None else "query")
+        licence, contact = _with_project_defaults(body, project)
         dataset = Dataset(
             project_id=project.id, name=body.name, description=body.description,
-            version=body.version, license_id=body.license_id,
-            license_url=str(body.license_url or ds.KNOWN_LICENSES[body.license_id]),
-            contact_name=body.contact_name, contact_email=body.contact_email,
+            version=body.version, license_id=licence[0], license_url=licence[1],
+            contact_name=contact[0], contact_email=contact[1],
             authors=[a.model_dump(exclude_none=True) for a in body.authors],
             keywords=body.keywords, purpose=body.purpose, provenance=body.provenance,
             doi=body.doi, public_use=body.public_use, content_hash=ds.content_hash(studies),

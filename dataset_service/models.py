@@ -27,6 +27,11 @@ class Project(Base):
     description: Mapped[str] = mapped_column(sa.Text, default="")
     created_by: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # What a new dataset of this project gets unless its steward says otherwise.
+    default_license_id: Mapped[str | None] = mapped_column(sa.String(64))
+    default_license_url: Mapped[str | None] = mapped_column(sa.String(300))
+    default_contact_name: Mapped[str | None] = mapped_column(sa.String(200))
+    default_contact_email: Mapped[str | None] = mapped_column(sa.String(254))
 
 
 class ProjectMember(Base):

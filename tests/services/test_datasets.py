@@ -318,3 +318,26 @@ def test_metadata_edits_and_new_versions_are_traced_and_linked(platform, steward
     again = client.post(f"/api/v1/datasets/{dataset['id']}/versions", headers=steward,
                         json={"version": "3.0"})
     assert again.status_code == 409
+
+
+def test_project_defaults_fill_licence_and_contact(platform, steward) -> None:
+    service, _ = platform
+    client = service.test_client()
+    made = client.post("/api/v1/projects", headers=steward, json={
+        "name": "brain", "title": "Brain", "default_license_id": "CC-BY-NC-4.0",
+        "default_contact_name": "Brain team", "default_contact_email": "brain@h.example"})
+    assert made.status_code == 201, made.get_json()
+    # The brain project has no studies; the defaults are what is tested, on lung's studies.
+    body = {k: v for k, v in DATASET.items()
+            if k not in ("license_id", "contact_name", "contact_email")}
+    refused = client.post("/api/v1/datasets", headers=steward, json=body)
+    assert refused.status_code == 422
+    assert refused.get_json()["error"]["field"] == "license_id"
+    with service.extensions["vre.db"].session() as session:
+        lung = session.scalar(sa.select(Project).where(Project.name == "lung"))
+        lung.default_license_id, lung.default_license_url = "CC0-1.0", None
+        lung.default_contact_name, lung.default_contact_email = "Lung", "lung@h.example"
+    made = client.post("/api/v1/datasets", headers=steward, json=body)
+    assert made.status_code == 201, made.get_json()
+    assert made.get_json()["license_id"] == "CC0-1.0"
+    assert made.get_json()["contact_name"] == "Lung"
