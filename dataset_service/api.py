@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
-from dataset_service.api_ingest import find_project, require_project_steward
 from dataset_service.models import Project, ProjectMember
 from vre.api import current_principal, endpoint
-from vre.errors import Conflict, NotFound
+from vre.errors import Conflict, Forbidden, NotFound
+from vre.tokens import Principal
 from vre.web import db_of
 
 bp = Blueprint("dataset_api", __name__, url_prefix="/api/v1")
@@ -54,6 +54,24 @@ class ProjectOut(BaseModel):
     @classmethod
     def of(cls, project: Project) -> ProjectOut:
         return cls.model_validate(project, from_attributes=True)
+
+
+def find_project(session: Any, name_or_id: str) -> Project:
+    project = session.scalar(sa.select(Project).where(
+        sa.or_(Project.id == name_or_id, Project.name == name_or_id)))
+    if project is None:
+        raise NotFound(f"no project {name_or_id!r}", field="project")
+    return project
+
+
+def require_project_steward(session: Any, principal: Principal, project_id: str) -> None:
+    """Stewards of this project, administrators and platform services may curate its data."""
+    if principal.has_any("admin", "service"):
+        return
+    role = session.scalar(sa.select(ProjectMember.role).where(
+        ProjectMember.project_id == project_id, ProjectMember.user_id == principal.subject))
+    if role != "steward":
+        raise Forbidden("only the project's stewards may do this", code="not_a_steward")
 
 
 @bp.post("/projects")

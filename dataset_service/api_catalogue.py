@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Literal
 
 import sqlalchemy as sa
@@ -59,9 +60,28 @@ def install(app: Flask, config: Config) -> None:
         backend = backend_for(config.search_backend, config.elasticsearch_url)
     except ValueError as exc:
         raise ConfigError("VRE_ELASTICSEARCH_URL", str(exc)) from None
-    app.extensions["dataset.search"] = backend
-    app.extensions["dataset.catalogue_index"] = lambda s, d: index_dataset(backend, s, d)
-    app.extensions["dataset.catalogue_remove"] = lambda s, d: backend.remove(s, d.id)
+    ready = PreparedOnce(backend)
+    app.extensions["dataset.search"] = ready
+    app.extensions["dataset.catalogue_index"] = lambda s, d: index_dataset(ready(), s, d)
+    app.extensions["dataset.catalogue_remove"] = lambda s, d: ready().remove(s, d.id)
+
+
+class PreparedOnce:
+    """The backend, prepared (say, its index created) on first use rather than at start-up,
+    so a search cluster that is down does not keep the service from starting."""
+
+    def __init__(self, backend: SearchBackend) -> None:
+        self._backend = backend
+        self._prepared = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> SearchBackend:
+        if not self._prepared:
+            with self._lock:
+                if not self._prepared:
+                    self._backend.prepare()
+                    self._prepared = True
+        return self._backend
 
 
 def index_dataset(backend: SearchBackend, session: Session, dataset: Dataset) -> None:
@@ -73,7 +93,7 @@ def index_dataset(backend: SearchBackend, session: Session, dataset: Dataset) ->
 @endpoint("Search the published datasets", query=CatalogueQueryIn, response=CataloguePage,
           roles=PUBLIC, tags=["catalogue"])
 def search(query: CatalogueQueryIn) -> CataloguePage:
-    backend: SearchBackend = current_app.extensions["dataset.search"]
+    backend: SearchBackend = current_app.extensions["dataset.search"]()
     pid_base = config_of().pid_base
     with db_of().session() as session:
         page = backend.search(session, CatalogueQuery(

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from dataset_service import datasets as ds
 from dataset_service import fair
-from dataset_service.api_ingest import find_project
+from dataset_service.api import find_project
 from dataset_service.models import (
     AccessRequest,
     Dataset,

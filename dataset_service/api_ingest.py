@@ -11,11 +11,11 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app
 from pydantic import BaseModel, ConfigDict, Field
 
+from dataset_service.api import find_project, require_project_steward
 from dataset_service.ingest import IngestError, Ingestor, IngestReport, resolve_source
-from dataset_service.models import IngestRun, Project, ProjectMember, QuarantineEntry
+from dataset_service.models import IngestRun, QuarantineEntry
 from vre.api import current_principal, endpoint
-from vre.errors import ApiError, Forbidden, NotFound
-from vre.tokens import Principal
+from vre.errors import ApiError, NotFound
 from vre.web import config_of, db_of
 
 bp = Blueprint("ingest_api", __name__, url_prefix="/api/v1")
@@ -44,24 +44,6 @@ class IngestRunOut(BaseModel):
     finished_at: datetime | None
     counts: dict[str, int]
     quarantine: list[QuarantineOut]
-
-
-def find_project(session: Any, name_or_id: str) -> Project:
-    project = session.scalar(sa.select(Project).where(
-        sa.or_(Project.id == name_or_id, Project.name == name_or_id)))
-    if project is None:
-        raise NotFound(f"no project {name_or_id!r}", field="project")
-    return project
-
-
-def require_project_steward(session: Any, principal: Principal, project_id: str) -> None:
-    """Stewards of this project, administrators and platform services may curate its data."""
-    if principal.has_any("admin", "service"):
-        return
-    role = session.scalar(sa.select(ProjectMember.role).where(
-        ProjectMember.project_id == project_id, ProjectMember.user_id == principal.subject))
-    if role != "steward":
-        raise Forbidden("only the project's stewards may do this", code="not_a_steward")
 
 
 def _run_out(session: Any, run: IngestRun, live: IngestReport | None) -> IngestRunOut:

@@ -91,6 +91,9 @@ class InvalidInstance(Exception):
         super().__init__(f"{reason_code}: {message}")
         self.reason_code = reason_code
         self.message = message
+        # The study the file claims, when its header could be read: ingestion keeps that
+        # whole study out. None for files not DICOM enough to tell.
+        self.study_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,16 +243,11 @@ def read_instance(path: Path, policy: DeidPolicy) -> InstanceHeader:
     with open(path, "rb") as fp:
         size = os.fstat(fp.fileno()).st_size
         ds = _parse(fp)
-        pixel_length = _pixel_data_length(fp, ds, size)
-        try:  # hostile values fail on conversion; converting all now keeps later code simple
-            for _ in (*ds.file_meta.iterall(), *ds.iterall()):
-                pass
-        except Exception as exc:  # pydicom raises many types on bad values
-            raise InvalidInstance("malformed", f"unreadable value: {exc}") from exc
-        _check_uids(ds)
-        _check_image(ds, pixel_length)
-        if offending := check_deidentified(ds, policy):
-            raise InvalidInstance("identifying_data", ", ".join(offending))
+        try:
+            _check_header(fp, ds, size, policy)
+        except InvalidInstance as exc:
+            exc.study_uid = _claimed_study_uid(ds)
+            raise
         fp.seek(0)
         sha256 = hashlib.file_digest(fp, "sha256").hexdigest()
     return InstanceHeader(
@@ -281,6 +279,27 @@ def read_instance(path: Path, policy: DeidPolicy) -> InstanceHeader:
         patient_age_years=_age_years(_text(ds, "PatientAge")),
         transfer_syntax_uid=_text(ds.file_meta, "TransferSyntaxUID"),
     )
+
+
+def _check_header(fp: BinaryIO, ds: Dataset, size: int, policy: DeidPolicy) -> None:
+    """Every check after parsing, in order; the first failure raises InvalidInstance."""
+    pixel_length = _pixel_data_length(fp, ds, size)
+    try:  # hostile values fail on conversion; converting all now keeps later code simple
+        for _ in (*ds.file_meta.iterall(), *ds.iterall()):
+            pass
+    except Exception as exc:  # pydicom raises many types on bad values
+        raise InvalidInstance("malformed", f"unreadable value: {exc}") from exc
+    _check_uids(ds)
+    _check_image(ds, pixel_length)
+    if offending := check_deidentified(ds, policy):
+        raise InvalidInstance("identifying_data", ", ".join(offending))
+
+
+def _claimed_study_uid(ds: Dataset) -> str | None:
+    try:
+        return str(ds.get("StudyInstanceUID", "") or "") or None
+    except Exception:  # a hostile value: the file cannot name its study
+        return None
 
 
 def _parse(fp: BinaryIO) -> Dataset:

@@ -103,18 +103,27 @@ def dicom_candidates(source: Path) -> list[Path]:
     return found
 
 
-def _read(args: tuple[Path, DeidPolicy]) -> InstanceHeader | tuple[str, str, str]:
+@dataclass(frozen=True)
+class Refusal:
+    """A file read_instance refused, and the study it claims to belong to, if it says."""
+
+    path: str
+    reason: str
+    message: str
+    study_uid: str | None
+
+
+def _read(args: tuple[Path, DeidPolicy]) -> InstanceHeader | Refusal:
     path, policy = args
     try:
         return read_instance(path, policy)
     except InvalidInstance as exc:
-        return (str(path), exc.reason_code, exc.message)
+        return Refusal(str(path), exc.reason_code, exc.message, exc.study_uid)
 
 
 def read_headers(paths: list[Path], policy: DeidPolicy, workers: int,
-                 progress: Callable[[int], None]) -> Iterator[
-                     InstanceHeader | tuple[str, str, str]]:
-    """Headers of every file, across processes; refused files as (path, reason, message)."""
+                 progress: Callable[[int], None]) -> Iterator[InstanceHeader | Refusal]:
+    """Headers of every file, across processes; refused files as Refusals."""
     jobs = [(p, policy) for p in paths]
     if workers <= 1 or len(paths) < 64:
         for n, job in enumerate(jobs, 1):
@@ -234,56 +243,69 @@ class Ingestor:
         paths = dicom_candidates(source)
         report.files = len(paths)
         headers: list[InstanceHeader] = []
-        refused_by_study: dict[str, list[tuple[str, str, str]]] = {}
+        refused_by_study: dict[str, list[Refusal]] = {}
+        saved = 0
 
         def tick(n: int) -> None:
             report.read = n
             if n % 50 == 0 or n == len(paths):
                 progress(report)
 
-        for result in read_headers(paths, self.policy, self.workers, tick):
-            if isinstance(result, InstanceHeader):
-                headers.append(result)
-                continue
-            study_uid = _study_uid_of(Path(result[0]))
-            if study_uid:
-                refused_by_study.setdefault(study_uid, []).append(result)
-            else:
-                self._quarantine(run_id, report, result[0], None, result[1], result[2])
-        clinical, refusals = read_clinical(source)
-        for path, reason, message in refusals:
-            self._quarantine(run_id, report, path, None, reason, message)
-        studies = group_instances(headers)
-        grouped = {s.study_instance_uid for s in studies}
-        for study_uid, refused in refused_by_study.items():
-            if study_uid not in grouped:
-                report.studies_quarantined += 1
-                for path, reason, message in refused:
-                    self._quarantine(run_id, report, path, study_uid, reason, message)
-        for study in studies:
-            self._ingest_study(run_id, project_id, study, refused_by_study.get(
-                study.study_instance_uid, []), clinical, report)
-            progress(report)
+        def save_quarantine() -> None:
+            # One transaction per step, not per refused file.
+            nonlocal saved
+            new = report.quarantine[saved:]
+            if new:
+                with self.db.session() as session:
+                    session.add_all(QuarantineEntry(ingest_id=run_id, **e) for e in new)
+                saved += len(new)
+
+        try:
+            for result in read_headers(paths, self.policy, self.workers, tick):
+                if isinstance(result, InstanceHeader):
+                    headers.append(result)
+                elif result.study_uid:
+                    refused_by_study.setdefault(result.study_uid, []).append(result)
+                else:
+                    self._quarantine(report, result.path, None, result.reason, result.message)
+            clinical, refusals = read_clinical(source)
+            for path, reason, message in refusals:
+                self._quarantine(report, path, None, reason, message)
+            studies = group_instances(headers)
+            grouped = {s.study_instance_uid for s in studies}
+            for study_uid, refused in refused_by_study.items():
+                if study_uid not in grouped:
+                    report.studies_quarantined += 1
+                    for r in refused:
+                        self._quarantine(report, r.path, study_uid, r.reason, r.message)
+            save_quarantine()
+            for study in studies:
+                self._ingest_study(run_id, project_id, study, refused_by_study.get(
+                    study.study_instance_uid, []), clinical, report)
+                save_quarantine()
+                progress(report)
+        finally:
+            save_quarantine()
 
     def _ingest_study(self, run_id: str, project_id: str, study: StudyGroup,
-                      refused: list[tuple[str, str, str]], clinical: dict[str, ClinicalRow],
+                      refused: list[Refusal], clinical: dict[str, ClinicalRow],
                       report: IngestReport) -> None:
         uid = study.study_instance_uid
         with self.db.session() as session:
             if session.scalar(sa.select(Study.id).where(Study.study_uid == uid)):
                 report.studies_skipped += 1
                 return
-        problems = [(p, r, m) for p, r, m in refused]
+        problems = [(r.path, r.reason, r.message) for r in refused]
         problems += [(str(study.instances[0].path), p.code, p.message) for p in study.problems]
         if problems:
             # One bad file keeps the whole study out; the good ones are named with the cause.
             report.studies_quarantined += 1
             for path, reason, message in problems:
-                self._quarantine(run_id, report, path, uid, reason, message)
+                self._quarantine(report, path, uid, reason, message)
             bad = {p for p, _, _ in problems}
             for header in study.instances:
                 if str(header.path) not in bad:
-                    self._quarantine(run_id, report, str(header.path), uid, "study_incomplete",
+                    self._quarantine(report, str(header.path), uid, "study_incomplete",
                                      "another file of this study was refused")
             return
         written: list[str] = []
@@ -347,23 +369,9 @@ class Ingestor:
                                      sha256=h.sha256, size_bytes=h.size_bytes,
                                      number=h.instance_number) for h in group.instances)
 
-    def _quarantine(self, run_id: str, report: IngestReport, path: str, study_uid: str | None,
-                    reason: str, message: str) -> None:
-        entry = {"path": path, "study_uid": study_uid, "reason": reason, "message": message}
-        report.quarantine.append(entry)
+    @staticmethod
+    def _quarantine(report: IngestReport, path: str, study_uid: str | None, reason: str,
+                    message: str) -> None:
+        report.quarantine.append({"path": path, "study_uid": study_uid, "reason": reason,
+                                  "message": message})
         report.files_quarantined += 1
-        with self.db.session() as session:
-            session.add(QuarantineEntry(ingest_id=run_id, **entry))
-
-
-def _study_uid_of(path: Path) -> str | None:
-    """The StudyInstanceUID of a refused file, if its header can still say (to keep the whole
-    study out); None for files that are not DICOM enough to tell."""
-    from pydicom import dcmread
-
-    try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
-        uid = str(ds.get("StudyInstanceUID", "") or "")
-        return uid or None
-    except Exception:  # any unreadable file: not attributable to a study
-        return None

@@ -16,6 +16,7 @@ from flask import Flask
 
 from tracer.checkpoints import CheckpointSigner
 from vre.config import Config, load_config
+from vre.db import Database
 from vre.services import service
 from vre.tokens import TokenIssuer, generate_signing_key
 
@@ -111,3 +112,12 @@ def token(issuer: TokenIssuer) -> Callable[..., str]:
         return issuer.issue(subject, list(roles), **extra)[0]
 
     return make
+
+
+@pytest.fixture
+def dataset_db(config: Config) -> Iterator[Database]:
+    """The dataset service's database, migrated to head, empty."""
+    database = Database.for_service(config, "dataset_service", "dataset_service:migrations")
+    database.migrate(config, "dataset_service")
+    yield database
+    database.engine.dispose()

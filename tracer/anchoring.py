@@ -4,7 +4,6 @@ returns; refuses to run against a chain whose history does not match the log."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -96,11 +95,14 @@ class Anchorer:
     def step(self) -> StepResult:
         """Checkpoint if due, then anchor what waits; chain outages are reported, not raised."""
         result = StepResult(log_size=0)
+        outage: ChainUnavailable | None = None
         if not self._checked:
             # Check the history before signing anything, so a tampered log is never vouched
             # for; if the chain is down, keep checkpointing and check once it is back.
-            with contextlib.suppress(ChainUnavailable):
+            try:
                 self.check_chain()
+            except ChainUnavailable as exc:
+                outage = exc
         with self.db.session() as session:
             result.log_size = self.tree.sync(session)
             latest = session.scalar(sa.select(sa.func.max(CheckpointRow.tree_size))) or 0
@@ -110,23 +112,25 @@ class Anchorer:
                 if signed is not None:
                     result.checkpointed = signed.checkpoint.tree_size
                     self._last_checkpoint_at = time.monotonic()
-        try:
-            if not self._checked:
-                self.check_chain()
-            result.anchored = self._anchor_latest_checkpoint()
-            if self.policy.per_trace:
-                result.leaves_anchored = self._anchor_leaves(result.log_size)
-        except ChainUnavailable as exc:
-            result.chain_down = True
-            if not self._chain_was_down:
-                log.warning("chain unavailable; traces are kept and anchored when it returns",
-                            extra={"event": "chain_down", "reason": str(exc)})
-            self._chain_was_down = True
-            return result
-        if self._chain_was_down:
-            log.info("chain is back", extra={"event": "chain_up"})
-            self._chain_was_down = False
+        if outage is None:
+            try:
+                result.anchored = self._anchor_latest_checkpoint()
+                if self.policy.per_trace:
+                    result.leaves_anchored = self._anchor_leaves(result.log_size)
+            except ChainUnavailable as exc:
+                outage = exc
+        self._report_chain(result, outage)
         return result
+
+    def _report_chain(self, result: StepResult, outage: ChainUnavailable | None) -> None:
+        """Log an outage once when it starts and once when it ends."""
+        result.chain_down = outage is not None
+        if outage is not None and not self._chain_was_down:
+            log.warning("chain unavailable; traces are kept and anchored when it returns",
+                        extra={"event": "chain_down", "reason": str(outage)})
+        elif outage is None and self._chain_was_down:
+            log.info("chain is back", extra={"event": "chain_up"})
+        self._chain_was_down = outage is not None
 
     def _anchor_latest_checkpoint(self) -> int | None:
         with self.db.session() as session:

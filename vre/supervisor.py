@@ -11,10 +11,9 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,12 +81,11 @@ def _last_line(path: Path) -> str:
 class Supervisor:
     """Starts processes in order and keeps them, or none of them, running."""
 
-    def __init__(self, home: Path, out: IO[str] | None = None) -> None:
+    def __init__(self, home: Path) -> None:
         self.home = home
         self.run_dir = home / "run"
         self.log_dir = home / "logs"
         self.running: list[Running] = []
-        self.out = out or sys.stdout
         self._lock_file: IO[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -237,7 +235,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def as_dict(status: ProcessStatus) -> dict[str, Any]:
-    return asdict(status)

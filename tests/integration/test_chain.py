@@ -16,10 +16,10 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
+from tests.ledger_helpers import OTHER_CONTRACT_INITCODE, deploy_raw
 from tracer.chain import Anchor, ChainError, ChainUnavailable, ContractMismatch
 from tracer.chain_jsonrpc import JsonRpcChainClient
 from tracer.devnode import (
-    ANVIL_CHAIN_ID,
     ANVIL_DEV_PRIVATE_KEY,
     ANVIL_DEV_PRIVATE_KEYS,
     free_port,
@@ -28,8 +28,6 @@ from tracer.devnode import (
 
 pytestmark = pytest.mark.integration
 
-# Creation code of a contract whose runtime code returns 42 (runtime: 602a60005260206000f3).
-OTHER_CONTRACT_INITCODE = "0x69602a60005260206000f3600052600a6016f3"
 
 
 def root(n: int) -> bytes:
@@ -48,20 +46,6 @@ def client(anvil_url: str) -> JsonRpcChainClient:
     c = JsonRpcChainClient(anvil_url, ANVIL_DEV_PRIVATE_KEY)
     c.deploy()
     return c
-
-
-def deploy_raw(url: str, private_key: str, initcode: str) -> str:
-    """Deploy arbitrary creation code (free gas, legacy tx); returns the contract address."""
-    w3 = Web3(Web3.HTTPProvider(url), middleware=[])
-    account = Account.from_key(private_key)
-    tx = {
-        "data": initcode, "value": 0, "gasPrice": 0, "gas": 200_000, "chainId": ANVIL_CHAIN_ID,
-        "nonce": w3.eth.get_transaction_count(account.address, "pending"),
-    }
-    tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.01)
-    assert receipt["status"] == 1
-    return receipt["contractAddress"]
 
 
 def test_deploy_and_anchor_increasing_sizes(client: JsonRpcChainClient) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,7 +30,6 @@ from dataset_service.search.database import (
     fts_rowid,
     websearch_text,
 )
-from vre.config import Config
 from vre.db import Database
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -112,12 +110,8 @@ def _facet_counts(ids: set[str]) -> dict[str, dict[str, int]]:
 
 
 @pytest.fixture
-def db(config: Config) -> Iterator[Database]:
-    """The dataset service's database, migrated to head, empty."""
-    database = Database.for_service(config, "dataset_service", "dataset_service:migrations")
-    database.migrate(config, "dataset_service")
-    yield database
-    database.engine.dispose()
+def db(dataset_db: Database) -> Database:
+    return dataset_db
 
 
 @pytest.fixture

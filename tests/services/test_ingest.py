@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -24,11 +23,8 @@ SPEC = DemoSpec(seed=11, subjects=3, slices_per_series=(4, 6))
 
 
 @pytest.fixture
-def db(config: Config) -> Iterator[Database]:
-    database = Database.for_service(config, "dataset_service", "dataset_service:migrations")
-    database.migrate(config, "dataset_service")
-    yield database
-    database.engine.dispose()
+def db(dataset_db: Database) -> Database:
+    return dataset_db
 
 
 @pytest.fixture
