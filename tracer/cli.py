@@ -16,43 +16,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from eth_account import Account
-
-from tracer.chain import ChainClient, ChainError
+from tracer.chain import ChainClient, ChainError, chain_client, contract_address, contract_file
 from tracer.checkpoints import Checkpoint, CheckpointError, load_public_key, verify_checkpoint
-from tracer.client import TracerClient, TracerError
-from tracer.merkle import ProofError, verify_inclusion
+from tracer.client import TracerClient, TracerError, TraceVerifier
 from tracer.verify import ExpectedRoot, LogVerifier, VerifyReport
 from vre.config import Config, ConfigError, load_config
 from vre.service_auth import TokenSource, command_line_tokens
 
 PAGE = 20_000
 AHEAD = 2
-
-
-def contract_file(config: Config) -> Path:
-    return config.home / "chain" / "contract.json"
-
-
-def contract_address(config: Config) -> str | None:
-    """The anchor contract: configured, or the one `vre up` deployed on this machine."""
-    if config.chain_contract:
-        return config.chain_contract
-    path = contract_file(config)
-    if path.is_file():
-        return json.loads(path.read_text())["address"]
-    return None
-
-
-def chain_client(config: Config, address: str | None, *, writer: bool = False) -> ChainClient:
-    from tracer.chain_jsonrpc import JsonRpcChainClient
-
-    key = config.chain_private_key
-    if key is None:
-        if writer:
-            raise ConfigError("VRE_CHAIN_PRIVATE_KEY", "is required to send transactions")
-        key = Account.create().key  # reading needs no account of ours
-    return JsonRpcChainClient(config.chain_rpc_url, key, address)
 
 
 def tokens(config: Config, args: argparse.Namespace) -> TokenSource | None:
@@ -131,20 +103,18 @@ def cmd_prove(args: argparse.Namespace, config: Config) -> int:
     if anchor is None:
         print("vre-trace: nothing is anchored on the chain yet", file=sys.stderr)
         return 1
-    proof = tracer.proof(args.trace_id, tree_size=anchor.tree_size)
     trace = tracer.get(args.trace_id)
+    proof = tracer.proof(args.trace_id, tree_size=anchor.tree_size) \
+        if trace["seq"] < anchor.tree_size else None
     print(json.dumps({"trace": trace, "proof": proof,
                       "anchor": {"index": anchor.index, "tree_size": anchor.tree_size,
                                  "root": anchor.root.hex()}}, indent=2))
-    try:
-        verify_inclusion(bytes.fromhex(proof["leaf_hash"]), proof["leaf_index"],
-                         anchor.tree_size, [bytes.fromhex(p) for p in proof["proof"]],
-                         anchor.root)
-    except ProofError as exc:
-        print(f"FAILED: {exc}")
+    check = TraceVerifier(tracer, chain).check([trace])[trace["id"]]
+    if not check.verified:
+        print(f"FAILED: {check.reason}")
         return 1
-    print(f"OK: trace {args.trace_id} is leaf {proof['leaf_index']} of the tree of size "
-          f"{anchor.tree_size} anchored on chain (anchor #{anchor.index})")
+    print(f"OK: trace {args.trace_id} is leaf {trace['seq']} of the tree of size "
+          f"{check.tree_size} anchored on chain (anchor #{check.anchor_index})")
     return 0
 
 

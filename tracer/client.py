@@ -4,12 +4,15 @@ could not be stored gets an exception and must not commit its own change."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import requests
 from pydantic import BaseModel
 
-from vre.service_auth import TokenSource
+from tracer.chain import Anchor, ChainClient, ChainError
+from tracer.merkle import ProofError, verify_inclusion
+from tracer.schema import trace_leaf
+from vre.client import ServiceClient, ServiceError
 
 
 class LogEntry(NamedTuple):
@@ -20,47 +23,21 @@ class LogEntry(NamedTuple):
     body: bytes
 
 
-class TracerError(Exception):
+class TracerError(ServiceError):
     """The tracer refused or failed a request; carries its status and stable error code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"tracer: {status} {code}: {message}")
-        self.status = status
-        self.code = code
+    service = "tracer"
 
 
 class TracerUnavailable(TracerError):
     """The tracer could not be reached: nothing was recorded."""
 
 
-class TracerClient:
+class TracerClient(ServiceClient):
     """Record, query and prove traces over the tracer's HTTP API."""
 
-    def __init__(self, base_url: str, tokens: TokenSource | None = None,
-                 timeout: float = 10.0, session: requests.Session | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.tokens = tokens
-        self.timeout = timeout
-        self.http = session or requests.Session()
-
-    def _call(self, method: str, path: str, *, raw: bool = False, **kw: Any) -> Any:
-        headers = kw.pop("headers", {})
-        if self.tokens is not None:
-            headers["Authorization"] = f"Bearer {self.tokens.token()}"
-        try:
-            response = self.http.request(method, self.base_url + path, headers=headers,
-                                         timeout=self.timeout, **kw)
-        except requests.RequestException as exc:
-            raise TracerUnavailable(0, "tracer_unavailable", str(exc)) from exc
-        if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                code, message = error["code"], error["message"]
-            except (ValueError, KeyError, TypeError):
-                code, message = "http_error", response.text[:200]
-            cls = TracerUnavailable if response.status_code >= 500 else TracerError
-            raise cls(response.status_code, code, message)
-        return response if raw else response.json()
+    error = TracerError
+    unavailable = TracerUnavailable
 
     def record(self, trace: dict[str, Any] | BaseModel) -> dict[str, Any]:
         """Store one trace; returns it with its sequence number once durable."""
@@ -113,3 +90,49 @@ def _plain(trace: dict[str, Any] | BaseModel) -> dict[str, Any]:
     if isinstance(trace, BaseModel):
         return trace.model_dump(mode="json", exclude_none=True)
     return trace
+
+
+@dataclass(frozen=True)
+class TraceCheck:
+    """Whether a trace is proven to be in the log whose root is anchored on the chain."""
+
+    verified: bool
+    reason: str = ""
+    anchor_index: int | None = None
+    tree_size: int | None = None
+
+
+class TraceVerifier:
+    """Checks traces against the newest root anchored on the chain: each trace's record is
+    re-hashed (so the mark covers what is shown) and its inclusion proof must reproduce that
+    root. The chain, not the tracer's database, is the trust anchor."""
+
+    def __init__(self, tracer: TracerClient, chain: ChainClient) -> None:
+        self.tracer = tracer
+        self.chain = chain
+
+    def check(self, traces: list[dict[str, Any]]) -> dict[str, TraceCheck]:
+        """A verdict per trace id; a ledger or chain that cannot be read verifies nothing."""
+        try:
+            anchor = self.chain.latest_anchor()
+        except ChainError as exc:
+            return {t["id"]: TraceCheck(False, f"chain unavailable: {exc}") for t in traces}
+        if anchor is None:
+            return {t["id"]: TraceCheck(False, "nothing is anchored on the chain yet")
+                    for t in traces}
+        return {t["id"]: self._check_one(t, anchor) for t in traces}
+
+    def _check_one(self, trace: dict[str, Any], anchor: Anchor) -> TraceCheck:
+        if trace["seq"] >= anchor.tree_size:
+            return TraceCheck(False, "not anchored yet", anchor.index, anchor.tree_size)
+        record = {k: v for k, v in trace.items() if k != "leaf_hash"}
+        _, leaf = trace_leaf(record)
+        try:
+            proof = self.tracer.proof(trace["id"], tree_size=anchor.tree_size)
+            if proof["leaf_hash"] != leaf.hex() or proof["leaf_index"] != trace["seq"]:
+                raise ProofError("the trace's record does not hash to the proven leaf")
+            verify_inclusion(leaf, trace["seq"], anchor.tree_size,
+                             [bytes.fromhex(p) for p in proof["proof"]], anchor.root)
+        except (TracerError, ProofError, ValueError, KeyError) as exc:
+            return TraceCheck(False, str(exc), anchor.index, anchor.tree_size)
+        return TraceCheck(True, "", anchor.index, anchor.tree_size)

@@ -128,7 +128,7 @@ def _chain_answers(config: Config) -> bool:
 
 def ensure_contract(config: Config) -> Config:
     """On the local chain: deploy the anchor contract on first start, reuse it afterwards."""
-    from tracer.cli import chain_client, contract_address, contract_file
+    from tracer.chain import chain_client, contract_address, contract_file
     from tracer.devnode import ANVIL_DEV_PRIVATE_KEY
 
     if uses_local_chain(config) and config.chain_private_key is None:
