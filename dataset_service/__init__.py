@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import sqlalchemy as sa
 from flask import Flask
 
-from dataset_service import api, api_catalogue, api_datasets, api_ingest
+from dataset_service import api, api_catalogue, api_datasets, api_explore, api_ingest
 from dataset_service.dicom import DeidPolicy
 from dataset_service.ingest import Ingestor
 from dataset_service.models import IngestRun
@@ -34,6 +34,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(api_ingest.bp)
     app.register_blueprint(api_datasets.bp)
+    app.register_blueprint(api_explore.bp)
     api_catalogue.install(app, config)
     app.register_blueprint(api_catalogue.bp)
     # Every dataset action is traced through the tracer's client, as this service itself.

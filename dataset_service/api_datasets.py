@@ -197,7 +197,7 @@ def _refuse(decision: Decision, dataset_id: str) -> None:
     raise ApiError(decision.reason, code=str(decision.code), status=403)
 
 
-def _load(session: Session, dataset_id: str, principal: Principal | None,
+def load_dataset(session: Session, dataset_id: str, principal: Principal | None,
           action: Action) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
     if dataset is None:
@@ -211,7 +211,7 @@ def _load(session: Session, dataset_id: str, principal: Principal | None,
     return dataset
 
 
-def _me() -> Principal:
+def caller() -> Principal:
     principal = current_principal()
     assert principal is not None
     return principal
@@ -244,7 +244,7 @@ def _with_project_defaults(body: DatasetIn, project: Project) -> tuple[
 @endpoint("Create a draft dataset from studies", body=DatasetIn, response=DatasetOut,
           status=201, roles=["steward", "admin"], tags=["datasets"])
 def create_dataset(body: DatasetIn) -> DatasetOut:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
         project = find_project(session, body.project)
         actor = ds.actor_of(session, principal)
@@ -285,9 +285,9 @@ def create_dataset(body: DatasetIn) -> DatasetOut:
 
 def _transition(dataset_id: str, action: Action, update: str, change: Any,
                 details: dict[str, Any] | None = None) -> DatasetOut:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
-        dataset = _load(session, dataset_id, principal, action)
+        dataset = load_dataset(session, dataset_id, principal, action)
         change(session, dataset)
         dataset.modified_at = utcnow()
         session.flush()
@@ -341,14 +341,14 @@ def invalidate(dataset_id: str, body: InvalidateIn) -> DatasetOut:
           roles=PUBLIC, tags=["datasets"])
 def get_dataset(dataset_id: str) -> DatasetOut:
     with db_of().session() as session:
-        return _out(_load(session, dataset_id, current_principal(required=False),
+        return _out(load_dataset(session, dataset_id, current_principal(required=False),
                           Action.VIEW_METADATA))
 
 
 @bp.get("/datasets")
 @endpoint("Datasets the caller may see, newest first", response=DatasetOut, tags=["datasets"])
 def list_datasets() -> list[DatasetOut]:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
         actor = ds.actor_of(session, principal)
         rows = session.scalars(sa.select(Dataset).order_by(Dataset.created_at.desc())
@@ -361,7 +361,7 @@ def list_datasets() -> list[DatasetOut]:
           "?format= or Accept", roles=PUBLIC, tags=["datasets"])
 def metadata(dataset_id: str) -> Response:
     with db_of().session() as session:
-        dataset = _load(session, dataset_id, current_principal(required=False),
+        dataset = load_dataset(session, dataset_id, current_principal(required=False),
                         Action.VIEW_METADATA)
         record = ds.fair_record(config_of(), session, dataset)
     try:
@@ -390,9 +390,9 @@ class IntegrityOut(BaseModel):
 @endpoint("Re-hash the dataset's files and compare with its traced content hash",
           response=IntegrityOut, tags=["datasets"])
 def integrity(dataset_id: str) -> IntegrityOut:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
-        dataset = _load(session, dataset_id, principal, Action.VIEW_ACCESS_LOG)
+        dataset = load_dataset(session, dataset_id, principal, Action.VIEW_ACCESS_LOG)
         try:
             created = next(iter(_tracer().query(dataset=dataset.id, action="CREATE_DATASET")),
                            None)
@@ -412,9 +412,9 @@ def integrity(dataset_id: str) -> IntegrityOut:
 @endpoint("Put a user on the dataset's access list", body=AccessIn, status=200,
           tags=["access"])
 def grant_access(dataset_id: str, body: AccessIn) -> dict[str, str]:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
-        dataset = _load(session, dataset_id, principal, Action.MANAGE_ACCESS)
+        dataset = load_dataset(session, dataset_id, principal, Action.MANAGE_ACCESS)
         if session.get(DatasetAccess, (dataset.id, body.user_id)) is None:
             session.add(DatasetAccess(dataset_id=dataset.id, user_id=body.user_id,
                                       granted_by=principal.subject))
@@ -427,9 +427,9 @@ def grant_access(dataset_id: str, body: AccessIn) -> dict[str, str]:
 @bp.delete("/datasets/<dataset_id>/access/<user_id>")
 @endpoint("Take a user off the dataset's access list", tags=["access"])
 def revoke_access(dataset_id: str, user_id: str) -> dict[str, str]:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
-        dataset = _load(session, dataset_id, principal, Action.MANAGE_ACCESS)
+        dataset = load_dataset(session, dataset_id, principal, Action.MANAGE_ACCESS)
         entry = session.get(DatasetAccess, (dataset.id, user_id))
         if entry is None:
             raise NotFound(f"{user_id!r} is not on the access list", field="user_id")
@@ -493,7 +493,7 @@ def end_grant(grant_id: str) -> dict[str, Any]:
 @endpoint("Withdraw a user's access: every later grant for them is refused", body=RevokeIn,
           roles=["admin", "service"], tags=["grants"])
 def revoke_user(user_id: str, body: RevokeIn) -> dict[str, Any]:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
         if session.get(RevokedUser, user_id) is None:
             session.add(RevokedUser(user_id=user_id, revoked_by=principal.subject,
@@ -528,7 +528,7 @@ class AccessRequestOut(BaseModel):
     created_at: datetime
 
 
-def _request_out(row: AccessRequest) -> AccessRequestOut:
+def request_out(row: AccessRequest) -> AccessRequestOut:
     return AccessRequestOut.model_validate(row, from_attributes=True)
 
 
@@ -536,9 +536,9 @@ def _request_out(row: AccessRequest) -> AccessRequestOut:
 @endpoint("Ask to use a dataset, saying what for", body=AccessRequestIn,
           response=AccessRequestOut, status=201, tags=["access"])
 def request_access(dataset_id: str, body: AccessRequestIn) -> AccessRequestOut:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
-        dataset = _load(session, dataset_id, principal, Action.REQUEST_ACCESS)
+        dataset = load_dataset(session, dataset_id, principal, Action.REQUEST_ACCESS)
         pending = session.scalar(sa.select(AccessRequest).where(
             AccessRequest.dataset_id == dataset.id, AccessRequest.user_id == principal.subject,
             AccessRequest.state == "pending"))
@@ -551,32 +551,32 @@ def request_access(dataset_id: str, body: AccessRequestIn) -> AccessRequestOut:
         session.flush()
         record_trace(principal.subject, "ACCESS_REQUESTED", [dataset],
                      {"purpose": body.purpose, "request_id": row.id})
-        return _request_out(row)
+        return request_out(row)
 
 
 @bp.get("/datasets/<dataset_id>/requests")
 @endpoint("Access requests of a dataset (its stewards), or the caller's own",
           response=AccessRequestOut, tags=["access"])
 def list_requests(dataset_id: str) -> list[AccessRequestOut]:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
-        dataset = _load(session, dataset_id, principal, Action.VIEW_METADATA)
+        dataset = load_dataset(session, dataset_id, principal, Action.VIEW_METADATA)
         stmt = sa.select(AccessRequest).where(AccessRequest.dataset_id == dataset.id)
         steward = decide(ds.actor_of(session, principal), ds.facts_of(session, dataset),
                          Action.MANAGE_ACCESS)
         if not steward:
             stmt = stmt.where(AccessRequest.user_id == principal.subject)
-        return [_request_out(r) for r in session.scalars(
+        return [request_out(r) for r in session.scalars(
             stmt.order_by(AccessRequest.created_at.desc()))]
 
 
 def _decide_request(request_id: str, approve: bool, body: DecisionIn) -> AccessRequestOut:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
         row = session.get(AccessRequest, request_id)
         if row is None:
             raise NotFound(f"no access request {request_id!r}", field="request_id")
-        dataset = _load(session, row.dataset_id, principal, Action.MANAGE_ACCESS)
+        dataset = load_dataset(session, row.dataset_id, principal, Action.MANAGE_ACCESS)
         if row.state != "pending":
             raise ApiError(f"the request is already {row.state}", code="request_decided",
                            status=409)
@@ -590,7 +590,7 @@ def _decide_request(request_id: str, approve: bool, body: DecisionIn) -> AccessR
         record_trace(principal.subject, "ACCESS_APPROVED" if approve else "ACCESS_REJECTED",
                      [dataset], {"subject_user": row.user_id, "request_id": row.id,
                                  "reason": body.note or None})
-        return _request_out(row)
+        return request_out(row)
 
 
 @bp.post("/requests/<request_id>/approve")
@@ -645,12 +645,12 @@ class VersionIn(BaseModel):
 @endpoint("Edit a dataset's metadata (a licence change is traced as such)", body=DatasetPatch,
           response=DatasetOut, tags=["datasets"])
 def edit_dataset(dataset_id: str, body: DatasetPatch) -> DatasetOut:
-    principal = _me()
+    principal = caller()
     changes = body.model_dump(exclude_unset=True)
     if not changes:
         raise Unprocessable("nothing to change", code="empty_change")
     with db_of().session() as session:
-        dataset = _load(session, dataset_id, principal, Action.EDIT)
+        dataset = load_dataset(session, dataset_id, principal, Action.EDIT)
         old_license = dataset.license_id
         for key, value in changes.items():
             if key == "authors":
@@ -677,9 +677,9 @@ def edit_dataset(dataset_id: str, body: DatasetPatch) -> DatasetOut:
 @endpoint("Start a new version (a draft) from a released, published or invalidated dataset",
           body=VersionIn, response=DatasetOut, status=201, tags=["datasets"])
 def new_version(dataset_id: str, body: VersionIn) -> DatasetOut:
-    principal = _me()
+    principal = caller()
     with db_of().session() as session:
-        old = _load(session, dataset_id, principal, Action.CREATE_VERSION)
+        old = load_dataset(session, dataset_id, principal, Action.CREATE_VERSION)
         if old.next_id is not None:
             raise ApiError(f"version {old.version} already has a next version",
                            code="version_exists", status=409)
