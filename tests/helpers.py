@@ -6,6 +6,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flask import Flask
 from werkzeug.serving import make_server
@@ -35,3 +36,13 @@ def serving(app: Flask) -> Iterator[str]:
         server.shutdown()
         thread.join(10)
         server.server_close()
+
+
+@contextmanager
+def request_as(app: Flask, client: Any) -> Iterator[None]:
+    """A request context that carries the test client's session cookie (its signed-in user)."""
+    name = app.config["SESSION_COOKIE_NAME"]
+    cookie = client.get_cookie(name)
+    headers = {"Cookie": f"{name}={cookie.value}"} if cookie else {}
+    with app.test_request_context("/", headers=headers):
+        yield

@@ -42,6 +42,21 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     return value.rstrip("/") if parts.scheme in ("http", "https") else value
 
 
+PLATFORM_ROLES = ("researcher", "steward", "admin", "auditor")
+
+
+def _parse_role_map(value: str) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        source, sep, target = (s.strip() for s in pair.partition("="))
+        if not sep or not source:
+            raise ValueError(f"expected provider-role=platform-role pairs, got {pair!r}")
+        if target not in PLATFORM_ROLES:
+            raise ValueError(f"{target!r} is not a platform role ({', '.join(PLATFORM_ROLES)})")
+        mapping[source] = target
+    return mapping
+
+
 class Config(BaseModel):
     """Every setting of the platform. Each field documents itself; env name is VRE_ + upper."""
 
@@ -114,6 +129,37 @@ class Config(BaseModel):
     anchor_mode: str = Field(
         "batch", pattern=r"^(batch|per-trace)$",
         description="per-trace also anchors every leaf hash in its own transaction.")
+    identity: str = Field(
+        "local", pattern=r"^(local|oidc)$",
+        description="Who signs people in to the portal: local accounts, or an OpenID Connect "
+        "provider laid out like Keycloak (oidc).")
+    oidc_server_url: str | None = Field(
+        None, description="Base URL of the Keycloak server, before /realms/<realm>.")
+    oidc_realm: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Keycloak realm of the platform.")
+    oidc_client_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._:-]{1,100}$",
+        description="The portal's client id at the provider.")
+    oidc_client_secret: str | None = Field(
+        None, min_length=8, repr=False,
+        description="The portal's client secret (confidential client; unset for a public one).")
+    oidc_role_map: str = Field(
+        "researcher=researcher,steward=steward,admin=admin,auditor=auditor",
+        description="Provider role=platform role pairs, comma separated; realm roles and the "
+        "portal client's roles both count, unmapped roles are ignored.")
+    signin_limit_per_address: int = Field(
+        30, ge=1, le=10_000, description="Sign-in attempts allowed per client address a minute.")
+    signin_limit_per_user: int = Field(
+        10, ge=1, le=10_000, description="Sign-in attempts allowed per user name a minute.")
+    host_cpus: float | None = Field(
+        None, gt=0, description="CPUs one desktop or job may get at most (the largest node); "
+        "default: this machine's cores.")
+    host_memory_mib: int | None = Field(
+        None, gt=0, description="Memory one desktop or job may get at most, in MiB; "
+        "default: this machine's memory.")
+    host_gpus: int | None = Field(
+        None, ge=0, description="GPUs one desktop or job may get at most; default: the "
+        "NVIDIA devices of this machine.")
 
     @field_validator("home")
     @classmethod
@@ -130,10 +176,16 @@ class Config(BaseModel):
     def _other_urls(cls, value: str | None) -> str | None:
         return _check_url(value, ("http", "https"))
 
-    @field_validator("chain_url")
+    @field_validator("chain_url", "oidc_server_url")
     @classmethod
     def _chain_url(cls, value: str | None) -> str | None:
         return _check_url(value, ("http", "https"))
+
+    @field_validator("oidc_role_map")
+    @classmethod
+    def _role_map(cls, value: str) -> str:
+        _parse_role_map(value)
+        return value
 
     @field_validator("jwks_url")
     @classmethod
@@ -163,12 +215,28 @@ class Config(BaseModel):
                 "tracer": self.tracer_port}[service]
 
     @property
+    def oidc_issuer(self) -> str | None:
+        """The realm's issuer URL when identity is oidc (Keycloak's layout)."""
+        if self.identity != "oidc" or not self.oidc_server_url or not self.oidc_realm:
+            return None
+        return f"{self.oidc_server_url}/realms/{self.oidc_realm}"
+
+    @property
+    def oidc_roles(self) -> dict[str, str]:
+        """Provider role name to platform role name."""
+        return _parse_role_map(self.oidc_role_map)
+
+    @property
     def issuer(self) -> str:
-        return self.token_issuer or self.url_of("portal")
+        return self.token_issuer or self.oidc_issuer or self.url_of("portal")
 
     @property
     def jwks(self) -> str:
-        return self.jwks_url or self.url_of("portal") + "/.well-known/jwks.json"
+        if self.jwks_url:
+            return self.jwks_url
+        if self.oidc_issuer:
+            return self.oidc_issuer + "/protocol/openid-connect/certs"
+        return self.url_of("portal") + "/.well-known/jwks.json"
 
     @property
     def tracer_key_path(self) -> Path:

@@ -1,0 +1,129 @@
+"""Public pages: the catalogue of published datasets and each dataset's landing page (its
+PID resolves here), with the FAIR exports. No sign-in needed; signed-in users see more of
+what the dataset service's policy lets them see."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from dataset_service.client import DatasetError
+from portal import clients
+from vre.client import ServiceError
+from vre.errors import ApiError
+
+bp = Blueprint("catalogue", __name__)
+
+FILTERS = ("q", "modality", "body_part", "license", "project", "sort")
+SORTS = {"relevance": "Relevance", "newest": "Newest", "name": "Name",
+         "subjects": "Most subjects"}
+FACET_LABELS = {"modality": "Modality", "body_part": "Body part", "license": "Licence",
+                "project": "Project"}
+EXPORTS = {"datacite": ("DataCite JSON", "application/vnd.datacite.datacite+json"),
+           "dcat-ttl": ("DCAT-AP Turtle", "text/turtle"),
+           "dcat-jsonld": ("DCAT-AP JSON-LD", "application/ld+json"),
+           "schemaorg": ("schema.org JSON-LD", "application/ld+json")}
+
+
+def _state() -> dict[str, str]:
+    """The search as the URL carries it, so a result page can be bookmarked and shared."""
+    state = {k: request.args.get(k, "").strip()[:200] for k in FILTERS}
+    if state["sort"] not in SORTS:
+        state["sort"] = "relevance"
+    return {k: v for k, v in state.items() if v}
+
+
+def _url(state: dict[str, str], **changes: Any) -> str:
+    merged = {**state, **{k: v for k, v in changes.items()}}
+    merged = {k: v for k, v in merged.items() if v not in (None, "", 1)}
+    query = urlencode(merged)
+    return url_for("catalogue.catalogue") + ("?" + query if query else "")
+
+
+@bp.get("/catalogue")
+def catalogue() -> Any:
+    state = _state()
+    try:
+        page = max(1, min(int(request.args.get("page", "1")), 100_000))
+    except ValueError:
+        page = 1
+    found = clients.datasets(as_user=False).catalogue(**state, page=page, per_page=20)
+    return render_template("catalogue.html", found=found, state=state, page=page,
+                           url=lambda **c: _url(state, **c), sorts=SORTS,
+                           facet_labels=FACET_LABELS)
+
+
+@bp.get("/pid/<dataset_id>")
+def resolve_pid(dataset_id: str) -> Any:
+    """A persistent identifier resolves to the dataset's landing page."""
+    return redirect(url_for("catalogue.landing", dataset_id=dataset_id), code=303)
+
+
+def load(dataset_id: str) -> dict[str, Any]:
+    """The dataset as the caller may see it; 404 when the policy hides it."""
+    try:
+        return clients.datasets().dataset(dataset_id)
+    except DatasetError as exc:
+        if exc.status in (401, 403, 404):
+            abort(404)
+        raise
+
+
+def citation(dataset: dict[str, Any]) -> str:
+    """A DataCite-style citation: authors (year). title (version). publisher. identifier."""
+    names = [a.get("family_name") or a["name"] for a in dataset["authors"]] or \
+        [dataset["contact_name"]]
+    authors = ", ".join(names[:5]) + (" et al." if len(names) > 5 else "")
+    when = dataset.get("published_at") or dataset.get("released_at") or dataset["created_at"]
+    year = datetime.fromisoformat(when).year
+    identifier = dataset["pid"]
+    if dataset.get("doi"):
+        identifier = "https://doi.org/10." + dataset["doi"].split("10.", 1)[1]
+    return (f"{authors} ({year}). {dataset['name']} (Version {dataset['version']}) "
+            f"[Data set]. In-situ VRE. {identifier}")
+
+
+def paragraphs(text: str) -> list[str]:
+    """User text as plain paragraphs: shown escaped, never as HTML."""
+    return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
+
+
+@bp.get("/datasets/<dataset_id>")
+def landing(dataset_id: str) -> Any:
+    dataset = load(dataset_id)
+    client = clients.datasets()
+    json_ld = json.loads(client.metadata(dataset_id, "schemaorg"))
+    return render_template("landing.html", dataset=dataset, json_ld=json_ld,
+                           citation=citation(dataset), paragraphs=paragraphs,
+                           exports=EXPORTS, signed_in=current_user.is_authenticated)
+
+
+@bp.get("/datasets/<dataset_id>/export/<fmt>")
+def export(dataset_id: str, fmt: str) -> Response:
+    """The dataset's metadata in one FAIR format, as a download."""
+    if fmt not in EXPORTS:
+        abort(404)
+    load(dataset_id)
+    body = clients.datasets().metadata(dataset_id, fmt)
+    extension = {"dcat-ttl": "ttl"}.get(fmt, "json")
+    response = Response(body, content_type=EXPORTS[fmt][1] + "; charset=utf-8")
+    response.headers["Content-Disposition"] = \
+        f'inline; filename="{dataset_id}-{fmt}.{extension}"'
+    return response
+
+
+@bp.app_errorhandler(ServiceError)
+def _service_error(exc: ServiceError) -> Any:
+    """A service that refuses or fails shows as a page with its code, never as a crash."""
+    if exc.status == 401:
+        return redirect(url_for("pages.signin", next=request.path))
+    status = exc.status if 400 <= exc.status < 500 else 503
+    message = exc.message if status < 500 else \
+        "a platform service is not available right now; try again in a moment"
+    return render_template("error.html", error=ApiError(message, code=exc.code,
+                                                        status=status)), status

@@ -1,0 +1,276 @@
+"""Signed-in dataset pages: the explorer (metadata only), the verified history, the access
+log, access requests, and the steward's actions. Every decision is the dataset service's:
+these pages call it with the user's token and show what it answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import current_user, login_required
+
+from dataset_service.client import DatasetError
+from portal import clients
+from portal.pages_catalogue import load, paragraphs
+from tracer.client import TracerError
+from vre.client import ServiceError
+
+bp = Blueprint("datasets", __name__)
+
+STATE_ACTIONS = {"release": "Release", "publish": "Publish", "invalidate": "Invalidate"}
+STUDY_FILTERS = ("modality", "body_part", "age_min", "age_max", "sex", "diagnosis")
+
+
+def _int_arg(name: str, default: int = 1, top: int = 100_000) -> int:
+    try:
+        return max(1, min(int(request.args.get(name, default)), top))
+    except ValueError:
+        return default
+
+
+def _refused(exc: ServiceError) -> None:
+    """Show a refusal of a form action as a message on the page it came from."""
+    if isinstance(exc, DatasetError) and exc.status in (401, 404):
+        abort(404)
+    flash(f"{exc.message} ({exc.code})", "error")
+
+
+@bp.get("/my/datasets")
+@login_required
+def mine() -> Any:
+    """Every dataset the user may see, whatever its state (drafts they write included)."""
+    return render_template("my_datasets.html", datasets=clients.datasets().datasets())
+
+
+@bp.get("/datasets/<dataset_id>/explore")
+@login_required
+def explore(dataset_id: str) -> Any:
+    dataset = load(dataset_id)
+    try:
+        page = clients.datasets().studies(dataset_id, _int_arg("page"), 25)
+    except DatasetError as exc:
+        if exc.status != 403:
+            raise
+        return render_template("refused.html", dataset=dataset, reason=exc.message,
+                               code=exc.code), 403
+    return render_template("explore.html", dataset=dataset, page=page,
+                           url=lambda page: url_for("datasets.explore",
+                                                    dataset_id=dataset_id, page=page))
+
+
+@bp.get("/datasets/<dataset_id>/history")
+def history(dataset_id: str) -> Any:
+    """The dataset's traces, each marked verified when its proof reaches the chain's root.
+
+    Published histories are public; others need the dataset policy's VIEW_ACCESS_LOG, which
+    is asked of the dataset service before the portal reads the ledger for the user."""
+    dataset = load(dataset_id)
+    if dataset["state"] != "published":
+        if not current_user.is_authenticated:
+            return redirect(url_for("pages.signin", next=request.path))
+        try:
+            clients.datasets().access_log(dataset_id, per_page=1)
+        except DatasetError as exc:
+            if exc.status != 403:
+                raise
+            return render_template("refused.html", dataset=dataset, reason=exc.message,
+                                   code=exc.code), 403
+    try:
+        traces = list(clients.tracer().query(dataset=dataset_id))
+    except TracerError as exc:
+        return render_template("refused.html", dataset=dataset, code=exc.code,
+                               reason="the audit ledger cannot be read right now"), 503
+    checks = clients.trace_verifier().check(traces)
+    traces.reverse()  # newest first
+    return render_template("history.html", dataset=dataset, traces=traces, checks=checks)
+
+
+@bp.get("/datasets/<dataset_id>/access-log")
+@login_required
+def access_log(dataset_id: str) -> Any:
+    dataset = load(dataset_id)
+    try:
+        entries = clients.datasets().access_log(dataset_id, _int_arg("page"), 100)
+    except DatasetError as exc:
+        if exc.status != 403:
+            raise
+        return render_template("refused.html", dataset=dataset, reason=exc.message,
+                               code=exc.code), 403
+    return render_template("access_log.html", dataset=dataset, entries=entries,
+                           page=_int_arg("page"))
+
+
+@bp.post("/datasets/<dataset_id>/request-access")
+@login_required
+def ask_access(dataset_id: str) -> Any:
+    purpose = request.form.get("purpose", "").strip()
+    try:
+        clients.datasets().request_access(dataset_id, purpose)
+        flash("Your request was sent to the dataset's stewards.", "ok")
+    except DatasetError as exc:
+        _refused(exc)
+    return redirect(url_for("catalogue.landing", dataset_id=dataset_id))
+
+
+@bp.get("/requests")
+@login_required
+def requests_page() -> Any:
+    client = clients.datasets()
+    return render_template("requests.html", mine=client.requests("mine"),
+                           to_review=client.requests("to_review", "pending"))
+
+
+@bp.post("/requests/<request_id>/decide")
+@login_required
+def decide(request_id: str) -> Any:
+    approve = request.form.get("decision") == "approve"
+    try:
+        clients.datasets().decide_request(request_id, approve,
+                                          request.form.get("note", "")[:500])
+        flash("Request approved." if approve else "Request rejected.", "ok")
+    except DatasetError as exc:
+        _refused(exc)
+    return redirect(url_for("datasets.requests_page"))
+
+
+# -- stewards ------------------------------------------------------------------------------
+
+@bp.get("/datasets/<dataset_id>/manage")
+@login_required
+def manage(dataset_id: str) -> Any:
+    dataset = load(dataset_id)
+    client = clients.datasets()
+    try:
+        access = client.access_list(dataset_id)
+        pending = [r for r in client.dataset_requests(dataset_id) if r["state"] == "pending"]
+    except DatasetError as exc:
+        if exc.status != 403:
+            raise
+        return render_template("refused.html", dataset=dataset, reason=exc.message,
+                               code=exc.code), 403
+    return render_template("manage.html", dataset=dataset, access=access, pending=pending,
+                           actions=STATE_ACTIONS)
+
+
+@bp.post("/datasets/<dataset_id>/<action>")
+@login_required
+def change_state(dataset_id: str, action: str) -> Any:
+    if action not in STATE_ACTIONS:
+        abort(404)
+    client = clients.datasets()
+    try:
+        if action == "invalidate":
+            client.invalidate(dataset_id, request.form.get("reason", "").strip())
+        else:
+            getattr(client, action)(dataset_id)
+        flash(f"Dataset {action}d.", "ok")
+    except ServiceError as exc:
+        _refused(exc)
+    return redirect(url_for("datasets.manage", dataset_id=dataset_id))
+
+
+@bp.post("/datasets/<dataset_id>/access")
+@login_required
+def change_access(dataset_id: str) -> Any:
+    user_id = request.form.get("user_id", "").strip()
+    client = clients.datasets()
+    try:
+        if request.form.get("remove"):
+            client.remove_access(dataset_id, user_id)
+            flash(f"{user_id} was taken off the access list.", "ok")
+        else:
+            client.add_access(dataset_id, user_id)
+            flash(f"{user_id} may now use the dataset.", "ok")
+    except ServiceError as exc:
+        _refused(exc)
+    return redirect(url_for("datasets.manage", dataset_id=dataset_id))
+
+
+def _study_query(form: Any) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    for name in STUDY_FILTERS:
+        value = form.get(name, "").strip()
+        if value:
+            query[name] = int(value) if name.startswith("age_") and value.isdigit() else value
+    return query
+
+
+def _lines(text: str) -> list[str]:
+    return [w.strip() for w in text.replace(",", "\n").splitlines() if w.strip()]
+
+
+@bp.route("/datasets/new", methods=["GET", "POST"])
+@login_required
+def create() -> Any:
+    """Create a dataset from a study query: preview what it selects, then create the draft."""
+    client = clients.datasets()
+    form = request.form if request.method == "POST" else request.args
+    projects = client.projects()
+    preview = None
+    query = _study_query(form)
+    if form.get("project"):
+        try:
+            preview = client.search_studies(form["project"], **query, limit=10)
+        except DatasetError as exc:
+            _refused(exc)
+    if request.method == "POST" and form.get("create") and preview is not None:
+        body: dict[str, Any] = {
+            "project": form["project"], "name": form.get("name", "").strip(),
+            "description": form.get("description", ""), "query": query,
+            "version": form.get("version", "").strip() or "1.0",
+            "keywords": _lines(form.get("keywords", "")),
+            "authors": [{"name": a} for a in _lines(form.get("authors", ""))],
+            "purpose": form.get("purpose", ""), "provenance": form.get("provenance", ""),
+        }
+        for optional in ("license_id", "contact_name", "contact_email"):
+            if form.get(optional, "").strip():
+                body[optional] = form[optional].strip()
+        try:
+            created = client.create_dataset(body)
+        except DatasetError as exc:
+            flash(f"{exc.message} ({exc.code}{': ' + exc.field if exc.field else ''})",
+                  "error")
+        else:
+            flash("Draft created. Check it, then release it.", "ok")
+            return redirect(url_for("datasets.manage", dataset_id=created["id"]))
+    return render_template("create_dataset.html", projects=projects, form=form,
+                           preview=preview)
+
+
+@bp.route("/datasets/<dataset_id>/edit", methods=["GET", "POST"])
+@login_required
+def edit(dataset_id: str) -> Any:
+    dataset = load(dataset_id)
+    if request.method == "POST":
+        form = request.form
+        changes: dict[str, Any] = {
+            "name": form.get("name", "").strip(), "description": form.get("description", ""),
+            "keywords": _lines(form.get("keywords", "")),
+            "purpose": form.get("purpose", ""), "provenance": form.get("provenance", ""),
+            "contact_name": form.get("contact_name", "").strip(),
+            "public_use": form.get("public_use") == "on",
+        }
+        if form.get("license_id", "").strip() != dataset["license_id"]:
+            changes["license_id"] = form.get("license_id", "").strip()
+        try:
+            clients.datasets().update_dataset(dataset_id, changes)
+        except DatasetError as exc:
+            flash(f"{exc.message} ({exc.code}{': ' + exc.field if exc.field else ''})",
+                  "error")
+            return render_template("edit_dataset.html", dataset={**dataset, **changes}), 422
+        flash("Saved.", "ok")
+        return redirect(url_for("datasets.manage", dataset_id=dataset_id))
+    return render_template("edit_dataset.html", dataset=dataset)
+
+
+@bp.app_context_processor
+def _helpers() -> dict[str, Any]:
+    return {"paragraphs": paragraphs}

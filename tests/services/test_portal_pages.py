@@ -1,0 +1,181 @@
+"""The portal's dataset pages against the real dataset service and tracer over HTTP: the
+public catalogue and landing pages, the explorer, access requests, the steward's actions, and
+a history whose traces are verified against a real chain."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from portal.models import User
+from tests.dataset_helpers import DATASET, create
+from tests.helpers import free_port, serving
+from tests.ledger_helpers import EVERY_STEP, tracer_database
+from tracer.anchoring import Anchorer
+from tracer.chain_jsonrpc import JsonRpcChainClient
+from tracer.checkpoints import CheckpointSigner
+from tracer.devnode import ANVIL_DEV_PRIVATE_KEY, running_anvil
+from vre.config import Config
+from vre.services import service
+
+PEOPLE = {"steward-1": ["steward", "researcher"], "res-1": ["researcher"],
+          "someone": ["researcher"], "admin-1": ["admin"]}
+
+
+@pytest.fixture(scope="module")
+def anvil_url() -> Iterator[str]:
+    with running_anvil(free_port()) as url:
+        yield url
+
+
+@pytest.fixture
+def site(platform, config: Config, anvil_url: str) -> Iterator[dict[str, Any]]:
+    """The portal wired to the served dataset service and tracer, and a fresh anchor contract."""
+    dataset_app, auditor = platform
+    contract = JsonRpcChainClient(anvil_url, ANVIL_DEV_PRIVATE_KEY).deploy()
+    with serving(dataset_app) as dataset_url:
+        portal_config = config.model_copy(update={
+            "dataset_url": dataset_url, "tracer_url": auditor.base_url,
+            "chain_url": anvil_url, "chain_contract": contract})
+        portal = service("portal").module().create_app(portal_config)
+        portal.extensions["vre.db"].migrate(portal_config, "portal")
+        portal.testing = True
+        with portal.extensions["vre.db"].session() as session:
+            for user_id, roles in PEOPLE.items():
+                session.add(User(id=user_id, username=user_id, roles=roles))
+        tracer_db = tracer_database(config)
+        anchorer = Anchorer(tracer_db, JsonRpcChainClient(anvil_url, ANVIL_DEV_PRIVATE_KEY,
+                                                          contract), contract,
+                            CheckpointSigner.from_file(config.tracer_key_path),
+                            config.ledger_origin, EVERY_STEP)
+        yield {"portal": portal, "datasets": dataset_app, "anchorer": anchorer}
+        tracer_db.engine.dispose()
+        portal.extensions["vre.db"].engine.dispose()
+
+
+def signed_in(portal: Flask, user_id: str) -> FlaskClient:
+    client = portal.test_client()
+    with client.session_transaction() as session:
+        session["_user_id"] = user_id
+        session["_fresh"] = True
+        session["csrf"] = "test-csrf"
+    return client
+
+
+def post(client: FlaskClient, path: str, **form: str):
+    return client.post(path, data={"csrf_token": "test-csrf", **form})
+
+
+def published(site: dict[str, Any], steward: dict[str, str], **changes: Any) -> dict:
+    dataset = create(site["datasets"], steward, **changes)
+    client = signed_in(site["portal"], "steward-1")
+    for action in ("release", "publish"):
+        assert post(client, f"/datasets/{dataset['id']}/{action}").status_code == 302
+    return dataset
+
+
+def test_anyone_browses_the_catalogue_and_a_landing_page(site, steward) -> None:
+    dataset = published(site, steward, description="Line one <script>alert(1)</script>\n\n"
+                        "Second paragraph.")
+    anonymous = site["portal"].test_client()
+    page = anonymous.get("/catalogue?q=chest&modality=CT")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and DATASET["name"] in html
+    assert "remove filter" in html, "the URL keeps the filter and the page shows it"
+    assert anonymous.get("/catalogue?q=nothing-like-this").status_code == 200
+    landing = anonymous.get(f"/datasets/{dataset['id']}")
+    html = landing.get_data(as_text=True)
+    assert landing.status_code == 200
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)" in html
+    ld = re.search(r'<script type="application/ld\+json">(.*?)</script>', html, re.S)
+    assert ld is not None
+    record = json.loads(ld.group(1))
+    assert record["@type"] == "Dataset" and record["name"] == DATASET["name"]
+    assert "<svg" in html and "Subjects by age" in html, "statistics are drawn"
+    assert "(Version 1.0) [Data set]" in html, "a citation is offered"
+    assert anonymous.get(f"/pid/{dataset['id']}").headers["Location"].endswith(
+        f"/datasets/{dataset['id']}")
+    turtle = anonymous.get(f"/datasets/{dataset['id']}/export/dcat-ttl")
+    assert turtle.status_code == 200 and turtle.mimetype == "text/turtle"
+    assert anonymous.get(f"/datasets/{dataset['id']}/export/pixels").status_code == 404
+
+
+def test_drafts_and_unknown_datasets_are_not_found_for_outsiders(site, steward) -> None:
+    draft = create(site["datasets"], steward)
+    assert site["portal"].test_client().get(f"/datasets/{draft['id']}").status_code == 404
+    outsider = signed_in(site["portal"], "someone")
+    assert outsider.get(f"/datasets/{draft['id']}").status_code == 404
+    assert outsider.get("/datasets/no-such-id").status_code == 404
+    author = signed_in(site["portal"], "steward-1")
+    assert author.get(f"/datasets/{draft['id']}").status_code == 200
+
+
+def test_a_steward_creates_releases_and_publishes_from_a_study_query(site) -> None:
+    client = signed_in(site["portal"], "steward-1")
+    preview = client.get("/datasets/new?project=lung&modality=CT")
+    assert preview.status_code == 200 and "studies of" in preview.get_data(as_text=True)
+    created = post(client, "/datasets/new", project="lung", modality="CT", create="1",
+                   name="CT from the portal", description="Made in a form.",
+                   license_id="CC-BY-4.0", contact_name="Steward",
+                   contact_email="steward@hospital.example", keywords="chest, ct")
+    assert created.status_code == 302, created.get_data(as_text=True)
+    dataset_id = created.headers["Location"].split("/")[-2]
+    for action in ("release", "publish"):
+        assert post(client, f"/datasets/{dataset_id}/{action}").status_code == 302
+    found = site["portal"].test_client().get("/catalogue?q=portal")
+    assert "CT from the portal" in found.get_data(as_text=True)
+    again = post(client, f"/datasets/{dataset_id}/release")
+    assert "wrong_state" in client.get(again.headers["Location"]).get_data(as_text=True)
+
+
+def test_a_researcher_asks_and_a_steward_approves(site, steward) -> None:
+    dataset = published(site, steward)
+    asker = signed_in(site["portal"], "someone")
+    assert asker.get(f"/datasets/{dataset['id']}/explore").status_code == 403
+    assert post(asker, f"/datasets/{dataset['id']}/request-access",
+                purpose="train a nodule detector").status_code == 302
+    stewards = signed_in(site["portal"], "steward-1")
+    review = stewards.get("/requests").get_data(as_text=True)
+    assert "train a nodule detector" in review
+    request_id = re.search(r'/requests/([0-9a-f-]+)/decide', review).group(1)
+    assert post(stewards, f"/requests/{request_id}/decide", decision="approve").status_code \
+        == 302
+    explore = asker.get(f"/datasets/{dataset['id']}/explore")
+    assert explore.status_code == 200 and "Series of study" in explore.get_data(as_text=True)
+    assert "approved" in asker.get("/requests").get_data(as_text=True)
+
+
+def test_the_history_marks_traces_verified_against_the_chain(site, steward) -> None:
+    dataset = published(site, steward)
+    page = site["portal"].test_client().get(f"/datasets/{dataset['id']}/history")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "CREATE_DATASET" in html
+    assert "✓ verified" not in html, "nothing is anchored yet"
+    assert site["anchorer"].step().anchored
+    html = site["portal"].test_client().get(
+        f"/datasets/{dataset['id']}/history").get_data(as_text=True)
+    assert html.count("✓ verified") == 3, "create, release and publish, each proven"
+
+
+def test_history_of_unpublished_data_needs_the_policy(site, steward) -> None:
+    dataset = create(site["datasets"], steward)
+    assert site["portal"].test_client().get(
+        f"/datasets/{dataset['id']}/history").status_code == 404
+    stewards = signed_in(site["portal"], "steward-1")
+    assert stewards.get(f"/datasets/{dataset['id']}/history").status_code == 200
+
+
+def test_forms_without_the_csrf_token_are_refused(site, steward) -> None:
+    dataset = create(site["datasets"], steward)
+    client = signed_in(site["portal"], "steward-1")
+    response = client.post(f"/datasets/{dataset['id']}/release")
+    assert response.status_code == 400 and "csrf_failed" in response.get_data(as_text=True)
+    assert client.get(f"/datasets/{dataset['id']}").status_code == 200
+    assert "draft" in client.get(f"/datasets/{dataset['id']}/manage").get_data(as_text=True)
+
