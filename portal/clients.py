@@ -4,39 +4,16 @@ portal's own service token; one HTTP connection pool per portal process."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import requests
 from flask import Flask, current_app
 from flask_login import current_user
 
-from dataset_service.client import DatasetClient
+from dataset_service.client import DatasetClient, DatasetError
+from portal.identity import access_token, identity_of
 from tracer.chain import chain_client, contract_address
 from tracer.client import TracerClient, TraceVerifier
 from vre.service_auth import StaticToken
-from vre.tokens import TokenIssuer
 from vre.web import config_of
-
-SERVICE_SUBJECT = "service:portal"
-
-
-class SelfIssuedToken:
-    """The portal's own service token, signed by its issuer and renewed before it expires."""
-
-    def __init__(self, issuer: TokenIssuer) -> None:
-        self._issuer = issuer
-        self._token = ""
-        self._renew_at = 0.0
-        self._lock = threading.Lock()
-
-    def token(self) -> str:
-        with self._lock:
-            if time.monotonic() >= self._renew_at:
-                self._token, ttl = self._issuer.issue(SERVICE_SUBJECT, ["service"],
-                                                      client="portal")
-                self._renew_at = time.monotonic() + 0.8 * ttl
-            return self._token
 
 
 def install(app: Flask) -> None:
@@ -45,13 +22,11 @@ def install(app: Flask) -> None:
     http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=32))
     http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=32))
     app.extensions["portal.http"] = http
-    app.extensions["portal.service_token"] = SelfIssuedToken(app.extensions["vre.issuer"])
+    app.extensions["portal.service_token"] = identity_of(app).service_tokens(app)
 
 
 def datasets(as_user: bool = True) -> DatasetClient:
     """The dataset service as the signed-in user (anonymous when nobody is signed in)."""
-    from portal.identity import access_token
-
     tokens = StaticToken(access_token()) if as_user and current_user.is_authenticated \
         else None
     return DatasetClient(config_of().url_of("dataset_service"), tokens,
@@ -69,3 +44,37 @@ def trace_verifier() -> TraceVerifier:
     """Checks traces against the chain, not against the tracer's word."""
     config = config_of()
     return TraceVerifier(tracer(), chain_client(config, contract_address(config)))
+
+
+def project_roles(groups: list[str]) -> dict[str, str]:
+    """Project memberships the provider's groups name: `/<project>` makes a researcher,
+    `/<project>/stewards` a steward; other groups mean nothing to the platform."""
+    roles: dict[str, str] = {}
+    for path in groups:
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 1:
+            roles.setdefault(parts[0], "researcher")
+        elif len(parts) == 2 and parts[1] == "stewards":
+            roles[parts[0]] = "steward"
+    return roles
+
+
+def sync_memberships(user_id: str, groups: list[str]) -> list[str]:
+    """Add the user to the projects their groups name (the dataset service owns projects);
+    returns the projects joined. Memberships given by stewards are left as they are."""
+    wanted = project_roles(groups)
+    if not wanted:
+        return []
+    client = DatasetClient(config_of().url_of("dataset_service"),
+                           current_app.extensions["portal.service_token"],
+                           session=current_app.extensions["portal.http"])
+    joined = []
+    for project, role in sorted(wanted.items()):
+        try:
+            client.put_member(project, user_id, role)
+        except DatasetError as exc:
+            if exc.status != 404:  # a group without a project is not an error
+                raise
+        else:
+            joined.append(project)
+    return joined

@@ -8,9 +8,11 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
+from portal import clients
 from portal.accounts import SignInError, change_password
 from portal.identity import SignedIn, identity_of
 from portal.ratelimit import limiter_of
+from vre.client import ServiceError
 from vre.errors import ApiError
 from vre.web import db_of
 
@@ -65,7 +67,13 @@ def signin_callback() -> Any:
     if identity.manages_passwords:
         raise ApiError("sign-in here uses the password form", code="not_found", status=404)
     limiter_of(current_app).check(request.remote_addr, None)
-    return _start_session(identity.complete_sign_in(request.args), None)
+    result = identity.complete_sign_in(request.args)
+    try:
+        clients.sync_memberships(result.user.id, list(result.user.groups or []))
+    except ServiceError as exc:  # signing in must not depend on the dataset service
+        current_app.logger.warning("project memberships not synced for %s: %s",
+                                   result.user.id, exc)
+    return _start_session(result, None)
 
 
 @bp.post("/signout")

@@ -15,6 +15,7 @@ from flask_login import current_user, logout_user
 from portal.models import User
 from vre.config import Config
 from vre.errors import ApiError
+from vre.service_auth import TokenSource
 
 # What each value of the `identity` setting names: module:class, imported only when chosen.
 IMPLEMENTATIONS = {
@@ -35,7 +36,7 @@ class SignedIn:
 class Identity(ABC):
     """How people sign in to the portal, and the tokens the portal calls services with.
 
-    Subclass this and override the five methods below; callers depend on nothing else.
+    Subclass this and override the six methods below; callers depend on nothing else.
     Every method runs inside a request (it may read and write the Flask session) and raises
     `portal.accounts.SignInError` for anything the person should be told.
 
@@ -51,6 +52,9 @@ class Identity(ABC):
       behalf, renewed when it is close to expiry.
     - `refresh(user)`: renew the session's tokens now (and with them roles and groups);
       raises SignInError when the session cannot be renewed and the user must sign in again.
+    - `service_tokens(app)`: the portal's own token source, for calls it makes as the
+      platform service "portal" (reading a history once the dataset policy allowed it,
+      asking for grants); the only method that runs outside a request.
 
     `manages_passwords` says whether passwords live here (password change, accounts created
     by administrators) or at the provider.
@@ -80,6 +84,10 @@ class Identity(ABC):
     @abstractmethod
     def refresh(self, user: User) -> None:
         """Renew this session's tokens now."""
+
+    @abstractmethod
+    def service_tokens(self, app: Flask) -> TokenSource:
+        """Tokens the portal itself calls the services with, renewed before they expire."""
 
 
 def make_identity(config: Config) -> Identity:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flask import current_app, session
+from flask import Flask, current_app, session
 from jwcrypto import jwk
 from jwcrypto.common import JWException
 from keycloak import KeycloakOpenID
@@ -385,3 +385,32 @@ class KeycloakIdentity(Identity):
         if stored is not None:
             self._apply_claims(stored, id_claims, access_claims)
         self._store(row, {**held, **{k: v for k, v in fresh.items() if v}}, access_claims)
+
+    def service_tokens(self, app: Flask) -> ClientCredentialsToken:
+        return ClientCredentialsToken(self.client)
+
+
+class ClientCredentialsToken:
+    """The portal's service-account token from the realm (client credentials grant).
+
+    The realm gives the portal client's service account the realm role "service", which
+    is what the other services require of a platform service."""
+
+    def __init__(self, client: KeycloakOpenID) -> None:
+        self._client = client
+        self._token = ""
+        self._renew_at = 0.0
+        self._lock = threading.Lock()
+
+    def token(self) -> str:
+        with self._lock:
+            if time.monotonic() >= self._renew_at:
+                try:
+                    answer = self._client.token(grant_type="client_credentials",
+                                                scope="openid")
+                except KeycloakError as exc:
+                    raise PermissionError(f"the identity provider refused the portal's "
+                                          f"service credentials: {exc}") from exc
+                self._token = answer["access_token"]
+                self._renew_at = time.monotonic() + 0.8 * float(answer.get("expires_in", 60))
+            return self._token

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from typing import ClassVar
 
-from flask import current_app, session
+from flask import Flask, current_app, session
 
 from portal.accounts import SignInError, authenticate
 from portal.identity import Identity, SignedIn
@@ -15,6 +16,7 @@ from portal.models import User
 from vre.tokens import TokenIssuer
 from vre.web import db_of
 
+SERVICE_SUBJECT = "service:portal"
 TOKEN_KEY = "vre_access_token"
 CLIENT = "vre-portal"
 RENEW_BEFORE_SECONDS = 60  # a token this close to expiry is replaced, not handed out
@@ -58,3 +60,24 @@ class LocalIdentity(Identity):
         token, ttl = issuer.issue(user.id, list(user.roles), client=CLIENT,
                                   preferred_username=user.username)
         session[TOKEN_KEY] = {"token": token, "exp": int(time.time()) + ttl, "sub": user.id}
+
+    def service_tokens(self, app: Flask) -> SelfIssuedToken:
+        return SelfIssuedToken(app.extensions["vre.issuer"])
+
+
+class SelfIssuedToken:
+    """The portal's own service token, signed by its issuer and renewed before it expires."""
+
+    def __init__(self, issuer: TokenIssuer) -> None:
+        self._issuer = issuer
+        self._token = ""
+        self._renew_at = 0.0
+        self._lock = threading.Lock()
+
+    def token(self) -> str:
+        with self._lock:
+            if time.monotonic() >= self._renew_at:
+                self._token, ttl = self._issuer.issue(SERVICE_SUBJECT, ["service"],
+                                                      client="portal")
+                self._renew_at = time.monotonic() + 0.8 * ttl
+            return self._token

@@ -18,12 +18,15 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+import dataset_service
 import portal
+from dataset_service.models import Project, ProjectMember
 from portal.accounts import SignInError
+from portal.clients import project_roles
 from portal.identity import access_token, identity_of
 from portal.identity.keycloak import KeycloakIdentity, groups_of, platform_roles
 from portal.models import ProviderSession, User
-from tests.helpers import auth, request_as
+from tests.helpers import auth, request_as, serving
 from tests.oidc.provider import (
     CLIENT_ID,
     PORTAL_URL,
@@ -124,6 +127,34 @@ def test_access_token_is_the_providers_and_services_accept_it(app: Flask) -> Non
     me = client.get("/api/v1/me", headers=auth(token)).get_json()
     assert me["subject"] == USERS["alice"]["sub"] and me["client"] == CLIENT_ID
     assert "researcher" in me["roles"]
+
+
+def test_the_portals_own_service_token_comes_from_the_realm(app: Flask) -> None:
+    token = app.extensions["portal.service_token"].token()
+    assert app.extensions["portal.service_token"].token() == token, "held until near expiry"
+    me = app.test_client().get("/api/v1/me", headers=auth(token)).get_json()
+    assert "service" in me["roles"] and me["client"] == CLIENT_ID
+
+
+def test_groups_make_project_memberships_at_the_dataset_service(
+        config: Config, provider: OidcProvider) -> None:
+    cfg = oidc_config(config, provider)
+    datasets = dataset_service.create_app(cfg)
+    datasets.extensions["vre.db"].migrate(cfg, "dataset_service")
+    with datasets.extensions["vre.db"].session() as db:
+        db.add(Project(name="lung-ct", title="Lung CT", created_by="admin"))
+    with serving(datasets) as url:
+        site = portal.create_app(cfg.model_copy(update={"dataset_url": url}))
+        site.extensions["vre.db"].migrate(cfg, "portal")
+        assert sign_in(site.test_client()).status_code == 302
+        with datasets.extensions["vre.db"].session() as db:
+            members = db.execute(sa.select(ProjectMember.user_id, ProjectMember.role)).all()
+        assert members == [(USERS["alice"]["sub"], "researcher")], \
+            "/lung-ct makes a researcher; /lung-ct/annotators means nothing to the platform"
+        site.extensions["vre.db"].engine.dispose()
+    datasets.extensions["vre.db"].engine.dispose()
+    assert project_roles(["/a", "/a/stewards", "/b/x", "/c"]) == {"a": "steward",
+                                                                   "c": "researcher"}
 
 
 def test_the_token_stays_server_side_and_encrypted(app: Flask) -> None:

@@ -74,10 +74,12 @@ def _settings(client_secret: str, key: rsa.RSAPrivateKey, kid: str) -> dict[str,
             "client_id": CLIENT_ID, "client_secret": client_secret,
             "redirect_uris": [PORTAL_URL + "/signin/callback"],
             "post_logout_redirect_uris": [PORTAL_URL + "/"],
-            "grant_types": ["authorization_code", "refresh_token"],
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
             "response_types": ["code"], "token_endpoint_auth_method": "client_secret_post",
         }],
         "users": USERS,
+        # Realm roles of each client's service account (Keycloak's "service account roles").
+        "serviceAccounts": {CLIENT_ID: {"realmRoles": ["service"]}},
     }
 
 

@@ -60,6 +60,7 @@ const configuration = {
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
       async logoutSource(ctx, form) {
@@ -82,6 +83,12 @@ const configuration = {
     },
   },
   async extraTokenClaims(ctx, token) {
+    if (token.kind === 'ClientCredentials') {
+      // Keycloak's service account: a user named after the client, with its realm roles.
+      const roles = settings.serviceAccounts?.[token.clientId]?.realmRoles || [];
+      return { preferred_username: `service-account-${token.clientId}`,
+        realm_access: { roles }, azp: token.clientId };
+    }
     const account = bySub.get(token.accountId);
     if (!account || token.kind !== 'AccessToken') return undefined;
     return claimsOf(account, token.clientId);
