@@ -16,7 +16,10 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # System packages: only what is missing, so a second run is quick and offline-friendly.
 APT_PACKAGES=(python3 python3-venv python3-dev build-essential nodejs npm)
 if (( WITH_TESTS )); then
-  APT_PACKAGES+=(postgresql postgresql-client chromium)
+  # chromium for the browser tests; the desktop's VNC server and window manager for its
+  # start-up script's tests.
+  APT_PACKAGES+=(postgresql postgresql-client chromium
+                 tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils)
 fi
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # Tools already on PATH stand in for Debian's packages (a pyenv Python 3.11+, a node).
