@@ -8,7 +8,16 @@ from typing import Any
 from flask import Flask, render_template
 from flask_login import LoginManager
 
-from portal import api, clients, pages, pages_catalogue, pages_datasets, security
+from portal import (
+    api,
+    api_admin,
+    clients,
+    pages,
+    pages_admin,
+    pages_catalogue,
+    pages_datasets,
+    security,
+)
 from portal.identity import install_identity
 from portal.models import User
 from portal.ratelimit import SignInLimiter, install_limiter
@@ -53,7 +62,9 @@ def create_app(config: Config | None = None) -> Flask:
     @logins.user_loader
     def _load(user_id: str) -> User | None:
         with db_of(app).session() as session:
-            return session.get(User, user_id)
+            user = session.get(User, user_id)
+            # A disabled account's open sessions end at their next request.
+            return user if user is not None and user.active else None
 
     install_identity(app, config)
     install_limiter(app, SignInLimiter(
@@ -64,4 +75,6 @@ def create_app(config: Config | None = None) -> Flask:
     clients.install(app)
     app.register_blueprint(pages_catalogue.bp)
     app.register_blueprint(pages_datasets.bp)
+    app.register_blueprint(api_admin.bp)
+    app.register_blueprint(pages_admin.bp)
     return app

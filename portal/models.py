@@ -82,3 +82,84 @@ class ProviderSession(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
+
+
+APPLICATION_KINDS = ("desktop", "batch")
+QUOTA_SCOPES = ("user", "project")
+# The subject of a quota row that applies to every user (or project) without a row of its own.
+EVERYONE = "*"
+
+
+class Application(Base):
+    """Software a researcher may start: a desktop, or an image batch jobs run in."""
+
+    __tablename__ = "applications"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    image: Mapped[str] = mapped_column(sa.String(500))
+    # "sha256:<hex>": pins the image, so a job's trace names exactly the code that ran.
+    image_digest: Mapped[str | None] = mapped_column(sa.String(100))
+    # Run when a request names no command; empty means the image's own entrypoint.
+    command: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)
+
+    __table_args__ = (sa.CheckConstraint("kind IN ('desktop', 'batch')", name="kind"),)
+
+
+class Flavor(Base):
+    """A size of desktop or job (CPU, memory, GPUs, longest run) and who may use it.
+
+    Never deleted, only disabled: traces of past jobs name their flavor."""
+
+    __tablename__ = "flavors"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    cpus: Mapped[float] = mapped_column(sa.Float)
+    memory_mib: Mapped[int] = mapped_column(sa.Integer)
+    gpus: Mapped[int] = mapped_column(sa.Integer, default=0)
+    gpu_model: Mapped[str | None] = mapped_column(sa.String(100))
+    max_runtime_minutes: Mapped[int] = mapped_column(sa.Integer)
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    # Empty lists mean everyone; a user needs one of the roles AND one of the projects.
+    allowed_roles: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    allowed_projects: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)
+
+    __table_args__ = (
+        sa.CheckConstraint("cpus > 0 AND memory_mib > 0 AND gpus >= 0 "
+                           "AND max_runtime_minutes > 0", name="sizes"),
+    )
+
+
+class Quota(Base):
+    """Limits of one user or project (or of every one, subject "*"); None means no limit."""
+
+    __tablename__ = "quotas"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    scope: Mapped[str] = mapped_column(sa.String(16))
+    # A user id, a project name, or "*".
+    subject: Mapped[str] = mapped_column(sa.String(128))
+    max_desktops: Mapped[int | None] = mapped_column(sa.Integer)
+    max_jobs: Mapped[int | None] = mapped_column(sa.Integer)
+    max_gpus: Mapped[int | None] = mapped_column(sa.Integer)
+    cpu_hours_per_month: Mapped[float | None] = mapped_column(sa.Float)
+    gpu_hours_per_month: Mapped[float | None] = mapped_column(sa.Float)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)
+
+    __table_args__ = (
+        sa.UniqueConstraint("scope", "subject", name="uq_quotas_scope_subject"),
+        sa.CheckConstraint("scope IN ('user', 'project')", name="scope"),
+    )

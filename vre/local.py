@@ -69,11 +69,12 @@ def migrate_all(config: Config) -> None:
 
 
 def first_start(config: Config) -> FirstStart:
-    """Create the administrator and load the demo data if this data directory has none yet."""
+    """Create the administrator, default catalogues and demo data where the directory has none."""
     import sqlalchemy as sa
 
     from dataset_service.bootstrap import load_demo
     from portal.accounts import ensure_admin
+    from portal.catalogues import seed_defaults
     from portal.models import User
 
     portal = next(s for s in SERVICES if s.name == "portal")
@@ -81,6 +82,7 @@ def first_start(config: Config) -> FirstStart:
     try:
         with db.session() as session:
             password = ensure_admin(session, config.admin_user, config.admin_password)
+            seed_defaults(session)
             session.flush()
             admin_id = session.scalar(sa.select(User.id).where(
                 User.username == config.admin_user))

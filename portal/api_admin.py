@@ -1,0 +1,239 @@
+"""The catalogue API: flavors and applications for everyone signed in (what `vre-job` and the
+desktop launcher offer), and their administration and the quotas for administrators."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from flask import Blueprint, current_app, request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailable
+from portal import catalogues
+from portal.catalogues import (
+    ApplicationIn,
+    ApplicationOut,
+    ApplicationPatch,
+    FlavorIn,
+    FlavorOut,
+    FlavorPatch,
+    QuotaIn,
+    QuotaOut,
+    QuotaPatch,
+)
+from portal.models import Flavor
+from portal.quotas import HostCapacity, Requester, flavor_decision
+from vre.api import current_principal, endpoint
+from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
+from vre.service_auth import StaticToken
+from vre.tokens import Principal, bearer_token
+from vre.web import config_of, db_of
+
+bp = Blueprint("portal_admin_api", __name__, url_prefix="/api/v1")
+
+ADMIN = ["admin"]
+
+
+def _principal() -> Principal:
+    principal = current_principal()
+    assert principal is not None
+    return principal
+
+
+def _is_admin(principal: Principal) -> bool:
+    return principal.has_any("admin")
+
+
+# -- flavors ------------------------------------------------------------------------------
+
+class FlavorQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project: list[str] = Field(default_factory=list, description=(
+        "Projects the workload is for (repeatable); the caller must be a member of each. "
+        "Flavors reserved for a project are listed only when it is named."))
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+def _member_projects(principal: Principal, projects: list[str]) -> frozenset[str]:
+    """The named projects, each confirmed with the dataset service (which owns projects)."""
+    if not projects or _is_admin(principal):
+        return frozenset(projects)
+    token = bearer_token(request.headers.get("Authorization"))
+    client = DatasetClient(config_of().url_of("dataset_service"), StaticToken(token or ""),
+                           session=current_app.extensions["portal.http"])
+    for project in projects:
+        try:
+            members = client.members(project)
+        except DatasetUnavailable as exc:
+            raise ServiceUnavailable("the dataset service cannot confirm project membership "
+                                     "right now", code="dataset_unavailable") from exc
+        except DatasetError as exc:
+            raise ApiError(exc.message, code=exc.code, field="project",
+                           status=exc.status) from exc
+        if principal.subject not in {m["user_id"] for m in members}:
+            raise Forbidden(f"you are not a member of project {project!r}",
+                            code="not_a_member", field="project")
+    return frozenset(projects)
+
+
+def _flavor_view(row: Flavor, principal: Principal, who: Requester,
+                 host: HostCapacity) -> FlavorOut | None:
+    """A flavor as this caller sees it: hidden when not theirs, marked when not usable."""
+    decision = flavor_decision(catalogues.spec_of(row), who, host)
+    hidden = decision.code in ("flavor_disabled", "flavor_not_allowed")
+    if hidden and not _is_admin(principal):
+        return None
+    return catalogues.flavor_out(row, decision.allowed, decision.code,
+                                 None if decision.allowed else decision.reason)
+
+
+@bp.get("/flavors")
+@endpoint("Flavors the caller may use (administrators see all), each marked usable or not",
+          query=FlavorQuery, response=FlavorOut, tags=["catalogue"])
+def list_flavors(query: FlavorQuery) -> list[FlavorOut]:
+    principal = _principal()
+    who = Requester.of(principal.roles, _member_projects(principal, query.project))
+    host = catalogues.host_capacity(config_of())
+    with db_of().session() as session:
+        views = (_flavor_view(row, principal, who, host) for row in catalogues.flavors(session))
+        return [view for view in views if view is not None]
+
+
+@bp.get("/flavors/<name>")
+@endpoint("One flavor", query=FlavorQuery, response=FlavorOut, tags=["catalogue"])
+def get_flavor(name: str, query: FlavorQuery) -> FlavorOut:
+    principal = _principal()
+    who = Requester.of(principal.roles, _member_projects(principal, query.project))
+    with db_of().session() as session:
+        view = _flavor_view(catalogues.flavor(session, name), principal, who,
+                            catalogues.host_capacity(config_of()))
+    if view is None:
+        raise NotFound(f"there is no flavor {name!r}", field="name")
+    return view
+
+
+@bp.post("/flavors")
+@endpoint("Add a flavor", body=FlavorIn, response=FlavorOut, status=201, roles=ADMIN,
+          tags=["catalogue"])
+def create_flavor(body: FlavorIn) -> FlavorOut:
+    with db_of().session() as session:
+        return catalogues.flavor_out(catalogues.create_flavor(session, body))
+
+
+@bp.patch("/flavors/<name>")
+@endpoint("Change or disable a flavor", body=FlavorPatch, response=FlavorOut, roles=ADMIN,
+          tags=["catalogue"])
+def update_flavor(name: str, body: FlavorPatch) -> FlavorOut:
+    with db_of().session() as session:
+        row = catalogues.update_flavor(session, name, body.model_dump(exclude_unset=True))
+        return catalogues.flavor_out(row)
+
+
+# -- applications -------------------------------------------------------------------------
+
+class ApplicationQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["desktop", "batch"] | None = None
+
+
+@bp.get("/applications")
+@endpoint("Applications that can be started (administrators also see disabled ones)",
+          query=ApplicationQuery, response=ApplicationOut, tags=["catalogue"])
+def list_applications(query: ApplicationQuery) -> list[ApplicationOut]:
+    admin = _is_admin(_principal())
+    with db_of().session() as session:
+        return [catalogues.application_out(row)
+                for row in catalogues.applications(session, query.kind)
+                if row.enabled or admin]
+
+
+@bp.get("/applications/<app_id>")
+@endpoint("One application", response=ApplicationOut, tags=["catalogue"])
+def get_application(app_id: str) -> ApplicationOut:
+    admin = _is_admin(_principal())
+    with db_of().session() as session:
+        row = catalogues.application(session, app_id)
+        if not row.enabled and not admin:
+            raise NotFound(f"there is no application {app_id!r}", field="id")
+        return catalogues.application_out(row)
+
+
+@bp.post("/applications")
+@endpoint("Add an application", body=ApplicationIn, response=ApplicationOut, status=201,
+          roles=ADMIN, tags=["catalogue"])
+def create_application(body: ApplicationIn) -> ApplicationOut:
+    with db_of().session() as session:
+        return catalogues.application_out(catalogues.create_application(session, body))
+
+
+@bp.patch("/applications/<app_id>")
+@endpoint("Change or disable an application", body=ApplicationPatch,
+          response=ApplicationOut, roles=ADMIN, tags=["catalogue"])
+def update_application(app_id: str, body: ApplicationPatch) -> ApplicationOut:
+    with db_of().session() as session:
+        row = catalogues.update_application(session, app_id,
+                                            body.model_dump(exclude_unset=True))
+        return catalogues.application_out(row)
+
+
+# -- quotas -------------------------------------------------------------------------------
+
+class QuotaQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: Literal["user", "project"] | None = None
+    subject: str | None = Field(None, max_length=128)
+
+
+@bp.get("/quotas")
+@endpoint("Quotas: all of them for administrators, the one that applies to the caller for "
+          "others", query=QuotaQuery, response=QuotaOut, tags=["quotas"])
+def list_quotas(query: QuotaQuery) -> list[QuotaOut]:
+    principal = _principal()
+    with db_of().session() as session:
+        if _is_admin(principal):
+            return [catalogues.quota_out(q)
+                    for q in catalogues.quotas(session, query.scope, query.subject)]
+        if query.scope == "project" or query.subject not in (None, principal.subject):
+            raise Forbidden("only administrators may read other quotas")
+        mine = catalogues.effective_quota(session, "user", principal.subject)
+        return [catalogues.quota_out(mine)] if mine is not None else []
+
+
+@bp.post("/quotas")
+@endpoint("Set the quota of a user or a project (subject \"*\": everyone without one)",
+          body=QuotaIn, response=QuotaOut, status=201, roles=ADMIN, tags=["quotas"])
+def create_quota(body: QuotaIn) -> QuotaOut:
+    with db_of().session() as session:
+        return catalogues.quota_out(catalogues.create_quota(session, body))
+
+
+@bp.get("/quotas/<quota_id>")
+@endpoint("One quota", response=QuotaOut, roles=ADMIN, tags=["quotas"])
+def get_quota(quota_id: str) -> QuotaOut:
+    with db_of().session() as session:
+        return catalogues.quota_out(catalogues.quota(session, quota_id))
+
+
+@bp.patch("/quotas/<quota_id>")
+@endpoint("Change a quota's limits (null: no limit)", body=QuotaPatch, response=QuotaOut,
+          roles=ADMIN, tags=["quotas"])
+def update_quota(quota_id: str, body: QuotaPatch) -> QuotaOut:
+    with db_of().session() as session:
+        row = catalogues.update_quota(session, quota_id, body.model_dump(exclude_unset=True))
+        return catalogues.quota_out(row)
+
+
+@bp.delete("/quotas/<quota_id>")
+@endpoint("Remove a quota: its subject falls back to the default of its scope",
+          response=QuotaOut, roles=ADMIN, tags=["quotas"])
+def delete_quota(quota_id: str) -> QuotaOut:
+    with db_of().session() as session:
+        row = catalogues.quota(session, quota_id)
+        out = catalogues.quota_out(row)
+        session.delete(row)
+        return out
+
