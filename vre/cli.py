@@ -107,6 +107,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         db.migrate(config, svc.name)
         print(f"{svc.name}: at {db.readiness()[1]}")
         db.engine.dispose()
+    if args.seed or args.admin:
+        from vre import local
+
+        # A cluster's first start: default catalogues and, with local accounts, the
+        # administrator. Demo data stays with `vre up`.
+        started = local.first_start(config.model_copy(update={"demo_data": False}),
+                                    admin=args.admin)
+        if started.admin_password:
+            print(f"administrator {config.admin_user!r} created; password (shown once): "
+                  f"{started.admin_password}")
     return 0
 
 
@@ -122,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("services", nargs="*", choices=[[]] + [s.name for s in SERVICES])
+    migrate.add_argument("--seed", action="store_true",
+                         help="then create the default flavors and applications where the "
+                         "catalogues are empty")
+    migrate.add_argument("--admin", action="store_true",
+                         help="then create the administrator of local accounts if missing "
+                         "(password from VRE_ADMIN_PASSWORD, else generated and printed once)")
     migrate.set_defaults(func=cmd_migrate)
     for p in (up, status, serve, migrate):
         p.add_argument("--home", help="data directory (default: $VRE_HOME or ./var)")

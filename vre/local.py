@@ -68,7 +68,7 @@ def migrate_all(config: Config) -> None:
             db.engine.dispose()
 
 
-def first_start(config: Config) -> FirstStart:
+def first_start(config: Config, *, admin: bool = True) -> FirstStart:
     """Create the administrator, default catalogues and demo data where the directory has none."""
     import sqlalchemy as sa
 
@@ -81,8 +81,9 @@ def first_start(config: Config) -> FirstStart:
     db = Database.for_service(config, portal.name, portal.migrations)
     try:
         with db.session() as session:
-            password = ensure_admin(session, config.admin_user, config.admin_password)
-            seed_defaults(session)
+            password = ensure_admin(session, config.admin_user, config.admin_password) \
+                if admin else None
+            seed_defaults(session)  # only while both catalogues are empty
             session.flush()
             admin_id = session.scalar(sa.select(User.id).where(
                 User.username == config.admin_user))

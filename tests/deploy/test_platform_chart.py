@@ -105,7 +105,8 @@ def test_all_parts_are_rendered(production: list[Manifest]) -> None:
     assert deployments == {"portal", "dataset-service", "tracer", "anchor-worker"}
     assert {component(s) for s in of_kind(production, "Service")} == set(HTTP_SERVICES)
     migrate = named(production, "Job", f"{RELEASE}-migrate")
-    assert migrate["spec"]["template"]["spec"]["containers"][0]["command"] == ["vre", "migrate"]
+    assert migrate["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "vre", "migrate", "--seed"], "accounts are Keycloak's: no local administrator"
     assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
 
 

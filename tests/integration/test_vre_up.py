@@ -15,9 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 import requests
+import sqlalchemy as sa
 
+from portal.models import Flavor, User
 from tests.conftest import POSTGRES_URL
 from tests.helpers import free_port
+from vre.config import load_config
+from vre.db import Database
 
 pytestmark = pytest.mark.integration
 ADMIN_PASSWORD = "correct-horse-battery"
@@ -179,3 +183,24 @@ def test_unreachable_database_stops_start(tmp_path: Path) -> None:
     env = vre_env(tmp_path / "var", "sqlite",
                   VRE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/vre")
     assert_clean_failure(run_up(env), tmp_path / "var", "database unreachable", "127.0.0.1")
+
+
+def test_migrate_seeds_catalogues_and_the_administrator_once(tmp_path: Path) -> None:
+    env = {**os.environ, "VRE_HOME": str(tmp_path / "home"),
+           "VRE_ADMIN_PASSWORD": "pw-" + "x" * 12, "VRE_SECRET_KEY": "s" * 48}
+    vre = [sys.executable, "-m", "vre"]
+    first = subprocess.run([*vre, "migrate", "--seed", "--admin"], env=env, text=True,
+                           capture_output=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "portal: at" in first.stdout and "password" not in first.stdout, \
+        "a password from the environment is not printed"
+    del env["VRE_ADMIN_PASSWORD"]
+    again = subprocess.run([*vre, "migrate", "--seed", "--admin"], env=env, text=True,
+                           capture_output=True, timeout=120)
+    assert again.returncode == 0 and "created" not in again.stdout, "only where there is none"
+    config = load_config(env={"VRE_HOME": str(tmp_path / "home")})
+    db = Database.for_service(config, "portal", "portal:migrations")
+    with db.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Flavor)) >= 3
+        assert session.scalar(sa.select(User.roles).where(User.username == "admin"))
+    db.engine.dispose()
