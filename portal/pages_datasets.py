@@ -251,15 +251,14 @@ def edit(dataset_id: str) -> Any:
     dataset = load(dataset_id)
     if request.method == "POST":
         form = request.form
-        changes: dict[str, Any] = {
-            "name": form.get("name", "").strip(), "description": form.get("description", ""),
-            "keywords": _lines(form.get("keywords", "")),
-            "purpose": form.get("purpose", ""), "provenance": form.get("provenance", ""),
-            "contact_name": form.get("contact_name", "").strip(),
-            "public_use": form.get("public_use") == "on",
-        }
-        if form.get("license_id", "").strip() != dataset["license_id"]:
-            changes["license_id"] = form.get("license_id", "").strip()
+        texts = {"name": str.strip, "description": str, "purpose": str, "provenance": str,
+                 "contact_name": str.strip, "keywords": _lines}
+        # Only what the form sent changes: a partial form never blanks the rest.
+        changes: dict[str, Any] = {k: f(form[k]) for k, f in texts.items() if k in form}
+        if "public_use_shown" in form:  # an unticked box sends nothing; the form says it was there
+            changes["public_use"] = form.get("public_use") == "on"
+        if form.get("license_id", "").strip() not in ("", dataset["license_id"]):
+            changes["license_id"] = form["license_id"].strip()
         try:
             clients.datasets().update_dataset(dataset_id, changes)
         except DatasetError as exc:

@@ -20,7 +20,7 @@ from vre.db import Database
 from vre.services import service
 from vre.tokens import TokenIssuer, generate_signing_key
 
-pytest_plugins = ["tests.dataset_helpers"]
+pytest_plugins = ["tests.dataset_helpers", "tests.portal_helpers"]
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ISSUER = "http://issuer.test"

@@ -1,15 +1,27 @@
-"""Helpers for portal page tests: a browser signed in as someone (without the sign-in form),
-form posts that carry the CSRF token, and the people of a test portal with their roles."""
+"""Helpers for portal page tests: a portal built on a test configuration, a browser signed in
+as someone (without the sign-in form), form posts that carry the CSRF token, the people of a
+test portal with their roles, and the whole site (portal, dataset service, tracer, chain)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+import portal
 from portal.models import User
+from tests.dataset_helpers import create
+from tests.helpers import free_port, serving
+from tests.ledger_helpers import EVERY_STEP, tracer_database
+from tracer.anchoring import Anchorer
+from tracer.chain_jsonrpc import JsonRpcChainClient
+from tracer.checkpoints import CheckpointSigner
+from tracer.devnode import ANVIL_DEV_PRIVATE_KEY, running_anvil
+from vre.config import Config
 
 CSRF = "test-csrf"
 
@@ -41,3 +53,50 @@ def post(client: FlaskClient, path: str, data: dict[str, Any] | None = None,
          **form: Any) -> TestResponse:
     """Post a form as the site's own pages do, CSRF token included."""
     return client.post(path, data={"csrf_token": CSRF, **(data or {}), **form})
+
+
+def make_portal(config: Config, people: dict[str, list[str]] = PEOPLE) -> Flask:
+    """A migrated portal on the configuration, with one person per role."""
+    app = portal.create_app(config)
+    app.extensions["vre.db"].migrate(config, "portal")
+    app.testing = True
+    add_people(app, people)
+    return app
+
+
+@pytest.fixture(scope="module")
+def anvil_url() -> Iterator[str]:
+    """One chain node per test module; each site deploys its own anchor contract on it."""
+    with running_anvil(free_port()) as url:
+        yield url
+
+
+@pytest.fixture
+def site(platform: Any, config: Config, anvil_url: str) -> Iterator[dict[str, Any]]:
+    """The portal wired to the served dataset service (project "lung" with ingested demo
+    studies: steward-1 stewards it, res-1 researches in it) and tracer, a fresh anchor
+    contract, and an anchoring worker the test steps by hand."""
+    dataset_app, auditor = platform
+    contract = JsonRpcChainClient(anvil_url, ANVIL_DEV_PRIVATE_KEY).deploy()
+    with serving(dataset_app) as dataset_url:
+        site_config = config.model_copy(update={
+            "dataset_url": dataset_url, "tracer_url": auditor.base_url,
+            "chain_url": anvil_url, "chain_contract": contract})
+        app = make_portal(site_config)
+        tracer_db = tracer_database(config)
+        anchorer = Anchorer(tracer_db, JsonRpcChainClient(anvil_url, ANVIL_DEV_PRIVATE_KEY,
+                                                          contract), contract,
+                            CheckpointSigner.from_file(config.tracer_key_path),
+                            config.ledger_origin, EVERY_STEP)
+        yield {"portal": app, "datasets": dataset_app, "anchorer": anchorer}
+        tracer_db.engine.dispose()
+        app.extensions["vre.db"].engine.dispose()
+
+
+def published(site: dict[str, Any], steward: dict[str, str], **changes: Any) -> dict:
+    """A dataset of the site's demo studies, released and published through the portal."""
+    dataset = create(site["datasets"], steward, **changes)
+    client = signed_in(site["portal"], "steward-1")
+    for action in ("release", "publish"):
+        assert post(client, f"/datasets/{dataset['id']}/{action}").status_code == 302
+    return dataset

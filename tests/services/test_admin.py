@@ -18,7 +18,7 @@ from dataset_service.models import Project, ProjectMember
 from portal.catalogues import DEFAULT_APPLICATIONS, DEFAULT_FLAVORS, seed_defaults
 from portal.models import EVERYONE, Application, Flavor, Quota, User
 from tests.helpers import auth, serving
-from tests.portal_helpers import AS_ROLE, add_people, post, signed_in
+from tests.portal_helpers import AS_ROLE, add_people, make_portal, post, signed_in
 from vre.config import Config
 from vre.db import utcnow
 from vre.local import first_start
@@ -28,10 +28,7 @@ HOST = {"host_cpus": 16, "host_memory_mib": 65536, "host_gpus": 0}
 
 
 def _portal(config: Config) -> Flask:
-    app = portal.create_app(config.model_copy(update=HOST))
-    app.extensions["vre.db"].migrate(config, "portal")
-    app.testing = True
-    add_people(app)
+    app = make_portal(config.model_copy(update=HOST))
     with app.extensions["vre.db"].session() as session:
         seed_defaults(session)
     return app
@@ -46,7 +43,7 @@ def admin_portal(config: Config) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def site(make_app: Callable[[str], Flask], config: Config) -> Iterator[dict[str, Any]]:
+def admin_site(make_app: Callable[[str], Flask], config: Config) -> Iterator[dict[str, Any]]:
     """The portal wired to the real dataset service over HTTP, which has project "lung"
     (steward-1 stewards it, res-1 is a researcher in it)."""
     datasets = make_app("dataset_service")
@@ -184,8 +181,8 @@ def test_every_admin_page_is_in_the_table(admin_portal: Flask) -> None:
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_admin_pages_answer_each_role(site: dict[str, Any], role: str) -> None:
-    app = site["portal"]
+def test_admin_pages_answer_each_role(admin_site: dict[str, Any], role: str) -> None:
+    app = admin_site["portal"]
     client = signed_in(app, None if role == "anonymous" else AS_ROLE[role])
     quota = default_quota_id(app)
     wrong = []
@@ -256,9 +253,9 @@ def test_researchers_see_only_the_flavors_they_may_use(admin_portal: Flask,
                                 "small-gpu"], "smallest first"
 
 
-def test_flavors_reserved_for_a_project_need_its_membership(site: dict[str, Any],
+def test_flavors_reserved_for_a_project_need_its_membership(admin_site: dict[str, Any],
                                                             token: Callable[..., str]) -> None:
-    client = site["portal"].test_client()
+    client = admin_site["portal"].test_client()
     admin = auth(token("admin-1", "admin"))
     assert client.post("/api/v1/flavors", headers=admin, json={
         "name": "lung-big", "cpus": 8, "memory_mib": 32768, "max_runtime_minutes": 60,
@@ -495,9 +492,9 @@ def test_roles_of_provider_accounts_are_not_edited_here(admin_portal: Flask) -> 
 
 # -- the pages: projects through the dataset service --------------------------------------
 
-def test_projects_and_members_round_trip(site: dict[str, Any],
+def test_projects_and_members_round_trip(admin_site: dict[str, Any],
                                          token: Callable[..., str]) -> None:
-    admin = signed_in(site["portal"], "admin-1")
+    admin = signed_in(admin_site["portal"], "admin-1")
     listing = text(admin.get("/admin/projects"))
     assert "lung" in listing and "steward-1" in listing
     created = post(admin, "/admin/projects", name="brain-mri", title="Brain MRI",
@@ -505,18 +502,18 @@ def test_projects_and_members_round_trip(site: dict[str, Any],
     assert created.status_code == 302 and created.headers["Location"] == \
         "/admin/projects/brain-mri"
     assert "Project brain-mri created" in text(admin.get(created.headers["Location"]))
-    assert members_of(site["datasets"], token, "brain-mri") == {"admin-1": "steward"}
+    assert members_of(admin_site["datasets"], token, "brain-mri") == {"admin-1": "steward"}
 
     assert post(admin, "/admin/projects/brain-mri/members", user="res-1",
                 role="researcher").status_code == 302
     post(admin, "/admin/projects/brain-mri/members", user="steward-1", role="researcher")
     post(admin, "/admin/projects/brain-mri/members", user="steward-1", role="steward")
-    assert members_of(site["datasets"], token, "brain-mri") == {
+    assert members_of(admin_site["datasets"], token, "brain-mri") == {
         "admin-1": "steward", "res-1": "researcher", "steward-1": "steward"}
     page = text(admin.get("/admin/projects/brain-mri"))
     assert "remove<span class=\"sr-only\"> res-1" in page
     post(admin, "/admin/projects/brain-mri/members/res-1/remove")
-    assert "res-1" not in members_of(site["datasets"], token, "brain-mri")
+    assert "res-1" not in members_of(admin_site["datasets"], token, "brain-mri")
 
     duplicate = post(admin, "/admin/projects", name="lung", title="Again")
     assert duplicate.status_code == 409 and "project_exists" in text(duplicate)
@@ -529,11 +526,11 @@ def test_projects_and_members_round_trip(site: dict[str, Any],
     assert admin.get("/admin/projects/nope").status_code == 404
 
 
-def test_the_projects_page_says_when_there_are_none(site: dict[str, Any]) -> None:
-    with site["datasets"].extensions["vre.db"].session() as session:
+def test_the_projects_page_says_when_there_are_none(admin_site: dict[str, Any]) -> None:
+    with admin_site["datasets"].extensions["vre.db"].session() as session:
         session.execute(sa.delete(ProjectMember))
         session.execute(sa.delete(Project))
-    page = text(signed_in(site["portal"], "admin-1").get("/admin/projects"))
+    page = text(signed_in(admin_site["portal"], "admin-1").get("/admin/projects"))
     assert "No projects yet" in page
 
 

@@ -6,78 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
-from flask import Flask
-from flask.testing import FlaskClient
-
-from portal.models import User
 from tests.dataset_helpers import DATASET, create
-from tests.helpers import free_port, serving
-from tests.ledger_helpers import EVERY_STEP, tracer_database
-from tracer.anchoring import Anchorer
-from tracer.chain_jsonrpc import JsonRpcChainClient
-from tracer.checkpoints import CheckpointSigner
-from tracer.devnode import ANVIL_DEV_PRIVATE_KEY, running_anvil
-from vre.config import Config
-from vre.services import service
-
-PEOPLE = {"steward-1": ["steward", "researcher"], "res-1": ["researcher"],
-          "someone": ["researcher"], "admin-1": ["admin"]}
-
-
-@pytest.fixture(scope="module")
-def anvil_url() -> Iterator[str]:
-    with running_anvil(free_port()) as url:
-        yield url
-
-
-@pytest.fixture
-def site(platform, config: Config, anvil_url: str) -> Iterator[dict[str, Any]]:
-    """The portal wired to the served dataset service and tracer, and a fresh anchor contract."""
-    dataset_app, auditor = platform
-    contract = JsonRpcChainClient(anvil_url, ANVIL_DEV_PRIVATE_KEY).deploy()
-    with serving(dataset_app) as dataset_url:
-        portal_config = config.model_copy(update={
-            "dataset_url": dataset_url, "tracer_url": auditor.base_url,
-            "chain_url": anvil_url, "chain_contract": contract})
-        portal = service("portal").module().create_app(portal_config)
-        portal.extensions["vre.db"].migrate(portal_config, "portal")
-        portal.testing = True
-        with portal.extensions["vre.db"].session() as session:
-            for user_id, roles in PEOPLE.items():
-                session.add(User(id=user_id, username=user_id, roles=roles))
-        tracer_db = tracer_database(config)
-        anchorer = Anchorer(tracer_db, JsonRpcChainClient(anvil_url, ANVIL_DEV_PRIVATE_KEY,
-                                                          contract), contract,
-                            CheckpointSigner.from_file(config.tracer_key_path),
-                            config.ledger_origin, EVERY_STEP)
-        yield {"portal": portal, "datasets": dataset_app, "anchorer": anchorer}
-        tracer_db.engine.dispose()
-        portal.extensions["vre.db"].engine.dispose()
-
-
-def signed_in(portal: Flask, user_id: str) -> FlaskClient:
-    client = portal.test_client()
-    with client.session_transaction() as session:
-        session["_user_id"] = user_id
-        session["_fresh"] = True
-        session["csrf"] = "test-csrf"
-    return client
-
-
-def post(client: FlaskClient, path: str, **form: str):
-    return client.post(path, data={"csrf_token": "test-csrf", **form})
-
-
-def published(site: dict[str, Any], steward: dict[str, str], **changes: Any) -> dict:
-    dataset = create(site["datasets"], steward, **changes)
-    client = signed_in(site["portal"], "steward-1")
-    for action in ("release", "publish"):
-        assert post(client, f"/datasets/{dataset['id']}/{action}").status_code == 302
-    return dataset
+from tests.portal_helpers import post, published, signed_in
 
 
 def test_anyone_browses_the_catalogue_and_a_landing_page(site, steward) -> None:
