@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, render_template
 from flask_login import LoginManager
@@ -69,7 +70,9 @@ def create_app(config: Config | None = None) -> Flask:
     install_identity(app, config)
     install_limiter(app, SignInLimiter(
         config.signin_limit_per_address, config.signin_limit_per_user))
-    security.install(app)
+    provider = config.oidc_server_url if config.identity == "oidc" else None
+    security.install(app, urlsplit(provider)._replace(path="", query="").geturl()
+                     if provider else None)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     clients.install(app)

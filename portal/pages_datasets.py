@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from flask import (
     Blueprint,
     abort,
@@ -19,13 +20,15 @@ from flask_login import current_user, login_required
 
 from dataset_service.client import DatasetError
 from portal import clients
+from portal.models import User
 from portal.pages_catalogue import load, paragraphs
 from tracer.client import TracerError
 from vre.client import ServiceError
+from vre.web import db_of
 
 bp = Blueprint("datasets", __name__)
 
-STATE_ACTIONS = {"release": "Release", "publish": "Publish", "invalidate": "Invalidate"}
+STATE_ACTIONS = {"release": "released", "publish": "published", "invalidate": "invalidated"}
 STUDY_FILTERS = ("modality", "body_part", "age_min", "age_max", "sex", "diagnosis")
 
 
@@ -90,7 +93,15 @@ def history(dataset_id: str) -> Any:
                                reason="the audit ledger cannot be read right now"), 503
     checks = clients.trace_verifier().check(traces)
     traces.reverse()  # newest first
-    return render_template("history.html", dataset=dataset, traces=traces, checks=checks)
+    return render_template("history.html", dataset=dataset, traces=traces, checks=checks,
+                           names=usernames({t["actor"] for t in traces}))
+
+
+def usernames(user_ids: set[str]) -> dict[str, str]:
+    """Who the ids in the ledger are, for people reading a page (services keep their id)."""
+    with db_of().session() as session:
+        return dict(session.execute(sa.select(User.id, User.username).where(
+            User.id.in_(user_ids))).tuples().all())
 
 
 @bp.get("/datasets/<dataset_id>/access-log")
@@ -171,7 +182,7 @@ def change_state(dataset_id: str, action: str) -> Any:
             client.invalidate(dataset_id, request.form.get("reason", "").strip())
         else:
             getattr(client, action)(dataset_id)
-        flash(f"Dataset {action}d.", "ok")
+        flash(f"Dataset {STATE_ACTIONS[action]}.", "ok")
     except ServiceError as exc:
         _refused(exc)
     return redirect(url_for("datasets.manage", dataset_id=dataset_id))

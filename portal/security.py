@@ -14,6 +14,14 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "object-src 'none'")
 
 
+def content_security_policy(identity_origin: str | None = None) -> str:
+    """The policy; with an OpenID provider, forms may also lead there (sign-out redirects to
+    its logout page, and browsers hold a form's redirects to form-action)."""
+    if not identity_origin:
+        return CSP
+    return CSP.replace("form-action 'self'", f"form-action 'self' {identity_origin}")
+
+
 def csrf_token() -> str:
     """The session's CSRF token, created on first use; templates put it in every form."""
     if "csrf" not in session:
@@ -21,8 +29,9 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
-def install(app: Flask) -> None:
+def install(app: Flask, identity_origin: str | None = None) -> None:
     """Check CSRF on state-changing form posts and set security headers on every page."""
+    policy = content_security_policy(identity_origin)
 
     @app.before_request
     def _check_csrf() -> None:
@@ -38,7 +47,7 @@ def install(app: Flask) -> None:
 
     @app.after_request
     def _headers(response: Response) -> Response:
-        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("Content-Security-Policy", policy)
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response

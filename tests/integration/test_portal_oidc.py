@@ -336,6 +336,9 @@ def test_sign_out_ends_the_session_at_the_provider(app: Flask, provider: OidcPro
 
     response = client.post("/signout", data={"csrf_token": csrf_of(client)})
     assert response.status_code == 302
+    origin = provider.server_url
+    assert f"form-action 'self' {origin};" in response.headers["Content-Security-Policy"], \
+        "browsers hold the form's redirect to the provider to form-action"
     logout = response.headers["Location"]
     assert logout.startswith(provider.issuer + "/protocol/openid-connect/logout?")
     query = parse_qs(urlsplit(logout).query)
