@@ -238,6 +238,8 @@ class DatabaseSearch(SearchBackend):
                                                       _facets.c.value == value)
                 .correlate(None)))
 
+        if session.get_bind().dialect.name == "postgresql":
+            return _search_once(session, query, conditions, rank) or empty
         matching = sa.select(_catalogue.c.dataset_id).select_from(source).where(*conditions)
         total = session.scalar(sa.select(sa.func.count()).select_from(matching.subquery()))
         if not total:
@@ -250,6 +252,43 @@ class DatabaseSearch(SearchBackend):
             .group_by(_facets.c.facet, _facets.c.value)).all()
         return SearchPage(ids=list(ids), total=total, page=query.page,
                           per_page=query.per_page, facets=_facet_counts(counts))
+
+
+def _search_once(session: Session, query: CatalogueQuery,
+                 conditions: list[sa.ColumnElement[bool]],
+                 rank: sa.ColumnElement[Any] | None) -> SearchPage | None:
+    """PostgreSQL: match once (a materialised CTE), then the page, the total and the facet
+    counts from those matches in one statement; a broad search no longer pays three times
+    for evaluating the text query, and once more for joining the facets to it."""
+    c = _catalogue.c
+    score = rank.element if rank is not None else sa.literal(0.0)  # rank is score DESC
+    matches = (sa.select(c.dataset_id, score.label("score"), c.published_at, c.sort_name,
+                         c.subjects).where(*conditions)
+               .cte("matches").prefix_with("MATERIALIZED"))
+    m = matches.c
+    ties = [m.published_at.desc(), m.dataset_id.desc()]
+    order = {"relevance": [m.score.desc(), *ties] if rank is not None else ties,
+             "name": [m.sort_name.asc(), *ties], "subjects": [m.subjects.desc(), *ties],
+             }.get(query.effective_sort, ties)
+    ranked = sa.select(m.dataset_id, sa.func.row_number().over(order_by=order).label("pos")
+                       ).subquery("ranked")
+    kind, a, b, n = "kind", "a", "b", "n"
+    page = sa.select(sa.literal("page").label(kind), ranked.c.dataset_id.label(a),
+                     sa.null().label(b), ranked.c.pos.label(n)).where(
+        ranked.c.pos > query.offset, ranked.c.pos <= query.offset + query.per_page)
+    total = sa.select(sa.literal("total"), sa.null(), sa.null(), sa.func.count()
+                      ).select_from(matches)
+    facets = (sa.select(sa.literal("facet"), _facets.c.facet, _facets.c.value, sa.func.count())
+              .select_from(_facets.join(matches, _facets.c.dataset_id == m.dataset_id))
+              .group_by(_facets.c.facet, _facets.c.value))
+    rows = session.execute(sa.union_all(page, total, facets)).all()
+    found = next((r[3] for r in rows if r[0] == "total"), 0)
+    if not found:
+        return None
+    ids = [r[1] for r in sorted((r for r in rows if r[0] == "page"), key=lambda r: r[3])]
+    counts = [(r[1], r[2], r[3]) for r in rows if r[0] == "facet"]
+    return SearchPage(ids=ids, total=found, page=query.page, per_page=query.per_page,
+                      facets=_facet_counts(counts))
 
 
 def _pg_document(name: str, keywords: str, description: str) -> sa.ColumnElement[Any]:

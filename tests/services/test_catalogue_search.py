@@ -264,9 +264,10 @@ def test_searches_use_indexes_not_table_scans(db: Database, catalogue: DatabaseS
         search(db, catalogue, **query)
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", record)
-    assert len(statements) == 3  # total, page, facets
     with db.engine.connect() as conn:
         postgres = conn.dialect.name == "postgresql"
+        # PostgreSQL matches once for the page, total and facets; SQLite asks three times
+        assert len(statements) == (1 if postgres else 3)
         if postgres:  # 30 rows: make the planner show what it can do with indexes
             conn.exec_driver_sql("SET enable_seqscan = off")
         for statement, params in statements:
