@@ -7,6 +7,7 @@ Pure functions from files and datasets to data: no database, no HTTP, no copying
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import itertools
 import math
@@ -21,11 +22,18 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.charset import default_encoding
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import (
+    DataElement,
+    RawDataElement,
+    convert_raw_data_element,
+    empty_value_for_VR,
+)
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from vre.config import ConfigError
 
@@ -162,6 +170,13 @@ def check_deidentified(ds: Dataset, policy: DeidPolicy) -> list[str]:
 
     Sequences are searched too; private tags are reported per group as ``(gggg,xxxx)``.
     """
+    found = _pseudonym_findings(ds, policy)
+    _scan(ds, policy, found, top_level=True)
+    return sorted(found - policy.allowed)
+
+
+def _pseudonym_findings(ds: Dataset | _Values, policy: DeidPolicy) -> set[str]:
+    """The pseudonym's own rules: PatientID, PatientName and PatientIdentityRemoved."""
     found: set[str] = set()
     pseudonym = _text(ds, "PatientID")
     if not policy.pseudonym_pattern.fullmatch(pseudonym):
@@ -170,33 +185,46 @@ def check_deidentified(ds: Dataset, policy: DeidPolicy) -> list[str]:
         found.add("PatientName")
     if policy.require_identity_removed and _text(ds, "PatientIdentityRemoved") != "YES":
         found.add("PatientIdentityRemoved")
-    _scan(ds, policy, found, top_level=True)
-    return sorted(found - policy.allowed)
+    return found
 
 
 def _scan(ds: Dataset, policy: DeidPolicy, found: set[str], *, top_level: bool) -> None:
     """Add to ``found`` the forbidden, person-name, free-text and private attributes."""
     for elem in ds:
-        keyword = elem.keyword or str(elem.tag)
-        if elem.tag.is_private and not policy.allow_private_tags:
-            found.add(f"({elem.tag.group:04X},xxxx)")
-        elif keyword in policy.allowed or elem.is_empty:
-            continue
-        elif top_level and keyword in ("PatientID", "PatientName"):
-            continue  # the pseudonym has its own rules above
-        elif keyword in policy.forbidden:
-            found.add(keyword)
-        elif elem.VR == "SQ":
+        finding = _element_finding(elem, policy, top_level=top_level)
+        if finding is _SEQUENCE:
             for item in elem.value:
                 _scan(item, policy, found, top_level=False)
-        elif elem.VR == "PN" and not (top_level and keyword == "PatientName"):
-            found.add(keyword)  # a person's name anywhere else identifies someone
-        elif elem.VR in FREE_TEXT_VRS and any(
-            pattern.search(text)
-            for text in _strings_of(elem.value)
-            for pattern in policy.identifier_patterns
-        ):
-            found.add(keyword)
+        elif finding is not None:
+            found.add(finding)
+
+
+_SEQUENCE = "(sequence: scan its items)"
+
+
+def _element_finding(elem: DataElement, policy: DeidPolicy, *, top_level: bool) -> str | None:
+    """What one element breaks of the policy (its keyword, or its private group), None if
+    nothing, or _SEQUENCE for a sequence whose items must be scanned in turn."""
+    keyword = elem.keyword or str(elem.tag)
+    if elem.tag.is_private and not policy.allow_private_tags:
+        return f"({elem.tag.group:04X},xxxx)"
+    if keyword in policy.allowed or elem.is_empty:
+        return None
+    if top_level and keyword in ("PatientID", "PatientName"):
+        return None  # the pseudonym has its own rules above
+    if keyword in policy.forbidden:
+        return keyword
+    if elem.VR == "SQ":
+        return _SEQUENCE
+    if elem.VR == "PN" and not (top_level and keyword == "PatientName"):
+        return keyword  # a person's name anywhere else identifies someone
+    if elem.VR in FREE_TEXT_VRS and any(
+        pattern.search(text)
+        for text in _strings_of(elem.value)
+        for pattern in policy.identifier_patterns
+    ):
+        return keyword
+    return None
 
 
 @dataclass(frozen=True)
@@ -239,9 +267,13 @@ def read_instance(path: Path, policy: DeidPolicy) -> InstanceHeader:
     transfer syntax), parsable header, Pixel Data complete (read from the file layout, never
     decoded), required UIDs valid, an image, de-identified by ``policy``.
     """
-    path = Path(path)
+    if not isinstance(path, Path):
+        path = Path(path)
     with open(path, "rb") as fp:
         size = os.fstat(fp.fileno()).st_size
+        if header := _read_plain(fp, path, size, policy):
+            return header
+        fp.seek(0)
         ds = _parse(fp)
         try:
             _check_header(fp, ds, size, policy)
@@ -250,6 +282,11 @@ def read_instance(path: Path, policy: DeidPolicy) -> InstanceHeader:
             raise
         fp.seek(0)
         sha256 = hashlib.file_digest(fp, "sha256").hexdigest()
+    return _header(path, sha256, size, ds, ds.file_meta)
+
+
+def _header(path: Path, sha256: str, size: int, ds: Dataset | _Values,
+            file_meta: Dataset | _Values) -> InstanceHeader:
     return InstanceHeader(
         path=path,
         sha256=sha256,
@@ -277,7 +314,7 @@ def read_instance(path: Path, policy: DeidPolicy) -> InstanceHeader:
         image_orientation=_floats(ds.get("ImageOrientationPatient"), 6),
         patient_sex=_text(ds, "PatientSex"),
         patient_age_years=_age_years(_text(ds, "PatientAge")),
-        transfer_syntax_uid=_text(ds.file_meta, "TransferSyntaxUID"),
+        transfer_syntax_uid=_text(file_meta, "TransferSyntaxUID"),
     )
 
 
@@ -289,8 +326,8 @@ def _check_header(fp: BinaryIO, ds: Dataset, size: int, policy: DeidPolicy) -> N
             pass
     except Exception as exc:  # pydicom raises many types on bad values
         raise InvalidInstance("malformed", f"unreadable value: {exc}") from exc
-    _check_uids(ds)
-    _check_image(ds, pixel_length)
+    _check_uids(ds, ds.file_meta)
+    _check_image(ds, ds.file_meta, pixel_length)
     if offending := check_deidentified(ds, policy):
         raise InvalidInstance("identifying_data", ", ".join(offending))
 
@@ -394,28 +431,29 @@ def _check_fragments(fp: BinaryIO, endian: str, size: int) -> None:
         raise InvalidInstance("truncated", "encapsulated Pixel Data has no fragment")
 
 
-def _check_uids(ds: Dataset) -> None:
+def _check_uids(ds: Dataset | _Values, file_meta: Dataset | _Values) -> None:
     """Raise missing_uid unless the required UIDs and the transfer syntax are valid UIDs."""
     values = {k: ds.get(k) for k in REQUIRED_UIDS}
-    values["TransferSyntaxUID"] = ds.file_meta.get("TransferSyntaxUID")
+    values["TransferSyntaxUID"] = file_meta.get("TransferSyntaxUID")
     bad = []
     for keyword, value in values.items():
         if not value:
             bad.append(f"{keyword} missing")
-        elif not isinstance(value, str) or not UID(value).is_valid:
+        elif not isinstance(value, str) or not _valid_uid(value):
             bad.append(f"{keyword} invalid ({value!r})")
     if bad:
         raise InvalidInstance("missing_uid", ", ".join(bad))
 
 
-def _check_image(ds: Dataset, pixel_length: int | None) -> None:
+def _check_image(ds: Dataset | _Values, file_meta: Dataset | _Values,
+                 pixel_length: int | None) -> None:
     """Raise unless ``ds`` is an image whose native Pixel Data holds every pixel it declares."""
-    name = UID(_text(ds, "SOPClassUID")).name
+    name = _uid(_text(ds, "SOPClassUID")).name
     if pixel_length is None and "Image" in name:
         raise InvalidInstance("truncated", f"no Pixel Data in a {name} instance")
     if pixel_length is None:
         raise InvalidInstance("unsupported", f"no Pixel Data: not an image ({name})")
-    syntax = UID(_text(ds.file_meta, "TransferSyntaxUID"))
+    syntax = _uid(_text(file_meta, "TransferSyntaxUID"))
     if not syntax.is_transfer_syntax:
         raise InvalidInstance("unsupported", f"unknown transfer syntax {syntax}")
     module = {k: _int(ds.get(k)) for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")}
@@ -442,8 +480,25 @@ def _strings_of(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    return "\\".join(_strings_of(ds.get(keyword))).strip()
+def _text(ds: Dataset | _Values, keyword: str) -> str:
+    if isinstance(ds, _Values):
+        return ds.text(keyword)
+    return _text_of(ds.get(keyword))
+
+
+def _text_of(value: Any) -> str:
+    return "\\".join(_strings_of(value)).strip()
+
+
+# The same few UIDs and dates recur in every file of a folder: parse each once.
+@functools.lru_cache(maxsize=4096)
+def _uid(text: str) -> UID:
+    return UID(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_uid(text: str) -> bool:
+    return UID(text).is_valid
 
 
 def _int(value: Any) -> int | None:
@@ -467,6 +522,7 @@ def _float(value: Any) -> float | None:
     return floats[0] if (floats := _floats(value, 1)) else None
 
 
+@functools.lru_cache(maxsize=4096)
 def _date(text: str) -> dt.date | None:
     try:
         return dt.datetime.strptime(text, "%Y%m%d").date()
@@ -480,6 +536,203 @@ def _age_years(text: str) -> int | None:
         return None
     n = int(match[1])
     return {"Y": n, "M": n // 12, "W": n * 7 // 365, "D": n // 365}[match[2]]
+
+
+# -- plain files, read fast ----------------------------------------------------------------
+# Most files of a folder are plain: Explicit VR Little Endian, the file meta, then top-level
+# elements in ascending tag order with defined lengths (no sequence, no private or UN
+# element), then native Pixel Data up to the very end of the file. For such a file dcmread
+# finds exactly the elements a simple walk finds, so the walk replaces it, and each element
+# (tag, VR, value bytes, character set) is converted by pydicom and checked against the
+# policy once per process, then reused: the files of a series repeat most of their elements
+# byte for byte. The fast path only accepts; a file it does not accept, whatever the reason,
+# goes through the general path above, which makes every refusal.
+
+# How much of a file the fast path reads at once: a plain header fits (or the general path
+# reads the file); a larger file's Pixel Data is never read into memory, only hashed.
+PLAIN_HEAD_BYTES = 64 * 1024
+_PLAIN_VRS = {vr: vr.decode() for vr in (  # every VR but SQ and UN
+    b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SS ST SV TM UC UI UL UR "
+    b"US UT UV").split()}
+_ELEMENT = struct.Struct("<HH2sH")
+_LENGTH = struct.Struct("<L")
+_CHARSET = 0x00080005
+_PLAIN_CACHE_LIMIT = 200_000  # checked elements kept per policy (most are UIDs seen once)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One element converted by pydicom: the keyword `Dataset.get` finds it by (or ""), its
+    value, its value as `_text` gives it, and what it breaks of the policy (or None)."""
+
+    keyword: str
+    value: Any
+    text: str
+    finding: str | None
+
+
+class _Values:
+    """A plain file's elements by keyword, answering `get` as a pydicom Dataset does."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: dict[str, _Checked]) -> None:
+        self._entries = entries
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        entry = self._entries.get(keyword)
+        return default if entry is None else entry.value
+
+    def text(self, keyword: str) -> str:
+        entry = self._entries.get(keyword)
+        return "" if entry is None else entry.text
+
+
+_checked_by_policy: dict[DeidPolicy, dict[tuple[Any, ...], _Checked | None]] = {}
+_encodings: dict[tuple[str, bytes | None] | None, str | list[str] | None] = {}
+
+
+def _read_plain(fp: BinaryIO, path: Path, size: int, policy: DeidPolicy
+                ) -> InstanceHeader | None:
+    """The header of a plain file (see above) that passes every check; else None. Reads
+    at most PLAIN_HEAD_BYTES, and hashes the file as a stream where it is longer."""
+    data = fp.read(PLAIN_HEAD_BYTES)
+    if data[128:132] != b"DICM":
+        return None
+    walked = _walk_plain(data, 132, meta=True)
+    if walked is None:
+        return None
+    meta, at = walked
+    walked = _walk_plain(data, at, meta=False)
+    if walked is None:
+        return None
+    elements, at = walked
+    # Native Pixel Data (OB or OW: a 4-byte length) ending exactly where the file does.
+    if data[at + 4:at + 6] not in (b"OB", b"OW") or at + 12 > len(data):
+        return None
+    (pixel_length,) = _LENGTH.unpack_from(data, at + 8)
+    if pixel_length == _UNDEFINED or at + 12 + pixel_length != size:
+        return None
+    checked = _checked_by_policy.get(policy)
+    if checked is None or len(checked) > _PLAIN_CACHE_LIMIT:
+        if len(_checked_by_policy) > 8:
+            _checked_by_policy.clear()
+        checked = _checked_by_policy[policy] = {}
+    meta_values = _plain_values(meta, ("meta", None), default_encoding, checked, policy)
+    charset = next(((vr, value) for tag, vr, value in elements if tag == _CHARSET), None)
+    if charset not in _encodings:
+        _encodings[charset] = _plain_encoding(charset)
+    encoding = _encodings[charset]
+    if meta_values is None or encoding is None:
+        return None
+    if meta_values.get("TransferSyntaxUID") != ExplicitVRLittleEndian:
+        return None
+    found: set[str] = set()
+    values = _plain_values(elements, charset, encoding, checked, policy, found)
+    if values is None:
+        return None
+    try:
+        _check_uids(values, meta_values)
+        _check_image(values, meta_values, pixel_length)
+    except InvalidInstance:
+        return None
+    if (found | _pseudonym_findings(values, policy)) - policy.allowed:
+        return None
+    if len(data) == size:
+        sha256 = hashlib.sha256(data).hexdigest()
+    else:
+        fp.seek(0)
+        sha256 = hashlib.file_digest(fp, "sha256").hexdigest()
+    return _header(path, sha256, size, values, meta_values)
+
+
+def _walk_plain(data: bytes, at: int, *, meta: bool) -> tuple[
+        list[tuple[int, str, bytes | None]], int] | None:
+    """(tag, VR, raw value) of the plain elements from `at`: the file meta (group 0002) if
+    `meta`, else the top-level elements up to Pixel Data; and where the walk stopped.
+    None where something is not plain."""
+    size = len(data)
+    found: list[tuple[int, str, bytes | None]] = []
+    previous = -1
+    while at + 8 <= size:
+        group, element, vr_bytes, length = _ELEMENT.unpack_from(data, at)
+        tag = group << 16 | element
+        if meta and group != 2:
+            return (found, at) if found else None
+        if tag in _PIXEL_TAGS:
+            return (found, at) if tag == 0x7FE00010 else None
+        vr = _PLAIN_VRS.get(vr_bytes)
+        if vr is None or tag <= previous or group & 1 or (not meta and group <= 2):
+            return None
+        start = at + 8
+        if vr_bytes in _LONG_LENGTH_VRS:
+            if start + 4 > size:
+                return None
+            (length,) = _LENGTH.unpack_from(data, start)
+            start += 4
+        end = start + length
+        if length == _UNDEFINED or end > size:
+            return None
+        # The raw value dcmread keeps: the bytes, or for an empty one what pydicom uses.
+        found.append((tag, vr, data[start:end] if length else empty_value_for_VR(vr, True)))
+        at, previous = end, tag
+    return None
+
+
+def _plain_values(elements: list[tuple[int, str, bytes | None]], charset: Any,
+                  encoding: str | list[str], checked: dict[tuple[Any, ...], _Checked | None],
+                  policy: DeidPolicy, found: set[str] | None = None) -> _Values | None:
+    """The elements' values by keyword, each converted and checked once per process; what
+    they break is added to `found`. None if pydicom cannot convert one of them."""
+    values: dict[str, _Checked] = {}
+    for tag, vr, value in elements:
+        key = (tag, vr, value, charset)
+        entry = checked.get(key, _UNSEEN)
+        if entry is _UNSEEN:
+            entry = checked[key] = _check_plain(tag, vr, value, encoding, policy)
+        if entry is None:
+            return None
+        if entry.keyword:
+            values[entry.keyword] = entry
+        if entry.finding is not None and found is not None:
+            found.add(entry.finding)
+    return _Values(values)
+
+
+_UNSEEN = _Checked("", None, "", None)
+
+
+def _check_plain(tag: int, vr: str, value: bytes | None, encoding: str | list[str],
+                 policy: DeidPolicy) -> _Checked | None:
+    """One element as the general path sees it: converted as Dataset.__getitem__ converts it
+    (Specific Character Set itself in the default encoding), then checked as `_scan` checks
+    a top-level element."""
+    raw = RawDataElement(BaseTag(tag), vr, len(value or b""), value, 0, False, True)
+    try:
+        elem = convert_raw_data_element(
+            raw, encoding=default_encoding if tag == _CHARSET else encoding)
+        finding = _element_finding(elem, policy, top_level=True)
+        text = _text_of(elem.value)
+    except Exception:  # pydicom raises many types on bad values: the general path decides
+        return None
+    # By keyword only where the keyword names this very tag (not a repeating group's other
+    # copies), as Dataset.get finds it.
+    keyword = elem.keyword if tag_for_keyword(elem.keyword) == tag else ""
+    return _Checked(keyword, elem.value, text, finding)
+
+
+def _plain_encoding(charset: tuple[str, bytes | None] | None) -> str | list[str] | None:
+    """The text encoding a dataset with this Specific Character Set (VR, raw value) is read
+    with, as pydicom works it out; None if pydicom cannot."""
+    raws = {}
+    if charset is not None:
+        vr, value = charset
+        tag = BaseTag(_CHARSET)
+        raws[tag] = RawDataElement(tag, vr, len(value or b""), value, 0, False, True)
+    try:
+        return Dataset(raws)._character_set
+    except Exception:  # an unreadable character set: the general path decides
+        return None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import json
 import logging
 import multiprocessing
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from dataset_service.models import (
     Subject,
 )
 from dataset_service.repository import Repository
-from vre.db import Database, utcnow
+from vre.db import Database, bulk_insert, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ IDENTIFYING_COLUMNS = frozenset({
     "mrn", "medical_record_number", "ssn", "national_id", "insurance_number",
 })
 KNOWN_CLINICAL = ("subject_id", "age", "sex", "diagnosis")
+# Admitted studies are stored and recorded together until they hold this many files: one
+# flush of the file system and one transaction for them all, rather than one a study.
+BATCH_FILES = 500
 
 
 class IngestError(Exception):
@@ -90,17 +94,40 @@ def resolve_source(path: str, import_root: Path) -> Path:
 
 
 def dicom_candidates(source: Path) -> list[Path]:
-    """Every regular file under the folder except hidden files and the clinical tables."""
-    found = []
-    for directory, subdirs, files in os.walk(source):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or (directory == str(source) and name in CLINICAL_FILES):
-                continue
-            path = Path(directory) / name
-            if path.is_file() and not path.is_symlink():
-                found.append(path)
+    """Every regular file under the folder except hidden files and the clinical tables,
+    folder by folder (the files of a folder by name, then its subfolders by name)."""
+    found: list[Path] = []
+    _candidates(source, source, found)
     return found
+
+
+def _candidates(directory: Path, source: Path, found: list[Path]) -> None:
+    # os.scandir rather than os.walk: the kind of each entry comes with it, not from a stat.
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return  # as os.walk: a folder that cannot be listed is passed over
+    subdirs = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            # Folders are entered, except hidden ones and links to folders.
+            if not entry.name.startswith(".") and not entry.is_symlink():
+                subdirs.append(entry.name)
+            continue
+        if entry.name.startswith(".") or (directory == source and entry.name in CLINICAL_FILES):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):  # a regular file, not a link to one
+                found.append(directory / entry.name)
+        except OSError:
+            pass
+    for name in subdirs:
+        _candidates(directory / name, source, found)
 
 
 @dataclass(frozen=True)
@@ -113,27 +140,58 @@ class Refusal:
     study_uid: str | None
 
 
-def _read(args: tuple[Path, DeidPolicy]) -> InstanceHeader | Refusal:
-    path, policy = args
+@dataclass(frozen=True)
+class Accepted:
+    """A file read_instance accepted, and its copy in the repository's staging area (None
+    if its blob is already in), made while it was being read: not yet a blob."""
+
+    header: InstanceHeader
+    staged: str | None
+
+
+def _read(path: Path, policy: DeidPolicy, repository: Repository, area: Path
+          ) -> Accepted | Refusal:
     try:
-        return read_instance(path, policy)
+        header = read_instance(path, policy)
     except InvalidInstance as exc:
         return Refusal(str(path), exc.reason_code, exc.message, exc.study_uid)
+    return Accepted(header, repository.stage(header.path, header.sha256, area))
 
 
-def read_headers(paths: list[Path], policy: DeidPolicy, workers: int,
-                 progress: Callable[[int], None]) -> Iterator[InstanceHeader | Refusal]:
-    """Headers of every file, across processes; refused files as Refusals."""
-    jobs = [(p, policy) for p in paths]
+# Set in each header-reading process by _start_worker.
+_worker_args: tuple[DeidPolicy, Repository, Path] | None = None
+
+
+def _start_worker(policy: DeidPolicy, repository: Repository, area: Path) -> None:
+    global _worker_args
+    _worker_args = (policy, repository, area)
+
+
+def _read_in_worker(path: Path) -> Accepted | Refusal:
+    assert _worker_args is not None
+    return _read(path, *_worker_args)
+
+
+def read_headers(paths: list[Path], policy: DeidPolicy, repository: Repository, area: Path,
+                 workers: int, progress: Callable[[int], None]
+                 ) -> Iterator[Accepted | Refusal]:
+    """Every file read, across processes, in order: accepted ones with their copy staged
+    in the repository's staging `area`, refused ones as Refusals."""
     if workers <= 1 or len(paths) < 64:
-        for n, job in enumerate(jobs, 1):
-            yield _read(job)
+        for n, path in enumerate(paths, 1):
+            yield _read(path, policy, repository, area)
             progress(n)
         return
-    # forkserver: the service is multi-threaded, and forking such a process is unsafe.
+    # forkserver: the service is multi-threaded, and forking such a process is unsafe. The
+    # server imports this module once, so each worker starts ready rather than importing
+    # the service anew (about a second of CPU per worker, per run).
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for n, result in enumerate(pool.map(_read, jobs, chunksize=32), 1):
+    context.set_forkserver_preload(["__main__", __name__])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_start_worker,
+                             initargs=(policy, repository, area)) as pool:
+        chunk = max(1, min(64, len(paths) // (4 * workers)))
+        for n, result in enumerate(pool.map(_read_in_worker, paths, chunksize=chunk), 1):
             yield result
             progress(n)
 
@@ -244,6 +302,10 @@ class Ingestor:
         report.files = len(paths)
         headers: list[InstanceHeader] = []
         refused_by_study: dict[str, list[Refusal]] = {}
+        # Copies of the files made while they are read; the area goes at the end, with
+        # the copies of files that did not go in (refused, quarantined, already there).
+        area = self.repository.staging_area(f"ingest-{run_id}")
+        staged: dict[str, str] = {}  # sha256 -> its copy in the area
         saved = 0
 
         def tick(n: int) -> None:
@@ -261,9 +323,12 @@ class Ingestor:
                 saved += len(new)
 
         try:
-            for result in read_headers(paths, self.policy, self.workers, tick):
-                if isinstance(result, InstanceHeader):
-                    headers.append(result)
+            for result in read_headers(paths, self.policy, self.repository, area,
+                                       self.workers, tick):
+                if isinstance(result, Accepted):
+                    headers.append(result.header)
+                    if result.staged is not None:
+                        staged[result.header.sha256] = result.staged
                 elif result.study_uid:
                     refused_by_study.setdefault(result.study_uid, []).append(result)
                 else:
@@ -279,22 +344,39 @@ class Ingestor:
                     for r in refused:
                         self._quarantine(report, r.path, study_uid, r.reason, r.message)
             save_quarantine()
-            for study in studies:
-                self._ingest_study(run_id, project_id, study, refused_by_study.get(
-                    study.study_instance_uid, []), clinical, report)
+            present = self._studies_present([s.study_instance_uid for s in studies])
+            batch: list[StudyGroup] = []
+            for n, study in enumerate(studies, 1):
+                if self._admit(study, refused_by_study.get(study.study_instance_uid, []),
+                               report, present):
+                    batch.append(study)
+                if batch and (n == len(studies) or sum(
+                        s.instance_count for s in batch) >= BATCH_FILES):
+                    self._ingest_batch(run_id, project_id, batch, clinical, report, staged)
+                    batch = []
                 save_quarantine()
                 progress(report)
         finally:
             save_quarantine()
+            self.repository.drop_staging_area(area)
 
-    def _ingest_study(self, run_id: str, project_id: str, study: StudyGroup,
-                      refused: list[Refusal], clinical: dict[str, ClinicalRow],
-                      report: IngestReport) -> None:
-        uid = study.study_instance_uid
+    def _studies_present(self, study_uids: list[str]) -> set[str]:
+        """Which of these studies are already in (any project): those a run skips."""
+        present: set[str] = set()
         with self.db.session() as session:
-            if session.scalar(sa.select(Study.id).where(Study.study_uid == uid)):
-                report.studies_skipped += 1
-                return
+            for start in range(0, len(study_uids), 1000):
+                present.update(session.scalars(sa.select(Study.study_uid).where(
+                    Study.study_uid.in_(study_uids[start:start + 1000]))))
+        return present
+
+    def _admit(self, study: StudyGroup, refused: list[Refusal], report: IngestReport,
+               present: set[str]) -> bool:
+        """Whether the study goes in: not if it is already in (skipped), nor if any of its
+        files was refused or it has a conflict (then all its files are quarantined)."""
+        uid = study.study_instance_uid
+        if uid in present:
+            report.studies_skipped += 1
+            return False
         problems = [(r.path, r.reason, r.message) for r in refused]
         problems += [(str(study.instances[0].path), p.code, p.message) for p in study.problems]
         if problems:
@@ -307,17 +389,47 @@ class Ingestor:
                 if str(header.path) not in bad:
                     self._quarantine(report, str(header.path), uid, "study_incomplete",
                                      "another file of this study was refused")
-            return
+            return False
+        return True
+
+    def _ingest_batch(self, run_id: str, project_id: str, batch: list[StudyGroup],
+                      clinical: dict[str, ClinicalRow], report: IngestReport,
+                      staged: dict[str, str]) -> None:
+        """Store and record admitted studies, each whole or not at all, several at a time:
+        one flush of the repository's file system and one transaction for all of them.
+        Should that fail, the studies go one by one, so that a run that stops, stops at the
+        same study with the same studies in as if they had always gone one by one."""
+        if len(batch) > 1:
+            try:
+                self._store_and_record(run_id, project_id, batch, clinical, staged)
+            except Exception:
+                log.warning("a batch of studies failed; ingesting them one by one",
+                            exc_info=True, extra={"event": "ingest_batch_failed",
+                                                  "run": run_id})
+            else:
+                for study in batch:
+                    self._count_ingested(report, study, clinical)
+                return
+        for study in batch:
+            self._store_and_record(run_id, project_id, [study], clinical, staged)
+            self._count_ingested(report, study, clinical)
+
+    def _store_and_record(self, run_id: str, project_id: str, studies: list[StudyGroup],
+                          clinical: dict[str, ClinicalRow], staged: dict[str, str]) -> None:
+        """Blobs in, then rows in one transaction; on any failure neither stays."""
         written: list[str] = []
         try:
-            for header in study.instances:
-                if self.repository.store(header.path, header.sha256):
-                    written.append(header.sha256)
+            written = self.repository.store_many(
+                [(h.path, h.sha256) for study in studies for h in study.instances], staged)
             with self.db.session() as session:
-                self._record_study(session, run_id, project_id, study, clinical)
+                self._record_studies(session, run_id, project_id, studies, clinical)
         except BaseException:
             self.repository.discard(written)  # no blob without its row
             raise
+
+    @staticmethod
+    def _count_ingested(report: IngestReport, study: StudyGroup,
+                        clinical: dict[str, ClinicalRow]) -> None:
         report.studies_ingested += 1
         report.files_ingested += study.instance_count
         report.bytes_stored += study.size_bytes
@@ -325,49 +437,64 @@ class Ingestor:
             report.subjects_with_clinical_data += 1
         report.subjects_seen.add(study.patient_id)
 
-    def _record_study(self, session: Session, run_id: str, project_id: str,
-                      study: StudyGroup, clinical: dict[str, ClinicalRow]) -> None:
-        first = study.instances[0]
-        subject = session.scalar(sa.select(Subject).where(
-            Subject.project_id == project_id, Subject.pseudonym == study.patient_id))
-        row = clinical.get(study.patient_id)
-        if subject is None:
-            subject = Subject(project_id=project_id, pseudonym=study.patient_id, clinical={})
-            session.add(subject)
-        # The clinical table wins over the headers; the headers fill what it leaves out.
-        subject.sex = (row.sex if row else None) or subject.sex or _sex(first.patient_sex)
-        age = row.age if row else None
-        subject.age = age if age is not None else (subject.age or first.patient_age_years)
-        if row is not None:
-            subject.diagnosis = row.diagnosis or subject.diagnosis
-            subject.clinical = {**(subject.clinical or {}), **row.extra}
-        session.flush()
-        record = Study(
-            study_uid=study.study_instance_uid, subject_id=subject.id, project_id=project_id,
-            study_date=study.study_date, description=study.study_description[:200],
-            modalities=",".join(study.modalities),
-            body_parts=",".join(sorted({s.body_part for s in study.series if s.body_part})),
-            series_count=len(study.series), instance_count=study.instance_count,
-            size_bytes=study.size_bytes, content_hash=study_hash(study), ingest_id=run_id)
-        session.add(record)
-        session.flush()
-        for group in study.series:
-            head = group.instances[0]
-            series = Series(
-                series_uid=group.series_instance_uid, study_id=record.id,
-                modality=group.modality, body_part=group.body_part,
-                manufacturer=head.manufacturer[:64], model=head.manufacturer_model[:64],
-                description=group.series_description[:200], number=group.series_number,
-                instance_count=group.instance_count, size_bytes=group.size_bytes,
-                rows=head.rows, columns=head.columns, slice_thickness=head.slice_thickness,
-                slice_spacing=group.geometry.slice_spacing,
-                pixel_spacing="\\".join(f"{v:g}" for v in head.pixel_spacing)
-                if head.pixel_spacing else None)
-            session.add(series)
-            session.flush()
-            session.add_all(Instance(sop_uid=h.sop_instance_uid, series_id=series.id,
-                                     sha256=h.sha256, size_bytes=h.size_bytes,
-                                     number=h.instance_number) for h in group.instances)
+    def _record_studies(self, session: Session, run_id: str, project_id: str,
+                        studies: list[StudyGroup], clinical: dict[str, ClinicalRow]) -> None:
+        """The rows of studies, their series and instances, and their subjects (created or
+        completed), as plain inserts: one round trip a table (COPY for the instances on
+        PostgreSQL) rather than one an object."""
+        subjects = {subject.pseudonym: subject for subject in session.scalars(
+            sa.select(Subject).where(Subject.project_id == project_id, Subject.pseudonym.in_(
+                sorted({s.patient_id for s in studies}))))}
+        study_rows, series_rows, instance_rows = [], [], []
+        for study in studies:
+            first = study.instances[0]
+            subject = subjects.get(study.patient_id)
+            row = clinical.get(study.patient_id)
+            if subject is None:
+                subject = Subject(id=str(uuid.uuid4()), project_id=project_id,
+                                  pseudonym=study.patient_id, clinical={})
+                session.add(subject)
+                subjects[study.patient_id] = subject
+            # The clinical table wins over the headers; the headers fill what it leaves out.
+            subject.sex = (row.sex if row else None) or subject.sex or _sex(first.patient_sex)
+            age = row.age if row else None
+            subject.age = age if age is not None else (subject.age or first.patient_age_years)
+            if row is not None:
+                subject.diagnosis = row.diagnosis or subject.diagnosis
+                subject.clinical = {**(subject.clinical or {}), **row.extra}
+            study_id = str(uuid.uuid4())
+            study_rows.append({
+                "id": study_id, "study_uid": study.study_instance_uid,
+                "subject_id": subject.id, "project_id": project_id,
+                "study_date": study.study_date, "description": study.study_description[:200],
+                "modalities": ",".join(study.modalities),
+                "body_parts": ",".join(sorted({s.body_part for s in study.series
+                                               if s.body_part})),
+                "series_count": len(study.series), "instance_count": study.instance_count,
+                "size_bytes": study.size_bytes, "content_hash": study_hash(study),
+                "ingest_id": run_id, "ingested_at": utcnow()})
+            for group in study.series:
+                head = group.instances[0]
+                series_id = str(uuid.uuid4())
+                series_rows.append({
+                    "id": series_id, "series_uid": group.series_instance_uid,
+                    "study_id": study_id, "modality": group.modality,
+                    "body_part": group.body_part, "manufacturer": head.manufacturer[:64],
+                    "model": head.manufacturer_model[:64],
+                    "description": group.series_description[:200],
+                    "number": group.series_number, "instance_count": group.instance_count,
+                    "size_bytes": group.size_bytes, "rows": head.rows, "columns": head.columns,
+                    "slice_thickness": head.slice_thickness,
+                    "slice_spacing": group.geometry.slice_spacing,
+                    "pixel_spacing": "\\".join(f"{v:g}" for v in head.pixel_spacing)
+                    if head.pixel_spacing else None})
+                instance_rows += [{"sop_uid": h.sop_instance_uid, "series_id": series_id,
+                                   "sha256": h.sha256, "size_bytes": h.size_bytes,
+                                   "number": h.instance_number} for h in group.instances]
+        session.flush()  # the subjects, before the studies that name them
+        session.execute(sa.insert(Study.__table__), study_rows)
+        session.execute(sa.insert(Series.__table__), series_rows)
+        bulk_insert(session, Instance.__table__, instance_rows)
 
     @staticmethod
     def _quarantine(report: IngestReport, path: str, study_uid: str | None, reason: str,

@@ -4,14 +4,17 @@ workloads mount: a dataset's tree holds hard links to its own files and nothing 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,9 @@ class Repository:
         self.staging = root / "staging"
 
     def blob_path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if not _SHA256_HEX.fullmatch(sha256):
             raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
-        return self.blobs / sha256[:2] / sha256[2:4] / sha256
+        return self.blobs.joinpath(sha256[:2], sha256[2:4], sha256)
 
     def has(self, sha256: str) -> bool:
         return self.blob_path(sha256).is_file()
@@ -59,6 +62,93 @@ class Repository:
                 os.unlink(tmp)
             raise
         return True
+
+    def stage(self, source: Path, sha256: str, area: Path | None = None) -> str | None:
+        """Copy a file into the staging area (or a folder of it, see `staging_area`),
+        read-only, under a temporary name, for `store_many` to make it a blob later (or
+        `unstage` to drop it); None if its blob is already in. Not yet flushed to disk:
+        `store_many` flushes before it names a blob."""
+        area = area or self.staging
+        final = self.blob_path(sha256)
+        if final.is_file():
+            return None
+        # The blob's folder now, while other files are being read, rather than when the
+        # blob is named: an empty folder is no blob, and costs as much to make as a file.
+        if not final.parent.is_dir():
+            final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=area)
+        except FileNotFoundError:
+            area.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=area)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _copy_into(out, source)
+                os.fchmod(out.fileno(), 0o444)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return tmp
+
+    def unstage(self, staged: Iterable[str]) -> None:
+        """Remove staged copies that did not become blobs."""
+        for tmp in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def staging_area(self, name: str) -> Path:
+        """A folder of the staging area of one's own (say, one ingestion run's), so that
+        whatever is left in it can be dropped at once with `drop_staging_area`."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name) or name.strip(".") == "":
+            raise ValueError(f"bad staging area name {name!r}")
+        return self.staging / name
+
+    def drop_staging_area(self, area: Path) -> None:
+        """Remove a staging area folder and the copies left in it (none became a blob)."""
+        shutil.rmtree(area, ignore_errors=True)
+
+    def store_many(self, files: Iterable[tuple[Path, str]],
+                   staged: dict[str, str] | None = None) -> list[str]:
+        """Copy files in under their hashes, as `store` does one, with one flush of the file
+        system for all of them rather than one per file; the hashes it wrote (those already
+        there are left alone). Each blob is whole on disk before its name appears.
+
+        A file's copy already staged (`staged`: sha256 -> what `stage` returned) is used,
+        and taken out of `staged`, instead of copying the file again."""
+        staged = {} if staged is None else staged
+        moving: list[tuple[str, str, Path]] = []
+        written: list[str] = []
+        try:
+            for source, sha256 in files:
+                final = self.blob_path(sha256)
+                if final.is_file():
+                    continue
+                tmp = staged.pop(sha256, None)
+                if tmp is None:
+                    tmp = self.stage(source, sha256)
+                    if tmp is None:  # it came in meanwhile
+                        continue
+                moving.append((sha256, tmp, final))
+            if not moving:
+                return written
+            _sync_file_system(self.staging)
+            while moving:
+                sha256, tmp, final = moving[-1]
+                if final.is_file():  # the same content twice in one call
+                    os.unlink(tmp)
+                else:
+                    if not final.parent.is_dir():
+                        final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, final)
+                    written.append(sha256)
+                moving.pop()
+        except BaseException:
+            self.discard(written)
+            raise
+        finally:
+            self.unstage(tmp for _, tmp, _ in moving)  # those not renamed into place
+        return written
 
     def discard(self, sha256s: Iterable[str]) -> None:
         """Remove blobs this run wrote but could not record (no blob without its row)."""
@@ -99,6 +189,52 @@ class Repository:
 
     def remove_tree(self, dataset_id: str) -> None:
         _remove_tree(self.tree_path(dataset_id))
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _copy_into(out: BinaryIO, source: Path) -> None:
+    """Copy a file into `out`, a new empty file: in the kernel with sendfile(2) where the
+    system has it for files, else through a buffer."""
+    with open(source, "rb") as src:
+        sent = 0
+        try:
+            while chunk := os.sendfile(out.fileno(), src.fileno(), None, 1 << 24):
+                sent += chunk
+            return
+        except (AttributeError, OSError):
+            if sent:  # failed half way: not a missing feature
+                raise
+        src.seek(0)
+        shutil.copyfileobj(src, out)
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2), which flushes one file system; None where there is none."""
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    return syncfs
+
+
+def _sync_file_system(path: Path) -> None:
+    """Make every file written on `path`'s file system durable: one flush for all of them
+    (a flush per file costs far more on most disks), and sync(2) where syncfs is missing."""
+    syncfs = _syncfs()
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
 
 
 def _remove_tree(path: Path) -> None:
