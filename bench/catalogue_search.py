@@ -44,8 +44,9 @@ from dataset_service import datasets as ds
 from dataset_service.dicom import dataset_hash
 from dataset_service.models import Dataset, DatasetStudy, Project, Series, Study, Subject
 from dataset_service.search import backend_for
-from vre.config import Config, load_config, to_env
+from vre.config import Config, load_config
 from vre.db import Database, bulk_insert
+from vre.local import service_env
 
 SERVICE, MIGRATIONS = "dataset_service", "dataset_service:migrations"
 
@@ -287,14 +288,14 @@ def make_config(home: Path, database_url: str) -> Config:
 
 
 @contextlib.contextmanager
-def serving(config: Config) -> Iterator[str]:
-    """The dataset service as `vre serve` runs it; yields its base URL once it is ready."""
+def serving(config: Config, name: str = SERVICE) -> Iterator[str]:
+    """A service as `vre serve` runs it; yields its base URL once it is ready."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
-    env.update(to_env(config))
-    log = open(config.home / "dataset_service.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "vre", "serve", SERVICE], env=env,
+    env.update(service_env(config, name))
+    log = open(config.home / f"{name}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "vre", "serve", name], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
-    url = config.url_of(SERVICE)
+    url = config.url_of(name)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -302,7 +303,7 @@ def serving(config: Config) -> Iterator[str]:
                 if requests.get(url + "/readyz", timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"dataset service not ready; see {config.home}")
+                raise SystemExit(f"{name} not ready; see {config.home}")
             time.sleep(0.2)
         yield url
     finally:

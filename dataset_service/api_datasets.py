@@ -202,8 +202,11 @@ def load_dataset(session: Session, dataset_id: str, principal: Principal | None,
     dataset = session.get(Dataset, dataset_id)
     if dataset is None:
         raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
-    if action == Action.VIEW_METADATA and dataset.state == "published":
-        return dataset  # published metadata is public
+    if action == Action.VIEW_METADATA and (dataset.state == "published" or (
+            dataset.state == "invalidated" and dataset.published_at is not None)):
+        # Published metadata is public; a published PID keeps resolving once invalidated,
+        # with its reason, so citations never dangle.
+        return dataset
     if principal is None:
         raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
     _refuse(decide(ds.actor_of(session, principal), ds.facts_of(session, dataset), action),

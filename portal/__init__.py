@@ -13,6 +13,7 @@ from portal import (
     api,
     api_admin,
     clients,
+    pagecache,
     pages,
     pages_admin,
     pages_catalogue,
@@ -76,6 +77,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     clients.install(app)
+    pagecache.install(app, config.page_cache_seconds)
     app.register_blueprint(pages_catalogue.bp)
     app.register_blueprint(pages_datasets.bp)
     app.register_blueprint(api_admin.bp)

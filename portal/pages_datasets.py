@@ -21,6 +21,7 @@ from flask_login import current_user, login_required
 from dataset_service.client import DatasetError
 from portal import clients
 from portal.models import User
+from portal.pagecache import forget_pages
 from portal.pages_catalogue import load, paragraphs
 from tracer.client import TracerError
 from vre.client import ServiceError
@@ -182,6 +183,7 @@ def change_state(dataset_id: str, action: str) -> Any:
             client.invalidate(dataset_id, request.form.get("reason", "").strip())
         else:
             getattr(client, action)(dataset_id)
+        forget_pages()
         flash(f"Dataset {STATE_ACTIONS[action]}.", "ok")
     except ServiceError as exc:
         _refused(exc)
@@ -276,6 +278,7 @@ def edit(dataset_id: str) -> Any:
             flash(f"{exc.message} ({exc.code}{': ' + exc.field if exc.field else ''})",
                   "error")
             return render_template("edit_dataset.html", dataset={**dataset, **changes}), 422
+        forget_pages()
         flash("Saved.", "ok")
         return redirect(url_for("datasets.manage", dataset_id=dataset_id))
     return render_template("edit_dataset.html", dataset=dataset)

@@ -149,6 +149,9 @@ class Config(BaseModel):
         "portal client's roles both count, unmapped roles are ignored.")
     signin_limit_per_address: int = Field(
         30, ge=1, le=10_000, description="Sign-in attempts allowed per client address a minute.")
+    page_cache_seconds: int = Field(
+        30, ge=0, le=3600, description="How long the portal keeps public pages (catalogue, "
+        "landing pages) it served to anonymous visitors; 0 turns the cache off.")
     signin_limit_per_user: int = Field(
         10, ge=1, le=10_000, description="Sign-in attempts allowed per user name a minute.")
     host_cpus: float | None = Field(

@@ -282,3 +282,21 @@ def test_project_defaults_fill_licence_and_contact(platform, steward) -> None:
     assert made.status_code == 201, made.get_json()
     assert made.get_json()["license_id"] == "CC0-1.0"
     assert made.get_json()["contact_name"] == "Lung"
+
+
+def test_a_published_pid_keeps_resolving_after_invalidation(platform, steward) -> None:
+    service, _ = platform
+    client = service.test_client()
+    published_one, released_one = create(service, steward), create(service, steward)
+    for dataset, actions in ((published_one, ("release", "publish")),
+                             (released_one, ("release",))):
+        for action in (*actions, "invalidate"):
+            body = {"reason": "labels were wrong"} if action == "invalidate" else None
+            assert client.post(f"/api/v1/datasets/{dataset['id']}/{action}", headers=steward,
+                               json=body).status_code == 200
+    record = client.get(f"/api/v1/datasets/{published_one['id']}")
+    assert record.status_code == 200
+    assert record.get_json()["invalidation_reason"] == "labels were wrong"
+    assert client.get(f"/api/v1/datasets/{published_one['id']}/metadata").status_code == 200
+    assert client.get(f"/api/v1/datasets/{released_one['id']}").status_code == 404, \
+        "never public, so not public now"

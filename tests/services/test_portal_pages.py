@@ -110,3 +110,23 @@ def test_forms_without_the_csrf_token_are_refused(site, steward) -> None:
     assert client.get(f"/datasets/{dataset['id']}").status_code == 200
     assert "draft" in client.get(f"/datasets/{dataset['id']}/manage").get_data(as_text=True)
 
+
+
+def test_public_pages_are_cached_for_anonymous_visitors_only(site, steward) -> None:
+    dataset = published(site, steward)
+    anonymous = site["portal"].test_client()
+    first = anonymous.get(f"/datasets/{dataset['id']}")
+    again = anonymous.get(f"/datasets/{dataset['id']}")
+    assert "X-Page-Cache" not in first.headers and again.headers["X-Page-Cache"] == "hit"
+    assert again.get_data() == first.get_data()
+    assert again.headers["Content-Security-Policy"] == first.headers["Content-Security-Policy"]
+    assert again.headers["X-Request-Id"] != first.headers["X-Request-Id"]
+    member = signed_in(site["portal"], "res-1")
+    member.get(f"/datasets/{dataset['id']}")
+    assert "X-Page-Cache" not in member.get(f"/datasets/{dataset['id']}").headers
+    # a change made through the portal shows at once
+    stewards = signed_in(site["portal"], "steward-1")
+    assert post(stewards, f"/datasets/{dataset['id']}/invalidate",
+                reason="wrong labels").status_code == 302
+    after = anonymous.get(f"/datasets/{dataset['id']}")
+    assert "X-Page-Cache" not in after.headers and "wrong labels" in after.get_data(as_text=True)
