@@ -112,6 +112,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="portal processes (VRE_WORKERS)")
     parser.add_argument("--database-url", default=DEFAULT_DB)
     args = parser.parse_args()
 
@@ -145,7 +147,8 @@ def main() -> int:
                 portal_config = config.model_copy(update={
                     "page_cache_seconds": 60 if cached else 0})
                 with serving(portal_config, "dataset_service"), \
-                        serving(portal_config, "portal") as portal:
+                        serving(portal_config.model_copy(update={"workers": args.workers}),
+                                "portal") as portal:
                     paths = pages(portal, ids, queries)
                     # warm connections and the process before measuring
                     for url_of in paths.values():

@@ -4,6 +4,8 @@ these pages call it with the user's token and show what it answers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +42,32 @@ def _int_arg(name: str, default: int = 1, top: int = 100_000) -> int:
         return default
 
 
+class Refused(Exception):
+    """The dataset service's policy said no to this page; shown as a 403 page with why."""
+
+    def __init__(self, dataset: dict[str, Any], code: str, reason: str,
+                 status: int = 403) -> None:
+        super().__init__(reason)
+        self.dataset, self.code, self.reason, self.status = dataset, code, reason, status
+
+
+@contextmanager
+def asked_of_policy(dataset: dict[str, Any]) -> Iterator[None]:
+    """Turn the dataset service's refusal (403) of what a page asks into the refusal page."""
+    try:
+        yield
+    except DatasetError as exc:
+        if exc.status != 403:
+            raise
+        raise Refused(dataset, exc.code, exc.message) from None
+
+
+@bp.errorhandler(Refused)
+def _refused_page(refused: Refused) -> Any:
+    return render_template("refused.html", dataset=refused.dataset, reason=refused.reason,
+                           code=refused.code), refused.status
+
+
 def _refused(exc: ServiceError) -> None:
     """Show a refusal of a form action as a message on the page it came from."""
     if isinstance(exc, DatasetError) and exc.status in (401, 404):
@@ -58,13 +86,8 @@ def mine() -> Any:
 @login_required
 def explore(dataset_id: str) -> Any:
     dataset = load(dataset_id)
-    try:
+    with asked_of_policy(dataset):
         page = clients.datasets().studies(dataset_id, _int_arg("page"), 25)
-    except DatasetError as exc:
-        if exc.status != 403:
-            raise
-        return render_template("refused.html", dataset=dataset, reason=exc.message,
-                               code=exc.code), 403
     return render_template("explore.html", dataset=dataset, page=page,
                            url=lambda page: url_for("datasets.explore",
                                                     dataset_id=dataset_id, page=page))
@@ -80,18 +103,13 @@ def history(dataset_id: str) -> Any:
     if dataset["state"] != "published":
         if not current_user.is_authenticated:
             return redirect(url_for("pages.signin", next=request.path))
-        try:
+        with asked_of_policy(dataset):
             clients.datasets().access_log(dataset_id, per_page=1)
-        except DatasetError as exc:
-            if exc.status != 403:
-                raise
-            return render_template("refused.html", dataset=dataset, reason=exc.message,
-                                   code=exc.code), 403
     try:
         traces = list(clients.tracer().query(dataset=dataset_id))
     except TracerError as exc:
-        return render_template("refused.html", dataset=dataset, code=exc.code,
-                               reason="the audit ledger cannot be read right now"), 503
+        raise Refused(dataset, exc.code, "the audit ledger cannot be read right now",
+                      503) from None
     checks = clients.trace_verifier().check(traces)
     traces.reverse()  # newest first
     return render_template("history.html", dataset=dataset, traces=traces, checks=checks,
@@ -109,13 +127,8 @@ def usernames(user_ids: set[str]) -> dict[str, str]:
 @login_required
 def access_log(dataset_id: str) -> Any:
     dataset = load(dataset_id)
-    try:
+    with asked_of_policy(dataset):
         entries = clients.datasets().access_log(dataset_id, _int_arg("page"), 100)
-    except DatasetError as exc:
-        if exc.status != 403:
-            raise
-        return render_template("refused.html", dataset=dataset, reason=exc.message,
-                               code=exc.code), 403
     return render_template("access_log.html", dataset=dataset, entries=entries,
                            page=_int_arg("page"))
 
@@ -160,14 +173,9 @@ def decide(request_id: str) -> Any:
 def manage(dataset_id: str) -> Any:
     dataset = load(dataset_id)
     client = clients.datasets()
-    try:
+    with asked_of_policy(dataset):
         access = client.access_list(dataset_id)
         pending = [r for r in client.dataset_requests(dataset_id) if r["state"] == "pending"]
-    except DatasetError as exc:
-        if exc.status != 403:
-            raise
-        return render_template("refused.html", dataset=dataset, reason=exc.message,
-                               code=exc.code), 403
     return render_template("manage.html", dataset=dataset, access=access, pending=pending,
                            actions=STATE_ACTIONS)
 

@@ -100,6 +100,8 @@ class Config(BaseModel):
     admin_password: str | None = Field(None, min_length=8, description="First admin's password.")
     demo_data: bool = Field(True, description="Load demo data on first start.")
     threads: int = Field(8, ge=1, le=64, description="Request threads per service process.")
+    workers: int = Field(1, ge=1, le=64, description="Processes per service (gunicorn "
+                         "workers); pages are CPU-bound, so more processes use more cores.")
     tracer_key_file: Path | None = Field(
         None, description="PEM Ed25519 key the tracer signs checkpoints with.")
     ledger_origin: str = Field("vre-ledger", pattern=r"^[A-Za-z0-9._/-]{1,100}$",

@@ -28,7 +28,7 @@ def serve(app: Flask, config: Config, port: int) -> None:
     """Run until SIGTERM/SIGINT; the app logs each request itself."""
     _Server(app, {
         "bind": f"{config.host}:{port}",
-        "workers": 1,
+        "workers": config.workers,
         "worker_class": "gthread",
         "threads": config.threads,
         "graceful_timeout": 10,
