@@ -19,6 +19,9 @@ from vre.web import config_of
 def install(app: Flask) -> None:
     """One pooled HTTP session and one service token per portal app."""
     http = requests.Session()
+    # The platform's own services are called directly: no proxy or netrc lookups from the
+    # environment on every call (they cost more than the call's own work).
+    http.trust_env = False
     http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=32))
     http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=32))
     app.extensions["portal.http"] = http
