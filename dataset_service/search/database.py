@@ -266,21 +266,26 @@ def _search_once(session: Session, query: CatalogueQuery,
                          c.subjects).where(*conditions)
                .cte("matches").prefix_with("MATERIALIZED"))
     m = matches.c
-    ties = [m.published_at.desc(), m.dataset_id.desc()]
-    order = {"relevance": [m.score.desc(), *ties] if rank is not None else ties,
-             "name": [m.sort_name.asc(), *ties], "subjects": [m.subjects.desc(), *ties],
-             }.get(query.effective_sort, ties)
-    ranked = sa.select(m.dataset_id, sa.func.row_number().over(order_by=order).label("pos")
-                       ).subquery("ranked")
+
+    def order(cols: Any) -> list[sa.ColumnElement[Any]]:
+        return _sort_keys(query.effective_sort, cols,
+                          cols.score.desc() if rank is not None else None)
+
+    # ORDER BY with LIMIT lets the planner keep only the top rows (no full sort of every
+    # match); the page's own order is then numbered, repeating the same sort on <= 100 rows.
+    top = (sa.select(m.dataset_id, m.score, m.published_at, m.sort_name, m.subjects)
+           .order_by(*order(m)).limit(query.per_page).offset(query.offset).subquery("top"))
     kind, a, b, n = "kind", "a", "b", "n"
-    page = sa.select(sa.literal("page").label(kind), ranked.c.dataset_id.label(a),
-                     sa.null().label(b), ranked.c.pos.label(n)).where(
-        ranked.c.pos > query.offset, ranked.c.pos <= query.offset + query.per_page)
+    page = sa.select(sa.literal("page").label(kind), top.c.dataset_id.label(a),
+                     sa.null().label(b), sa.func.row_number().over(order_by=order(top.c))
+                     .label(n))
     total = sa.select(sa.literal("total"), sa.null(), sa.null(), sa.func.count()
                       ).select_from(matches)
+    # Every published dataset matches an empty query: its facets need no join.
+    facet_rows = _facets if not conditions else \
+        _facets.join(matches, _facets.c.dataset_id == m.dataset_id)
     facets = (sa.select(sa.literal("facet"), _facets.c.facet, _facets.c.value, sa.func.count())
-              .select_from(_facets.join(matches, _facets.c.dataset_id == m.dataset_id))
-              .group_by(_facets.c.facet, _facets.c.value))
+              .select_from(facet_rows).group_by(_facets.c.facet, _facets.c.value))
     rows = session.execute(sa.union_all(page, total, facets)).all()
     found = next((r[3] for r in rows if r[0] == "total"), 0)
     if not found:
@@ -302,15 +307,20 @@ def _pg_document(name: str, keywords: str, description: str) -> sa.ColumnElement
 
 def _order(query: CatalogueQuery, rank: sa.ColumnElement[Any] | None
            ) -> list[sa.ColumnElement[Any]]:
-    c = _catalogue.c
-    ties = [c.published_at.desc(), c.dataset_id.desc()]
-    sort = query.effective_sort
-    if sort == "relevance" and rank is not None:
-        return [rank, *ties]
+    return _sort_keys(query.effective_sort, _catalogue.c, rank)
+
+
+def _sort_keys(sort: str, cols: Any, relevance: sa.ColumnElement[Any] | None
+               ) -> list[sa.ColumnElement[Any]]:
+    """The catalogue's orders over any columns named like the catalogue's (the table, or a
+    set of matches); newest first breaks ties, then the id, so pages never overlap."""
+    ties = [cols.published_at.desc(), cols.dataset_id.desc()]
+    if sort == "relevance" and relevance is not None:  # already ordered, best first
+        return [relevance, *ties]
     if sort == "name":
-        return [c.sort_name.asc(), *ties]
+        return [cols.sort_name.asc(), *ties]
     if sort == "subjects":
-        return [c.subjects.desc(), *ties]
+        return [cols.subjects.desc(), *ties]
     return ties
 
 
