@@ -73,6 +73,19 @@ class SearchVector(sa.types.TypeDecorator[str]):
         return dialect.type_descriptor(sa.Text())
 
 
+class FacetValues(sa.types.TypeDecorator[list[str]]):
+    """The entry's facet values as "facet=value" strings: `text[]` on PostgreSQL, where a
+    search counts facets by unnesting its matches' arrays (no join); JSON on SQLite."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(sa.Text()))
+        return dialect.type_descriptor(sa.JSON())
+
+
 class CatalogueEntry(Base):
     """One published dataset as the catalogue searches and sorts it."""
 
@@ -99,6 +112,7 @@ class CatalogueEntry(Base):
     subjects: Mapped[int] = mapped_column(sa.Integer)
     studies: Mapped[int] = mapped_column(sa.Integer)
     document: Mapped[str | None] = mapped_column(SearchVector)
+    facet_values: Mapped[list[str] | None] = mapped_column(FacetValues)
 
 
 class CatalogueFacet(Base):
@@ -176,6 +190,8 @@ class DatabaseSearch(SearchBackend):
             "keywords": list(dataset.keywords), "project": dataset.project,
             "license_id": dataset.license_id, "published_at": dataset.published_at,
             "subjects": dataset.subjects, "studies": dataset.studies,
+            "facet_values": [f"{facet}={value}" for facet, values in
+                             dataset.facet_values().items() for value in values],
         }
         if dialect == "postgresql":
             row["document"] = _pg_document(dataset.name, keywords, dataset.description)
@@ -263,7 +279,7 @@ def _search_once(session: Session, query: CatalogueQuery,
     c = _catalogue.c
     score = rank.element if rank is not None else sa.literal(0.0)  # rank is score DESC
     matches = (sa.select(c.dataset_id, score.label("score"), c.published_at, c.sort_name,
-                         c.subjects).where(*conditions)
+                         c.subjects, c.facet_values).where(*conditions)
                .cte("matches").prefix_with("MATERIALIZED"))
     m = matches.c
 
@@ -281,17 +297,20 @@ def _search_once(session: Session, query: CatalogueQuery,
                      .label(n))
     total = sa.select(sa.literal("total"), sa.null(), sa.null(), sa.func.count()
                       ).select_from(matches)
-    # Every published dataset matches an empty query: its facets need no join.
-    facet_rows = _facets if not conditions else \
-        _facets.join(matches, _facets.c.dataset_id == m.dataset_id)
-    facets = (sa.select(sa.literal("facet"), _facets.c.facet, _facets.c.value, sa.func.count())
-              .select_from(facet_rows).group_by(_facets.c.facet, _facets.c.value))
+    if conditions:
+        value = sa.func.unnest(m.facet_values).table_valued("v").render_derived()
+        facets = (sa.select(sa.literal("facet"), value.c.v, sa.null(), sa.func.count())
+                  .select_from(matches).join(value, sa.true()).group_by(value.c.v))
+    else:  # every published dataset matches: count the facet table as it stands
+        facets = (sa.select(sa.literal("facet"), _facets.c.facet + "=" + _facets.c.value,
+                            sa.null(), sa.func.count())
+                  .group_by(_facets.c.facet, _facets.c.value))
     rows = session.execute(sa.union_all(page, total, facets)).all()
     found = next((r[3] for r in rows if r[0] == "total"), 0)
     if not found:
         return None
     ids = [r[1] for r in sorted((r for r in rows if r[0] == "page"), key=lambda r: r[3])]
-    counts = [(r[1], r[2], r[3]) for r in rows if r[0] == "facet"]
+    counts = [(*r[1].split("=", 1), r[3]) for r in rows if r[0] == "facet"]
     return SearchPage(ids=ids, total=found, page=query.page, per_page=query.per_page,
                       facets=_facet_counts(counts))
 
