@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import requests
 import sqlalchemy as sa
 
@@ -45,7 +44,7 @@ from dataset_service.dicom import dataset_hash
 from dataset_service.models import Dataset, DatasetStudy, Project, Series, Study, Subject
 from dataset_service.search import backend_for
 from vre.config import Config, load_config
-from vre.db import Database, bulk_insert
+from vre.db import Database, bulk_insert, drop_schemas
 from vre.local import service_env
 
 SERVICE, MIGRATIONS = "dataset_service", "dataset_service:migrations"
@@ -320,13 +319,6 @@ def timed_get(http: requests.Session, url: str, params: dict[str, Any] | None = 
     if response.status_code != 200:
         raise SystemExit(f"GET {url} {params}: {response.status_code} {response.text[:300]}")
     return elapsed, response.json()
-
-
-def drop_schemas(database_url: str, prefix: str) -> None:
-    with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
-        for (name,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                                    (prefix + "%",)).fetchall():
-            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 def main() -> int:

@@ -40,7 +40,7 @@ from dataset_service.ingest import Ingestor, IngestReport
 from dataset_service.models import Project
 from dataset_service.repository import Repository
 from vre.config import Config, load_config
-from vre.db import Database
+from vre.db import Database, drop_schemas
 
 SERVICE, MIGRATIONS = "dataset_service", "dataset_service:migrations"
 # Files per subject of the default DemoSpec, about (1.5 studies x 2 series x 16 slices, less
@@ -131,13 +131,6 @@ def ingest_rate(config: Config, source: Path, workers: int) -> tuple[float, Inge
     finally:
         db.engine.dispose()
     return report.files_ingested / elapsed, report
-
-
-def drop_schemas(database_url: str, prefix: str) -> None:
-    with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
-        for (name,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                                    (prefix + "%",)).fetchall():
-            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 def main() -> int:

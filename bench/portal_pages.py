@@ -32,7 +32,6 @@ from urllib.parse import urlencode, urlsplit
 
 import sqlalchemy as sa
 from catalogue_search import (
-    drop_schemas,
     free_port,
     make_config,
     percentile,
@@ -43,7 +42,7 @@ from catalogue_search import (
 )
 
 from vre import local
-from vre.db import Database
+from vre.db import Database, drop_schemas
 from vre.services import service
 
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

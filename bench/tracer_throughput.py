@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import requests
 
 from tracer.chain_jsonrpc import JsonRpcChainClient
@@ -34,6 +33,7 @@ from tracer.devnode import ANVIL_DEV_PRIVATE_KEY, free_port, running_anvil
 from tracer.merkle import MerkleTree, verify_inclusion
 from tracer.verify import LogVerifier
 from vre.config import Config, load_config, to_env
+from vre.db import drop_schemas
 from vre.service_auth import StaticToken
 from vre.tokens import TokenIssuer, generate_signing_key
 
@@ -174,13 +174,6 @@ def check_only_rate(tracer: TracerClient, chain: JsonRpcChainClient) -> float:
     if not report.ok:
         raise SystemExit(f"verification failed: {report.divergence}")
     return report.leaves / elapsed
-
-
-def drop_schemas(database_url: str, prefix: str) -> None:
-    with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
-        for (name,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                                    (prefix + "%",)).fetchall():
-            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 def main() -> int:

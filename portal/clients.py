@@ -45,8 +45,13 @@ def tracer() -> TracerClient:
 
 def trace_verifier() -> TraceVerifier:
     """Checks traces against the chain, not against the tracer's word."""
-    config = config_of()
-    return TraceVerifier(tracer(), chain_client(config, contract_address(config)))
+    chain = current_app.extensions.get("portal.chain")
+    if chain is None:  # one reader per process, once the anchor contract is known
+        config = config_of()
+        chain = chain_client(config, contract_address(config))
+        if chain.address is not None:
+            current_app.extensions["portal.chain"] = chain
+    return TraceVerifier(tracer(), chain)
 
 
 def project_roles(groups: list[str]) -> dict[str, str]:

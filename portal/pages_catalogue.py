@@ -5,6 +5,8 @@ what the dataset service's policy lets them see."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -64,14 +66,21 @@ def resolve_pid(dataset_id: str) -> Any:
     return redirect(url_for("catalogue.landing", dataset_id=dataset_id), code=303)
 
 
-def load(dataset_id: str) -> dict[str, Any]:
-    """The dataset as the caller may see it; 404 when the policy hides it."""
+@contextmanager
+def hidden_as_not_found() -> Iterator[None]:
+    """A dataset the policy hides from the caller is, to them, a page that does not exist."""
     try:
-        return clients.datasets().dataset(dataset_id)
+        yield
     except DatasetError as exc:
         if exc.status in (401, 403, 404):
             abort(404)
         raise
+
+
+def load(dataset_id: str) -> dict[str, Any]:
+    """The dataset as the caller may see it; 404 when the policy hides it."""
+    with hidden_as_not_found():
+        return clients.datasets().dataset(dataset_id)
 
 
 def citation(dataset: dict[str, Any]) -> str:
@@ -108,8 +117,8 @@ def export(dataset_id: str, fmt: str) -> Response:
     """The dataset's metadata in one FAIR format, as a download."""
     if fmt not in EXPORTS:
         abort(404)
-    load(dataset_id)
-    body = clients.datasets().metadata(dataset_id, fmt)
+    with hidden_as_not_found():  # the metadata endpoint asks the policy itself
+        body = clients.datasets().metadata(dataset_id, fmt)
     extension = {"dcat-ttl": "ttl"}.get(fmt, "json")
     response = Response(body, content_type=EXPORTS[fmt][1] + "; charset=utf-8")
     response.headers["Content-Disposition"] = \

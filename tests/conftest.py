@@ -16,7 +16,7 @@ from flask import Flask
 
 from tracer.checkpoints import CheckpointSigner
 from vre.config import Config, load_config
-from vre.db import Database
+from vre.db import Database, drop_schemas
 from vre.services import service
 from vre.tokens import TokenIssuer, generate_signing_key
 
@@ -81,11 +81,7 @@ def config(tmp_path: Path, backend: str, issuer_dir: Path) -> Iterator[Config]:
         values.update(database_url=POSTGRES_URL, database_schema_prefix=prefix)
     yield load_config(env={}, **values)
     if prefix:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                                (prefix + "%",)).fetchall()
-            for (name,) in rows:
-                conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+        drop_schemas(POSTGRES_URL, prefix)
 
 
 @pytest.fixture

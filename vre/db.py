@@ -55,6 +55,21 @@ def schema_name(config: Config, service: str) -> str:
     return f"{config.database_schema_prefix}{service}"
 
 
+def drop_schemas(database_url: str, prefix: str) -> None:
+    """Drop every PostgreSQL schema whose name starts with `prefix` (a test's or a
+    benchmark's own services), with everything in them."""
+    url = make_url(database_url).set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for name in conn.scalars(sa.text(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"),
+                    {"p": prefix.replace("_", r"\_") + "%"}):
+                conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+    finally:
+        engine.dispose()
+
+
 def redact(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
