@@ -10,13 +10,18 @@ from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from dataset_service.models import Dataset, Project
+from dataset_service.models import CatalogueGeneration, Dataset, Project
 from dataset_service.search import CatalogueQuery, DatasetDoc, SearchBackend, backend_for
 from vre.api import PUBLIC, endpoint
+from vre.cache import TimedCache
 from vre.config import Config, ConfigError
+from vre.db import utcnow
 from vre.web import config_of, db_of
 
 bp = Blueprint("catalogue_api", __name__, url_prefix="/api/v1")
+
+# Distinct searches a process keeps answers to (each a page of at most 100 short entries).
+SEARCH_CACHE_ENTRIES = 2_000
 
 
 class CatalogueQueryIn(BaseModel):
@@ -61,9 +66,21 @@ def install(app: Flask, config: Config) -> None:
     except ValueError as exc:
         raise ConfigError("VRE_ELASTICSEARCH_URL", str(exc)) from None
     ready = PreparedOnce(backend)
+
+    def index(session: Session, dataset: Dataset) -> None:
+        index_dataset(ready(), session, dataset)
+        catalogue_changed(session)
+
+    def remove(session: Session, dataset: Dataset) -> None:
+        ready().remove(session, dataset.id)
+        catalogue_changed(session)
+
     app.extensions["dataset.search"] = ready
-    app.extensions["dataset.catalogue_index"] = lambda s, d: index_dataset(ready(), s, d)
-    app.extensions["dataset.catalogue_remove"] = lambda s, d: ready().remove(s, d.id)
+    app.extensions["dataset.catalogue_index"] = index
+    app.extensions["dataset.catalogue_remove"] = remove
+    if config.catalogue_cache_seconds:
+        app.extensions["dataset.search_cache"] = TimedCache[CataloguePage](
+            config.catalogue_cache_seconds, SEARCH_CACHE_ENTRIES)
 
 
 class PreparedOnce:
@@ -89,31 +106,61 @@ def index_dataset(backend: SearchBackend, session: Session, dataset: Dataset) ->
     backend.index(session, DatasetDoc.from_dataset(dataset, project.title if project else ""))
 
 
+def catalogue_changed(session: Session) -> None:
+    """Move the catalogue's generation on, in the change's transaction: searches cached at
+    an older generation are not answered again once it commits. Concurrent changes queue on
+    the one row until each commits, so no two share a generation."""
+    session.execute(sa.update(CatalogueGeneration).where(CatalogueGeneration.id == 1)
+                    .values(generation=CatalogueGeneration.generation + 1,
+                            changed_at=utcnow()))
+
+
+def catalogue_generation(session: Session) -> int:
+    """The catalogue's current generation (read before searching: an answer is then never
+    older than the generation it is kept under)."""
+    return session.scalar(sa.select(CatalogueGeneration.generation)
+                          .where(CatalogueGeneration.id == 1)) or 0
+
+
 @bp.get("/catalogue")
 @endpoint("Search the published datasets", query=CatalogueQueryIn, response=CataloguePage,
           roles=PUBLIC, tags=["catalogue"])
 def search(query: CatalogueQueryIn) -> CataloguePage:
+    wanted = CatalogueQuery(
+        text=query.q, modality=query.modality, body_part=query.body_part,
+        license_id=query.license, project=query.project, sort=query.sort,
+        page=query.page, per_page=query.per_page)
+    cache: TimedCache[CataloguePage] | None = current_app.extensions.get("dataset.search_cache")
+    with db_of().reading() as session:
+        if cache is None:
+            return _search(session, wanted)
+        key = (catalogue_generation(session), wanted)
+        found = cache.get(key)
+        if found is None:
+            found = _search(session, wanted)
+            cache.put(key, found)
+        return found
+
+
+def _search(session: Session, query: CatalogueQuery) -> CataloguePage:
+    """One search, with each hit's catalogue entry from its dataset record."""
     backend: SearchBackend = current_app.extensions["dataset.search"]()
     pid_base = config_of().pid_base
-    with db_of().session() as session:
-        page = backend.search(session, CatalogueQuery(
-            text=query.q, modality=query.modality, body_part=query.body_part,
-            license_id=query.license, project=query.project, sort=query.sort,
-            page=query.page, per_page=query.per_page))
-        rows = {d.id: d for d in session.scalars(sa.select(Dataset).where(
-            Dataset.id.in_(page.ids), Dataset.state == "published"))}
-        results = []
-        for dataset_id in page.ids:
-            dataset = rows.get(dataset_id)
-            if dataset is None:
-                continue
-            stats = dataset.statistics or {}
-            results.append(CatalogueEntry(
-                id=dataset.id, pid=f"{pid_base}/{dataset.id}", name=dataset.name,
-                description=dataset.description, version=dataset.version,
-                license_id=dataset.license_id, keywords=list(dataset.keywords or []),
-                subjects=stats.get("subjects", 0), studies=stats.get("studies", 0),
-                modalities=sorted(stats.get("modalities", {})),
-                body_parts=sorted(stats.get("body_parts", {}))))
+    page = backend.search(session, query)
+    rows = {d.id: d for d in session.scalars(sa.select(Dataset).where(
+        Dataset.id.in_(page.ids), Dataset.state == "published"))}
+    results = []
+    for dataset_id in page.ids:
+        dataset = rows.get(dataset_id)
+        if dataset is None:
+            continue
+        stats = dataset.statistics or {}
+        results.append(CatalogueEntry(
+            id=dataset.id, pid=f"{pid_base}/{dataset.id}", name=dataset.name,
+            description=dataset.description, version=dataset.version,
+            license_id=dataset.license_id, keywords=list(dataset.keywords or []),
+            subjects=stats.get("subjects", 0), studies=stats.get("studies", 0),
+            modalities=sorted(stats.get("modalities", {})),
+            body_parts=sorted(stats.get("body_parts", {}))))
     return CataloguePage(total=page.total, page=page.page, per_page=page.per_page,
                          pages=page.pages, results=results, facets=page.facets)

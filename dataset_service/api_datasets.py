@@ -119,6 +119,11 @@ class DatasetOut(BaseModel):
     next_id: str | None
 
 
+class LandingOut(BaseModel):
+    dataset: DatasetOut
+    schemaorg: dict[str, Any]
+
+
 class InvalidateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=3, max_length=500)
@@ -198,7 +203,7 @@ def _refuse(decision: Decision, dataset_id: str) -> None:
 
 
 def load_dataset(session: Session, dataset_id: str, principal: Principal | None,
-          action: Action) -> Dataset:
+                 action: Action) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
     if dataset is None:
         raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
@@ -343,7 +348,7 @@ def invalidate(dataset_id: str, body: InvalidateIn) -> DatasetOut:
 @endpoint("One dataset's record (published ones are public)", response=DatasetOut,
           roles=PUBLIC, tags=["datasets"])
 def get_dataset(dataset_id: str) -> DatasetOut:
-    with db_of().session() as session:
+    with db_of().reading() as session:
         return _out(load_dataset(session, dataset_id, current_principal(required=False),
                           Action.VIEW_METADATA))
 
@@ -363,7 +368,7 @@ def list_datasets() -> list[DatasetOut]:
 @endpoint("Metadata as DataCite, schema.org JSON-LD or DCAT-AP (Turtle or JSON-LD); by "
           "?format= or Accept", roles=PUBLIC, tags=["datasets"])
 def metadata(dataset_id: str) -> Response:
-    with db_of().session() as session:
+    with db_of().reading() as session:
         dataset = load_dataset(session, dataset_id, current_principal(required=False),
                         Action.VIEW_METADATA)
         record = ds.fair_record(config_of(), session, dataset)
@@ -378,6 +383,17 @@ def metadata(dataset_id: str) -> Response:
         return Response(rendered, mimetype=chosen.media_type.split(";")[0])
     return Response(json.dumps(rendered, ensure_ascii=False, indent=1),
                     content_type=chosen.media_type)
+
+
+@bp.get("/datasets/<dataset_id>/landing")
+@endpoint("One dataset's record and its schema.org JSON-LD: what its landing page shows, "
+          "in one answer", response=LandingOut, roles=PUBLIC, tags=["datasets"])
+def landing(dataset_id: str) -> LandingOut:
+    with db_of().reading() as session:
+        dataset = load_dataset(session, dataset_id, current_principal(required=False),
+                               Action.VIEW_METADATA)
+        record = ds.fair_record(config_of(), session, dataset)
+        return LandingOut(dataset=_out(dataset), schemaorg=fair.schema_org(record))
 
 
 class IntegrityOut(BaseModel):

@@ -37,6 +37,10 @@ class DatasetClient(ServiceClient):
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/v1/datasets/{dataset_id}")
 
+    def landing(self, dataset_id: str) -> dict[str, Any]:
+        """{"dataset": the record, "schemaorg": its schema.org JSON-LD}, in one call."""
+        return self._call("GET", f"/api/v1/datasets/{dataset_id}/landing")
+
     def metadata(self, dataset_id: str, fmt: str) -> str:
         """The record rendered as datacite, schemaorg, dcat-turtle or dcat-jsonld (text)."""
         return self._call("GET", f"/api/v1/datasets/{dataset_id}/metadata",

@@ -238,3 +238,15 @@ class RevokedUser(Base):
 
 # The catalogue's tables live with their search backend; importing it puts them on Base.metadata.
 from dataset_service.search import database as _catalogue_tables  # noqa: E402, F401
+
+
+class CatalogueGeneration(Base):
+    """How often the public catalogue has changed (one row): every publication, edit of a
+    published dataset and withdrawal adds one, in the change's own transaction, so a cached
+    search is known to be current by the generation it was made at, on any replica."""
+
+    __tablename__ = "catalogue_generation"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)  # always 1
+    generation: Mapped[int] = mapped_column(sa.BigInteger)
+    changed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

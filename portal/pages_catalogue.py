@@ -4,7 +4,7 @@ what the dataset service's policy lets them see."""
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -40,11 +40,11 @@ def _state() -> dict[str, str]:
     return {k: v for k, v in state.items() if v}
 
 
-def _url(state: dict[str, str], **changes: Any) -> str:
-    merged = {**state, **{k: v for k, v in changes.items()}}
-    merged = {k: v for k, v in merged.items() if v not in (None, "", 1)}
+def _url(base: str, state: dict[str, str], **changes: Any) -> str:
+    """The catalogue at `state` with `changes` (None removes a key; page 1 is the default)."""
+    merged = {k: v for k, v in {**state, **changes}.items() if v not in (None, "", 1)}
     query = urlencode(merged)
-    return url_for("catalogue.catalogue") + ("?" + query if query else "")
+    return base + ("?" + query if query else "")
 
 
 @bp.get("/catalogue")
@@ -56,8 +56,8 @@ def catalogue() -> Any:
         page = 1
     found = clients.datasets(as_user=False).catalogue(**state, page=page, per_page=20)
     return render_template("catalogue.html", found=found, state=state, page=page,
-                           url=lambda **c: _url(state, **c), sorts=SORTS,
-                           facet_labels=FACET_LABELS)
+                           url=functools.partial(_url, url_for("catalogue.catalogue"), state),
+                           sorts=SORTS, facet_labels=FACET_LABELS)
 
 
 @bp.get("/pid/<dataset_id>")
@@ -104,10 +104,10 @@ def paragraphs(text: str) -> list[str]:
 
 @bp.get("/datasets/<dataset_id>")
 def landing(dataset_id: str) -> Any:
-    dataset = load(dataset_id)
-    client = clients.datasets()
-    json_ld = json.loads(client.metadata(dataset_id, "schemaorg"))
-    return render_template("landing.html", dataset=dataset, json_ld=json_ld,
+    with hidden_as_not_found():
+        found = clients.datasets().landing(dataset_id)
+    dataset = found["dataset"]
+    return render_template("landing.html", dataset=dataset, json_ld=found["schemaorg"],
                            citation=citation(dataset), paragraphs=paragraphs,
                            exports=EXPORTS, signed_in=current_user.is_authenticated)
 

@@ -120,7 +120,7 @@ def usernames(user_ids: set[str]) -> dict[str, str]:
     """Who the ids in the ledger are, for people reading a page (services keep their id)."""
     with db_of().session() as session:
         return dict(session.execute(sa.select(User.id, User.username).where(
-            User.id.in_(user_ids))).tuples().all())
+            User.id.in_(user_ids))).all())
 
 
 @bp.get("/datasets/<dataset_id>/access-log")

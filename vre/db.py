@@ -191,11 +191,15 @@ class Database:
     engine: Engine
     sessions: sessionmaker[Session]
     migrations: str
+    readers: sessionmaker[Session]
 
     @classmethod
     def for_service(cls, config: Config, service: str, migrations: str) -> Database:
         engine = create_engine(config, service)
-        return cls(engine, sessionmaker(engine, expire_on_commit=False), migrations)
+        # Same pool; statements run outside a transaction (no BEGIN, no COMMIT).
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        return cls(engine, sessionmaker(engine, expire_on_commit=False), migrations,
+                   sessionmaker(autocommit, expire_on_commit=False))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -207,6 +211,17 @@ class Database:
         except BaseException:
             session.rollback()
             raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only, outside any transaction: two round trips fewer than a
+        unit of work, for the hot public reads. Each statement sees what was committed when
+        it ran; a write here would commit at once, so nothing that writes belongs in it."""
+        session = self.readers()
+        try:
+            yield session
         finally:
             session.close()
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from dataset_service import datasets as ds
-from dataset_service.models import Instance, Project, Series
+from dataset_service.models import Dataset, Instance, Project, Series
 from tests.dataset_helpers import DATASET, create, grant
 from tests.helpers import auth
 from tracer.client import TracerClient
@@ -51,6 +51,24 @@ def test_release_publish_and_the_public_record(platform, steward) -> None:
     assert datacite.get_json()["titles"][0]["title"] == "Chest CT pilot"
     bad = client.get(f"/api/v1/datasets/{dataset['id']}/metadata?format=pdf")
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "unknown_format"
+    landing = client.get(f"/api/v1/datasets/{dataset['id']}/landing").get_json()
+    assert landing["dataset"] == public.get_json()
+    assert landing["schemaorg"] == client.get(
+        f"/api/v1/datasets/{dataset['id']}/metadata?format=schemaorg").get_json()
+
+
+def test_a_landing_is_shown_to_whom_the_record_is(platform, steward, token) -> None:
+    service, _ = platform
+    client = service.test_client()
+    draft = create(service, steward)
+    path = f"/api/v1/datasets/{draft['id']}/landing"
+    assert client.get(path).status_code == 404, "a draft is not public"
+    outsider = auth(token("res-9", "researcher"))
+    assert client.get(path, headers=outsider).status_code == 404
+    own = client.get(path, headers=steward)
+    assert own.status_code == 200 and own.get_json()["dataset"]["state"] == "draft"
+    assert own.get_json()["schemaorg"]["name"] == draft["name"]
+    assert client.get("/api/v1/datasets/no-such-id/landing").status_code == 404
 
 
 def test_a_grant_mounts_exactly_the_dataset_read_only(platform, steward, portal) -> None:
@@ -206,6 +224,37 @@ def test_published_datasets_are_found_in_the_public_catalogue(platform, steward)
     assert client.get("/api/v1/catalogue?q=thorax").get_json()["total"] == 0
 
 
+def test_catalogue_answers_are_kept_until_the_catalogue_changes(platform, steward) -> None:
+    service, _ = platform
+    client = service.test_client()
+    shown = create(service, steward, name="Chest CT pilot", keywords=["thorax"])
+    for step in ("release", "publish"):
+        client.post(f"/api/v1/datasets/{shown['id']}/{step}", headers=steward)
+
+    def names() -> list[str]:
+        return [r["name"] for r in client.get("/api/v1/catalogue?q=thorax")
+                .get_json()["results"]]
+
+    assert names() == ["Chest CT pilot"]
+    # A change behind the service's back (not a catalogue change): the kept answer stands.
+    with service.extensions["vre.db"].session() as session:
+        session.execute(sa.update(Dataset).where(Dataset.id == shown["id"])
+                        .values(name="Renamed behind its back"))
+    assert names() == ["Chest CT pilot"]
+    # Any catalogue change (here an edit of the published dataset) is seen at once.
+    edited = client.patch(f"/api/v1/datasets/{shown['id']}", headers=steward,
+                          json={"description": "Low-dose chest CT."})
+    assert edited.status_code == 200, edited.get_json()
+    assert names() == ["Renamed behind its back"]
+    other = create(service, steward, name="Second thorax set", keywords=["thorax"])
+    for step in ("release", "publish"):
+        client.post(f"/api/v1/datasets/{other['id']}/{step}", headers=steward)
+    assert sorted(names()) == ["Renamed behind its back", "Second thorax set"]
+    client.post(f"/api/v1/datasets/{other['id']}/invalidate", headers=steward,
+                json={"reason": "withdrawn by the hospital"})
+    assert names() == ["Renamed behind its back"]
+
+
 def test_access_requests_are_decided_by_stewards_and_traced(platform, steward, portal,
                                                             token) -> None:
     service, auditor = platform
@@ -298,5 +347,7 @@ def test_a_published_pid_keeps_resolving_after_invalidation(platform, steward) -
     assert record.status_code == 200
     assert record.get_json()["invalidation_reason"] == "labels were wrong"
     assert client.get(f"/api/v1/datasets/{published_one['id']}/metadata").status_code == 200
+    landing = client.get(f"/api/v1/datasets/{published_one['id']}/landing").get_json()
+    assert landing["dataset"]["invalidation_reason"] == "labels were wrong"
     assert client.get(f"/api/v1/datasets/{released_one['id']}").status_code == 404, \
         "never public, so not public now"
