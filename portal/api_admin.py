@@ -64,7 +64,7 @@ def _member_projects(principal: Principal, projects: list[str]) -> frozenset[str
         return frozenset(projects)
     token = bearer_token(request.headers.get("Authorization"))
     client = DatasetClient(config_of().url_of("dataset_service"), StaticToken(token or ""),
-                           session=current_app.extensions["portal.http"])
+                           pool=current_app.extensions["portal.http"])
     for project in projects:
         try:
             members = client.members(project)

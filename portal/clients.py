@@ -4,7 +4,6 @@ portal's own service token; one HTTP connection pool per portal process."""
 
 from __future__ import annotations
 
-import requests
 from flask import Flask, current_app
 from flask_login import current_user
 
@@ -12,19 +11,14 @@ from dataset_service.client import DatasetClient, DatasetError
 from portal.identity import access_token, identity_of
 from tracer.chain import chain_client, contract_address
 from tracer.client import TracerClient, TraceVerifier
+from vre.client import connection_pool
 from vre.service_auth import StaticToken
 from vre.web import config_of
 
 
 def install(app: Flask) -> None:
-    """One pooled HTTP session and one service token per portal app."""
-    http = requests.Session()
-    # The platform's own services are called directly: no proxy or netrc lookups from the
-    # environment on every call (they cost more than the call's own work).
-    http.trust_env = False
-    http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=32))
-    http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=32))
-    app.extensions["portal.http"] = http
+    """One connection pool and one service token per portal app."""
+    app.extensions["portal.http"] = connection_pool(max_per_host=32)
     app.extensions["portal.service_token"] = identity_of(app).service_tokens(app)
 
 
@@ -33,14 +27,14 @@ def datasets(as_user: bool = True) -> DatasetClient:
     tokens = StaticToken(access_token()) if as_user and current_user.is_authenticated \
         else None
     return DatasetClient(config_of().url_of("dataset_service"), tokens,
-                         session=current_app.extensions["portal.http"])
+                         pool=current_app.extensions["portal.http"])
 
 
 def tracer() -> TracerClient:
     """The tracer as the portal service: only after the dataset policy allowed the read."""
     return TracerClient(config_of().url_of("tracer"),
                         current_app.extensions["portal.service_token"],
-                        session=current_app.extensions["portal.http"])
+                        pool=current_app.extensions["portal.http"])
 
 
 def trace_verifier() -> TraceVerifier:
@@ -75,7 +69,7 @@ def sync_memberships(user_id: str, groups: list[str]) -> list[str]:
         return []
     client = DatasetClient(config_of().url_of("dataset_service"),
                            current_app.extensions["portal.service_token"],
-                           session=current_app.extensions["portal.http"])
+                           pool=current_app.extensions["portal.http"])
     joined = []
     for project, role in sorted(wanted.items()):
         try:

@@ -3,9 +3,13 @@ JSON error model turned back into exceptions that carry status, stable code and 
 
 from __future__ import annotations
 
+import json as _json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
-import requests
+import urllib3
 
 from vre.service_auth import TokenSource
 
@@ -29,6 +33,29 @@ class ServiceUnavailable(ServiceError):
     """The service could not be reached or failed on its side (5xx): nothing was done."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A service's raw answer, for the few calls that read more than its JSON body."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return _json.loads(self.content)
+
+
+def connection_pool(max_per_host: int = 10) -> urllib3.PoolManager:
+    """Keep-alive connections to the platform's services, for one process to share. Plain
+    urllib3: no proxy or netrc lookups from the environment and no retries; a call that
+    fails is the caller's to handle, never silently repeated."""
+    return urllib3.PoolManager(num_pools=8, maxsize=max_per_host, retries=False)
+
+
 class ServiceClient:
     """Calls one service's `/api/v1`; subclasses name their own error classes."""
 
@@ -36,28 +63,38 @@ class ServiceClient:
     unavailable: ClassVar[type[ServiceError]] = ServiceUnavailable
 
     def __init__(self, base_url: str, tokens: TokenSource | None = None,
-                 timeout: float = 10.0, session: requests.Session | None = None) -> None:
+                 timeout: float = 10.0, pool: urllib3.PoolManager | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
-        self.timeout = timeout
-        self.http = session or requests.Session()
+        self.timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self.pool = pool or connection_pool()
 
-    def _call(self, method: str, path: str, *, raw: bool = False, **kw: Any) -> Any:
-        headers = kw.pop("headers", {})
+    def _call(self, method: str, path: str, *, raw: bool = False,
+              params: Mapping[str, Any] | None = None, json: Any = None) -> Any:
+        headers = {"Accept": "application/json"}
         if self.tokens is not None:
             headers["Authorization"] = f"Bearer {self.tokens.token()}"
+        url = self.base_url + path
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        if query:
+            url += "?" + urlencode(query, doseq=True)
+        body = None
+        if json is not None:
+            body = _json.dumps(json).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            response = self.http.request(method, self.base_url + path, headers=headers,
-                                         timeout=self.timeout, **kw)
-        except requests.RequestException as exc:
+            response = self.pool.request(method, url, body=body, headers=headers,
+                                         timeout=self.timeout, redirect=False)
+        except urllib3.exceptions.HTTPError as exc:
             raise self.unavailable(0, f"{self.error.service}_unavailable", str(exc)) from exc
-        if response.status_code >= 400:
+        answer = Answer(response.status, response.headers, response.data)
+        if answer.status >= 400:
             try:
-                error = response.json()["error"]
+                error = answer.json()["error"]
                 code, message = error["code"], error["message"]
                 field, details = error.get("field"), error.get("details")
             except (ValueError, KeyError, TypeError):
-                code, message, field, details = "http_error", response.text[:200], None, None
-            cls = self.unavailable if response.status_code >= 500 else self.error
-            raise cls(response.status_code, code, message, field, details)
-        return response if raw else response.json()
+                code, message, field, details = "http_error", answer.text[:200], None, None
+            cls = self.unavailable if answer.status >= 500 else self.error
+            raise cls(answer.status, code, message, field, details)
+        return answer if raw else answer.json()
