@@ -6,7 +6,7 @@ import threading
 from typing import Literal
 
 import sqlalchemy as sa
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
@@ -79,7 +79,7 @@ def install(app: Flask, config: Config) -> None:
     app.extensions["dataset.catalogue_index"] = index
     app.extensions["dataset.catalogue_remove"] = remove
     if config.catalogue_cache_seconds:
-        app.extensions["dataset.search_cache"] = TimedCache[CataloguePage](
+        app.extensions["dataset.search_cache"] = TimedCache[bytes](
             config.catalogue_cache_seconds, SEARCH_CACHE_ENTRIES)
 
 
@@ -125,21 +125,26 @@ def catalogue_generation(session: Session) -> int:
 @bp.get("/catalogue")
 @endpoint("Search the published datasets", query=CatalogueQueryIn, response=CataloguePage,
           roles=PUBLIC, tags=["catalogue"])
-def search(query: CatalogueQueryIn) -> CataloguePage:
+def search(query: CatalogueQueryIn) -> Response:
     wanted = CatalogueQuery(
         text=query.q, modality=query.modality, body_part=query.body_part,
         license_id=query.license, project=query.project, sort=query.sort,
         page=query.page, per_page=query.per_page)
-    cache: TimedCache[CataloguePage] | None = current_app.extensions.get("dataset.search_cache")
+    cache: TimedCache[bytes] | None = current_app.extensions.get("dataset.search_cache")
     with db_of().reading() as session:
         if cache is None:
-            return _search(session, wanted)
+            return _answer(_search(session, wanted))
         key = (catalogue_generation(session), wanted)
-        found = cache.get(key)
-        if found is None:
-            found = _search(session, wanted)
-            cache.put(key, found)
-        return found
+        body = cache.get(key)
+        if body is None:
+            body = _answer(_search(session, wanted)).get_data()
+            cache.put(key, body)
+    return current_app.response_class(body, mimetype="application/json")
+
+
+def _answer(page: CataloguePage) -> Response:
+    """The page as JSON, kept as it is sent (a kept search costs no serialising again)."""
+    return jsonify(page.model_dump(mode="json"))
 
 
 def _search(session: Session, query: CatalogueQuery) -> CataloguePage:

@@ -5,7 +5,7 @@ what the dataset service's policy lets them see."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -55,9 +55,25 @@ def catalogue() -> Any:
     except ValueError:
         page = 1
     found = clients.datasets(as_user=False).catalogue(**state, page=page, per_page=20)
+    base = url_for("catalogue.catalogue")
     return render_template("catalogue.html", found=found, state=state, page=page,
-                           url=functools.partial(_url, url_for("catalogue.catalogue"), state),
+                           url=functools.partial(_url, base, state),
+                           filter_url=_filter_links(base, state),
                            sorts=SORTS, facet_labels=FACET_LABELS)
+
+
+def _filter_links(base: str, state: dict[str, str]) -> Callable[[str, str], str]:
+    """filter_url(facet, value): the search narrowed to one facet value, back on page 1.
+    A page has a link per facet value; each facet's shared part is encoded once."""
+    prefixes: dict[str, str] = {}
+
+    def filter_url(facet: str, value: str) -> str:
+        if facet not in prefixes:
+            prefixes[facet] = _url(base, state, **{facet: None})
+            prefixes[facet] += "&" if "?" in prefixes[facet] else "?"
+        return prefixes[facet] + urlencode({facet: value})
+
+    return filter_url
 
 
 @bp.get("/pid/<dataset_id>")
