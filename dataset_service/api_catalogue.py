@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, jsonify
@@ -61,8 +61,13 @@ class CataloguePage(BaseModel):
 
 def install(app: Flask, config: Config) -> None:
     """Choose the search backend from configuration and hook it into publication."""
+    options: dict[str, Any] = {}
+    if config.search_backend == "elasticsearch" and config.catalogue_cache_seconds:
+        # A kept search must not miss a change its generation counts: each write is
+        # searchable before the change's transaction moves the generation on and commits.
+        options["refresh"] = "wait_for"
     try:
-        backend = backend_for(config.search_backend, config.elasticsearch_url)
+        backend = backend_for(config.search_backend, config.elasticsearch_url, **options)
     except ValueError as exc:
         raise ConfigError("VRE_ELASTICSEARCH_URL", str(exc)) from None
     ready = PreparedOnce(backend)
@@ -91,6 +96,11 @@ class PreparedOnce:
         self._backend = backend
         self._prepared = False
         self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> SearchBackend:
+        """The backend as configured, prepared or not."""
+        return self._backend
 
     def __call__(self) -> SearchBackend:
         if not self._prepared:

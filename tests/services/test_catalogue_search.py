@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from dataset_service import create_app
 from dataset_service.models import Base, Dataset
 from dataset_service.search import (
     FACETS,
@@ -30,6 +31,8 @@ from dataset_service.search.database import (
     fts_rowid,
     websearch_text,
 )
+from dataset_service.search.elastic import ElasticsearchSearch
+from vre.config import Config
 from vre.db import Database
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -511,3 +514,18 @@ def test_hostile_filter_values_match_nothing(db: Database, catalogue: DatabaseSe
 def test_blank_filter_values_are_no_filter(db: Database, catalogue: DatabaseSearch,
                                            value: str) -> None:
     assert search(db, catalogue, modality=value, project=value).total == 30
+
+
+@pytest.mark.parametrize(("cache_seconds", "refresh"), [(60, "wait_for"), (0, False)])
+def test_kept_searches_make_elasticsearch_writes_wait_until_searchable(
+        config: Config, cache_seconds: int, refresh: str | bool) -> None:
+    """With searches kept per catalogue generation, a write must be searchable before its
+    transaction moves the generation on; without the cache, near-real-time is enough."""
+    app = create_app(config.model_copy(update={
+        "search_backend": "elasticsearch", "elasticsearch_url": "http://127.0.0.1:9",
+        "catalogue_cache_seconds": cache_seconds}))
+    try:
+        backend = app.extensions["dataset.search"].backend
+        assert isinstance(backend, ElasticsearchSearch) and backend.refresh == refresh
+    finally:
+        app.extensions["vre.db"].engine.dispose()
