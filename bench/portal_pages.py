@@ -7,7 +7,7 @@ has been asked its searches before, and the dataset service keeps their answers 
 catalogue changes; the line "no search cache" shows the catalogue page with every search
 run in PostgreSQL.
 
-The portal and the dataset service run as `vre serve` runs them (gunicorn, real HTTP); the
+The portal and the dataset service run as `vre serve` runs them (Granian, real HTTP); the
 catalogue is populated by bench/catalogue_search.py's populate (the rows and search index
 10,000 publish calls would leave). Catalogue requests mix free text, facet filters, sorts and
 pages; landing requests pick datasets at random.

@@ -263,7 +263,7 @@ def leaf_events(chain_url: str, contract: str) -> list[tuple[int, bytes]]:
 # -- the tracer as its own process ----------------------------------------------------------------
 
 class TracerProcess:
-    """`python -m vre serve tracer` (gunicorn) in its own session, so it can be killed whole."""
+    """`python -m vre serve tracer` (Granian) in its own session, so it can be killed whole."""
 
     def __init__(self, config: Config, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
@@ -291,7 +291,7 @@ class TracerProcess:
 
     def kill(self) -> None:
         """SIGKILL the server and its worker at once: no graceful shutdown, no flush."""
-        # The group is the one this process was started in (start_new_session): the gunicorn
+        # The group is the one this process was started in (start_new_session): the server
         # master and its worker, nothing else.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)

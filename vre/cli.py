@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -92,8 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _config(args)
     svc = service(args.service)
-    app = svc.module().create_app(config)
-    serve(app, config, config.port_of(svc.name))
+    # The workers build the app from the environment: it must say what was resolved here.
+    os.environ["VRE_HOME"] = str(config.home)
+    svc.module().create_app(config)  # a bad configuration stops here, with its message
+    serve(svc, config, config.port_of(svc.name))
     return 0
 
 

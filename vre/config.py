@@ -99,8 +99,9 @@ class Config(BaseModel):
     admin_user: str = Field("admin", pattern=r"^[a-z][a-z0-9_.-]{1,63}$")
     admin_password: str | None = Field(None, min_length=8, description="First admin's password.")
     demo_data: bool = Field(True, description="Load demo data on first start.")
-    threads: int = Field(8, ge=1, le=64, description="Request threads per service process.")
-    workers: int = Field(1, ge=1, le=64, description="Processes per service (gunicorn "
+    threads: int = Field(8, ge=1, le=64, description="Python threads running requests per "
+                         "service process (requests wait on databases and other services).")
+    workers: int = Field(1, ge=1, le=64, description="Processes per service (server "
                          "workers); pages are CPU-bound, so more processes use more cores.")
     tracer_key_file: Path | None = Field(
         None, description="PEM Ed25519 key the tracer signs checkpoints with.")

@@ -1,40 +1,22 @@
-"""Serves one service's app with gunicorn (threads, graceful stop on SIGTERM)."""
+"""Serves one service's app with Granian: HTTP handled by its Rust runtime, the Flask app
+run on a pool of Python threads per worker process; graceful stop on SIGTERM."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Flask
-from gunicorn.app.base import BaseApplication
+from granian import Granian
+from granian.constants import Interfaces
+from granian.log import LogLevels
 
 from vre.config import Config
+from vre.services import Service
 
 
-class _Server(BaseApplication):  # type: ignore[misc]
-    def __init__(self, app: Flask, options: dict[str, Any]) -> None:
-        self.application = app
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        return self.application
-
-
-def serve(app: Flask, config: Config, port: int) -> None:
-    """Run until SIGTERM/SIGINT; the app logs each request itself."""
-    _Server(app, {
-        "bind": f"{config.host}:{port}",
-        "workers": config.workers,
-        "worker_class": "gthread",
-        "threads": config.threads,
-        "graceful_timeout": 10,
-        "timeout": 120,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": "warning",
-        "proc_name": "vre",
-    }).run()
+def serve(svc: Service, config: Config, port: int) -> None:
+    """Run until SIGTERM/SIGINT. Each worker builds the app with `create_app()` from the
+    environment, as the caller did to check it; the app logs each request itself."""
+    Granian(
+        f"{svc.package}:create_app", factory=True, interface=Interfaces.WSGI,
+        address=config.host, port=port, workers=config.workers,
+        blocking_threads=config.threads, log_level=LogLevels.warning, log_access=False,
+        respawn_failed_workers=True, workers_kill_timeout=10,
+    ).serve()
