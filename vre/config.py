@@ -156,9 +156,9 @@ class Config(BaseModel):
         30, ge=0, le=3600, description="How long the portal keeps public pages (catalogue, "
         "landing pages) it served to anonymous visitors; 0 turns the cache off.")
     catalogue_cache_seconds: int = Field(
-        60, ge=0, le=3600, description="How long the dataset service keeps a catalogue search "
-        "it answered; any change to the catalogue makes older answers unused at once, so this "
-        "only bounds memory and a search backend's own refresh delay. 0 turns it off.")
+        600, ge=0, le=86_400, description="How long the dataset service keeps a catalogue "
+        "search it answered; any change to the catalogue retires older answers at once, so "
+        "this only bounds how long an unchanged catalogue's answers stay. 0 turns it off.")
     signin_limit_per_user: int = Field(
         10, ge=1, le=10_000, description="Sign-in attempts allowed per user name a minute.")
     host_cpus: float | None = Field(
