@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -120,16 +121,21 @@ def catalogue_changed(session: Session) -> None:
     """Move the catalogue's generation on, in the change's transaction: searches cached at
     an older generation are not answered again once it commits. Concurrent changes queue on
     the one row until each commits, so no two share a generation."""
-    session.execute(sa.update(CatalogueGeneration).where(CatalogueGeneration.id == 1)
-                    .values(generation=CatalogueGeneration.generation + 1,
-                            changed_at=utcnow()))
+    moved = session.execute(sa.update(CatalogueGeneration).where(CatalogueGeneration.id == 1)
+                            .values(generation=CatalogueGeneration.generation + 1,
+                                    changed_at=utcnow()))
+    if moved.rowcount == 0:  # the row migration 0006 made is gone: start counting again
+        session.add(CatalogueGeneration(id=1, generation=1, changed_at=utcnow()))
 
 
-def catalogue_generation(session: Session) -> int:
-    """The catalogue's current generation (read before searching: an answer is then never
-    older than the generation it is kept under)."""
-    return session.scalar(sa.select(CatalogueGeneration.generation)
-                          .where(CatalogueGeneration.id == 1)) or 0
+def catalogue_generation(session: Session) -> tuple[int, datetime] | None:
+    """The catalogue's current generation with the time it began (read before searching:
+    an answer is then never older than the generation it is kept under; the time tells a
+    count started again apart from the old one)."""
+    row = session.execute(sa.select(CatalogueGeneration.generation,
+                                    CatalogueGeneration.changed_at)
+                          .where(CatalogueGeneration.id == 1)).first()
+    return (row[0], row[1]) if row else None
 
 
 @bp.get("/catalogue")

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from dataset_service import datasets as ds
-from dataset_service.models import Dataset, Instance, Project, Series
+from dataset_service.models import CatalogueGeneration, Dataset, Instance, Project, Series
 from tests.dataset_helpers import DATASET, create, grant
 from tests.helpers import auth
 from tracer.client import TracerClient
@@ -253,6 +253,13 @@ def test_catalogue_answers_are_kept_until_the_catalogue_changes(platform, stewar
     client.post(f"/api/v1/datasets/{other['id']}/invalidate", headers=steward,
                 json={"reason": "withdrawn by the hospital"})
     assert names() == ["Renamed behind its back"]
+    # Were the generation's row lost, the next change would start counting again.
+    with service.extensions["vre.db"].session() as session:
+        session.execute(sa.delete(CatalogueGeneration))
+    assert names() == ["Renamed behind its back"]
+    client.patch(f"/api/v1/datasets/{shown['id']}", headers=steward,
+                 json={"name": "Chest CT pilot, second edition"})
+    assert names() == ["Chest CT pilot, second edition"]
 
 
 def test_access_requests_are_decided_by_stewards_and_traced(platform, steward, portal,
