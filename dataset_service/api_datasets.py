@@ -369,9 +369,7 @@ def list_datasets() -> list[DatasetOut]:
           "?format= or Accept", roles=PUBLIC, tags=["datasets"])
 def metadata(dataset_id: str) -> Response:
     with db_of().reading() as session:
-        dataset = load_dataset(session, dataset_id, current_principal(required=False),
-                        Action.VIEW_METADATA)
-        record = ds.fair_record(config_of(), session, dataset)
+        _, record = _metadata_of(session, dataset_id)
     try:
         name = fair.negotiate(request.headers.get("Accept"), request.args.get("format"))
     except fair.UnknownFormat as exc:
@@ -390,10 +388,15 @@ def metadata(dataset_id: str) -> Response:
           "in one answer", response=LandingOut, roles=PUBLIC, tags=["datasets"])
 def landing(dataset_id: str) -> LandingOut:
     with db_of().reading() as session:
-        dataset = load_dataset(session, dataset_id, current_principal(required=False),
-                               Action.VIEW_METADATA)
-        record = ds.fair_record(config_of(), session, dataset)
+        dataset, record = _metadata_of(session, dataset_id)
         return LandingOut(dataset=_out(dataset), schemaorg=fair.schema_org(record))
+
+
+def _metadata_of(session: Session, dataset_id: str) -> tuple[Dataset, fair.DatasetRecord]:
+    """The dataset, if the caller may see its metadata, and the record its formats render."""
+    dataset = load_dataset(session, dataset_id, current_principal(required=False),
+                           Action.VIEW_METADATA)
+    return dataset, ds.fair_record(config_of(), session, dataset)
 
 
 class IntegrityOut(BaseModel):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -16,11 +16,13 @@ V = TypeVar("V")
 class TimedCache(Generic[V]):
     """key -> value for `seconds`, at most `max_entries` of them."""
 
-    def __init__(self, seconds: float, max_entries: int) -> None:
+    def __init__(self, seconds: float, max_entries: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if seconds <= 0 or max_entries <= 0:
             raise ValueError("a cache needs a positive lifetime and size")
         self.seconds = seconds
         self.max_entries = max_entries
+        self._clock = clock
         self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -30,7 +32,7 @@ class TimedCache(Generic[V]):
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if entry[0] < time.monotonic():
+            if entry[0] < self._clock():
                 del self._entries[key]
                 return None
             self._entries.move_to_end(key)
@@ -38,7 +40,7 @@ class TimedCache(Generic[V]):
 
     def put(self, key: Hashable, value: V) -> None:
         with self._lock:
-            self._entries[key] = (time.monotonic() + self.seconds, value)
+            self._entries[key] = (self._clock() + self.seconds, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

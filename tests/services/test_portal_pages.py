@@ -111,7 +111,6 @@ def test_forms_without_the_csrf_token_are_refused(site, steward) -> None:
     assert "draft" in client.get(f"/datasets/{dataset['id']}/manage").get_data(as_text=True)
 
 
-
 def test_public_pages_are_cached_for_anonymous_visitors_only(site, steward) -> None:
     dataset = published(site, steward)
     anonymous = site["portal"].test_client()

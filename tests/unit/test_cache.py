@@ -6,14 +6,12 @@ import threading
 
 import pytest
 
-from vre import cache as cache_module
 from vre.cache import TimedCache
 
 
-def test_values_expire_after_their_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_values_expire_after_their_time() -> None:
     now = [100.0]
-    monkeypatch.setattr(cache_module.time, "monotonic", lambda: now[0])
-    kept: TimedCache[str] = TimedCache(seconds=5, max_entries=10)
+    kept: TimedCache[str] = TimedCache(seconds=5, max_entries=10, clock=lambda: now[0])
     kept.put("a", "first")
     now[0] += 4.9
     assert kept.get("a") == "first"
