@@ -1,19 +1,23 @@
-"""The public catalogue: search published datasets (no sign-in), with facets."""
+"""The public catalogue: search published datasets (no sign-in), with facets; and the
+catalogue's generation, which moves on with every change a public reader could see, so that
+answers the same for everyone (a search, a published record) are kept until it moves."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Callable, Hashable
 from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from flask import Blueprint, Flask, Response, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from dataset_service.models import CatalogueGeneration, Dataset, Project
 from dataset_service.search import CatalogueQuery, DatasetDoc, SearchBackend, backend_for
-from vre.api import PUBLIC, endpoint
+from vre.api import PUBLIC, endpoint, to_json
 from vre.cache import TimedCache
 from vre.config import Config, ConfigError
 from vre.db import utcnow
@@ -21,8 +25,9 @@ from vre.web import config_of, db_of
 
 bp = Blueprint("catalogue_api", __name__, url_prefix="/api/v1")
 
-# Distinct searches a process keeps answers to (each a page of at most 100 short entries).
-SEARCH_CACHE_ENTRIES = 2_000
+# Answers a process keeps, by kind: distinct searches (each a page of at most 100 short
+# entries) and published records (a few kilobytes each; a catalogue's worth of them).
+PUBLIC_ANSWER_ENTRIES = {"search": 2_000, "record": 20_000}
 
 
 class CatalogueQueryIn(BaseModel):
@@ -75,18 +80,19 @@ def install(app: Flask, config: Config) -> None:
 
     def index(session: Session, dataset: Dataset) -> None:
         index_dataset(ready(), session, dataset)
-        catalogue_changed(session)
 
     def remove(session: Session, dataset: Dataset) -> None:
         ready().remove(session, dataset.id)
-        catalogue_changed(session)
 
     app.extensions["dataset.search"] = ready
     app.extensions["dataset.catalogue_index"] = index
     app.extensions["dataset.catalogue_remove"] = remove
+    # Indexing and removal always come with a change to a public record, in one transaction.
+    sa.event.listen(db_of(app).sessions, "before_flush", _public_changes)
     if config.catalogue_cache_seconds:
-        app.extensions["dataset.search_cache"] = TimedCache[bytes](
-            config.catalogue_cache_seconds, SEARCH_CACHE_ENTRIES)
+        app.extensions["dataset.public_answers"] = {
+            kind: TimedCache[bytes](config.catalogue_cache_seconds, entries)
+            for kind, entries in PUBLIC_ANSWER_ENTRIES.items()}
 
 
 class PreparedOnce:
@@ -117,6 +123,17 @@ def index_dataset(backend: SearchBackend, session: Session, dataset: Dataset) ->
     backend.index(session, DatasetDoc.from_dataset(dataset, project.title if project else ""))
 
 
+def _public_changes(session: Session, _context: Any, _instances: Any) -> None:
+    """Before a flush: a dataset whose record is public, or a project such records name,
+    that is added, changed or deleted is a change of the catalogue."""
+    def seen(o: object) -> bool:
+        return isinstance(o, Project) or (isinstance(o, Dataset) and o.record_is_public)
+
+    if any(seen(o) for o in (*session.new, *session.deleted)) or any(
+            seen(o) and session.is_modified(o) for o in session.dirty):
+        catalogue_changed(session)
+
+
 def catalogue_changed(session: Session) -> None:
     """Move the catalogue's generation on, in the change's transaction: searches cached at
     an older generation are not answered again once it commits. Concurrent changes queue on
@@ -128,13 +145,15 @@ def catalogue_changed(session: Session) -> None:
         session.add(CatalogueGeneration(id=1, generation=1, changed_at=utcnow()))
 
 
+_GENERATION = sa.select(CatalogueGeneration.generation, CatalogueGeneration.changed_at) \
+    .where(CatalogueGeneration.id == 1)
+
+
 def catalogue_generation(session: Session) -> tuple[int, datetime] | None:
     """The catalogue's current generation with the time it began (read before searching:
     an answer is then never older than the generation it is kept under; the time tells a
     count started again apart from the old one)."""
-    row = session.execute(sa.select(CatalogueGeneration.generation,
-                                    CatalogueGeneration.changed_at)
-                          .where(CatalogueGeneration.id == 1)).first()
+    row = session.connection().execute(_GENERATION).first()  # Core: asked on every read
     return (row[0], row[1]) if row else None
 
 
@@ -146,21 +165,38 @@ def search(query: CatalogueQueryIn) -> Response:
         text=query.q, modality=query.modality, body_part=query.body_part,
         license_id=query.license, project=query.project, sort=query.sort,
         page=query.page, per_page=query.per_page)
-    cache: TimedCache[bytes] | None = current_app.extensions.get("dataset.search_cache")
     with db_of().reading() as session:
-        if cache is None:
-            return _answer(_search(session, wanted))
-        key = (catalogue_generation(session), wanted)
-        body = cache.get(key)
-        if body is None:
-            body = _answer(_search(session, wanted)).get_data()
-            cache.put(key, body)
-    return current_app.response_class(body, mimetype="application/json")
+        return public_answer(session, "search", wanted,
+                             lambda: (_search(session, wanted), True))
 
 
-def _answer(page: CataloguePage) -> Response:
-    """The page as JSON, kept as it is sent (a kept search costs no serialising again)."""
-    return jsonify(page.model_dump(mode="json"))
+def public_answer(session: Session, kind: str, key: Hashable,
+                  produce: Callable[[], tuple[BaseModel, bool]]) -> Response:
+    """An answer the same for every caller, kept as the JSON it is sent as until the
+    catalogue's generation moves on, with an ETag naming the generation: a caller that holds
+    the answer (or what it made of it) asks with If-None-Match and gets 304 while it holds.
+    `produce` gives (answer, whether it may be kept): only what the generation covers may."""
+    caches: dict[str, TimedCache[bytes]] | None = \
+        current_app.extensions.get("dataset.public_answers")
+    if caches is None:
+        return to_json(produce()[0])
+    full_key = (catalogue_generation(session), key)
+    etag = hashlib.blake2b(repr((kind, full_key)).encode(), digest_size=16).hexdigest()
+    if request.if_none_match.contains(etag):
+        unchanged = current_app.response_class(status=304)
+        unchanged.set_etag(etag)
+        return unchanged
+    body = caches[kind].get(full_key)
+    if body is None:
+        answer, keep = produce()
+        response = to_json(answer)
+        if not keep:
+            return response
+        body = response.get_data()
+        caches[kind].put(full_key, body)
+    kept = current_app.response_class(body, mimetype="application/json")
+    kept.set_etag(etag)
+    return kept
 
 
 def _search(session: Session, query: CatalogueQuery) -> CataloguePage:

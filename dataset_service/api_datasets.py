@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from dataset_service import datasets as ds
 from dataset_service import fair
 from dataset_service.api import find_project
+from dataset_service.api_catalogue import public_answer
 from dataset_service.models import (
     AccessRequest,
     Dataset,
@@ -207,10 +208,7 @@ def load_dataset(session: Session, dataset_id: str, principal: Principal | None,
     dataset = session.get(Dataset, dataset_id)
     if dataset is None:
         raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
-    if action == Action.VIEW_METADATA and (dataset.state == "published" or (
-            dataset.state == "invalidated" and dataset.published_at is not None)):
-        # Published metadata is public; a published PID keeps resolving once invalidated,
-        # with its reason, so citations never dangle.
+    if action == Action.VIEW_METADATA and dataset.record_is_public:
         return dataset
     if principal is None:
         raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
@@ -386,10 +384,15 @@ def metadata(dataset_id: str) -> Response:
 @bp.get("/datasets/<dataset_id>/landing")
 @endpoint("One dataset's record and its schema.org JSON-LD: what its landing page shows, "
           "in one answer", response=LandingOut, roles=PUBLIC, tags=["datasets"])
-def landing(dataset_id: str) -> LandingOut:
-    with db_of().reading() as session:
+def landing(dataset_id: str) -> Response:
+    def produce() -> tuple[LandingOut, bool]:
         dataset, record = _metadata_of(session, dataset_id)
-        return LandingOut(dataset=_out(dataset), schemaorg=fair.schema_org(record))
+        # a public record reads the same for everyone; others depend on who asks
+        return (LandingOut(dataset=_out(dataset), schemaorg=fair.schema_org(record)),
+                dataset.record_is_public)
+
+    with db_of().reading() as session:
+        return public_answer(session, "record", dataset_id, produce)
 
 
 def _metadata_of(session: Session, dataset_id: str) -> tuple[Dataset, fair.DatasetRecord]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vre.client import ServiceClient, ServiceError
+from vre.client import Answer, ServiceClient, ServiceError
 
 
 class DatasetError(ServiceError):
@@ -33,6 +33,12 @@ class DatasetClient(ServiceClient):
     def catalogue(self, **query: Any) -> dict[str, Any]:
         """Search published datasets: q, modality, body_part, license, project, sort, page."""
         return self._call("GET", "/api/v1/catalogue", params=_params(query))
+
+    def catalogue_unless(self, etag: str | None, **query: Any) -> Answer:
+        """The search's raw answer, or 304 and no body while `etag` (from an earlier
+        answer's ETag) still names it."""
+        return self._call("GET", "/api/v1/catalogue", params=_params(query), raw=True,
+                          headers={"If-None-Match": etag} if etag else None)
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/v1/datasets/{dataset_id}")

@@ -173,6 +173,13 @@ class Dataset(Base):
     previous_id: Mapped[str | None] = mapped_column(sa.String(36))
     next_id: Mapped[str | None] = mapped_column(sa.String(36))
 
+    @property
+    def record_is_public(self) -> bool:
+        """Published, or published once and invalidated since: anyone may read its record
+        (a published PID keeps resolving, with the reason, so citations never dangle)."""
+        return self.state == "published" or (
+            self.state == "invalidated" and self.published_at is not None)
+
 
 class DatasetStudy(Base):
     """Which studies a dataset holds."""

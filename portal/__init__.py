@@ -13,6 +13,7 @@ from portal import (
     api,
     api_admin,
     clients,
+    fragments,
     pagecache,
     pages,
     pages_admin,
@@ -77,6 +78,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     clients.install(app)
+    fragments.install(app)
     pagecache.install(app, config.page_cache_seconds)
     app.register_blueprint(pages_catalogue.bp)
     app.register_blueprint(pages_datasets.bp)

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from flask_login import current_user
 
 from dataset_service.client import DatasetError
-from portal import clients
+from portal import clients, fragments
 from vre.client import ServiceError
 from vre.errors import ApiError
 
@@ -54,12 +54,20 @@ def catalogue() -> Any:
         page = max(1, min(int(request.args.get("page", "1")), 100_000))
     except ValueError:
         page = 1
-    found = clients.datasets(as_user=False).catalogue(**state, page=page, per_page=20)
+    search = clients.datasets(as_user=False)
     base = url_for("catalogue.catalogue")
-    return render_template("catalogue.html", found=found, state=state, page=page,
-                           url=functools.partial(_url, base, state),
-                           filter_url=_filter_links(base, state),
-                           sorts=SORTS, facet_labels=FACET_LABELS)
+
+    def draw(found: dict[str, Any]) -> str:
+        return render_template("_catalogue_main.html", found=found, state=state, page=page,
+                               url=functools.partial(_url, base, state),
+                               filter_url=_filter_links(base, state),
+                               sorts=SORTS, facet_labels=FACET_LABELS)
+
+    # the same search draws the same part for everyone: kept while the service's answer holds
+    main = fragments.drawn(
+        ("catalogue", tuple(state.items()), page),
+        lambda etag: search.catalogue_unless(etag, **state, page=page, per_page=20), draw)
+    return render_template("catalogue.html", main=main)
 
 
 def _filter_links(base: str, state: dict[str, str]) -> Callable[[str, str], str]:

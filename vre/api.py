@@ -108,7 +108,7 @@ def endpoint(
     """Declare a JSON endpoint: who may call it, what it takes and what it returns.
 
     The view receives `body=` and `query=` as parsed models when declared, and returns a
-    model, a dict/list, or a (value, status) pair."""
+    model, a dict/list, a (value, status) pair, or a Response it made itself."""
     allowed = roles if isinstance(roles, str) else tuple(roles)
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -120,6 +120,8 @@ def endpoint(
             if query is not None:
                 kwargs["query"] = parse_query(query)
             result = view(*args, **kwargs)
+            if isinstance(result, Response):
+                return result  # made by the view, with its own status (a 304, say)
             code = status
             if isinstance(result, tuple):
                 result, code = result

@@ -70,8 +70,9 @@ class ServiceClient:
         self.pool = pool or connection_pool()
 
     def _call(self, method: str, path: str, *, raw: bool = False,
-              params: Mapping[str, Any] | None = None, json: Any = None) -> Any:
-        headers = {"Accept": "application/json"}
+              params: Mapping[str, Any] | None = None, json: Any = None,
+              headers: Mapping[str, str] | None = None) -> Any:
+        headers = {"Accept": "application/json", **(headers or {})}
         if self.tokens is not None:
             headers["Authorization"] = f"Bearer {self.tokens.token()}"
         url = self.base_url + path

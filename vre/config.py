@@ -157,8 +157,9 @@ class Config(BaseModel):
         "landing pages) it served to anonymous visitors; 0 turns the cache off.")
     catalogue_cache_seconds: int = Field(
         600, ge=0, le=86_400, description="How long the dataset service keeps a catalogue "
-        "search it answered; any change to the catalogue retires older answers at once, so "
-        "this only bounds how long an unchanged catalogue's answers stay. 0 turns it off.")
+        "search or a published record it answered (and names it with an ETag that callers "
+        "revalidate); any change to the catalogue retires older answers at once, so this "
+        "only bounds how long an unchanged catalogue's answers stay. 0 turns it off.")
     signin_limit_per_user: int = Field(
         10, ge=1, le=10_000, description="Sign-in attempts allowed per user name a minute.")
     host_cpus: float | None = Field(

@@ -262,6 +262,78 @@ def test_catalogue_answers_are_kept_until_the_catalogue_changes(platform, stewar
     assert names() == ["Chest CT pilot, second edition"]
 
 
+def test_landing_answers_are_kept_until_a_public_record_changes(platform, steward) -> None:
+    service, _ = platform
+    client = service.test_client()
+    db = service.extensions["vre.db"]
+    shown = create(service, steward, name="Chest CT pilot")
+    for step in ("release", "publish"):
+        client.post(f"/api/v1/datasets/{shown['id']}/{step}", headers=steward)
+    path = f"/api/v1/datasets/{shown['id']}/landing"
+
+    def landing(**headers: str) -> dict:
+        answer = client.get(path, headers=headers)
+        assert answer.status_code == 200, answer.get_json()
+        return answer.get_json()["dataset"]
+
+    def behind_its_back(dataset_id: str, name: str) -> None:
+        with db.session() as session:  # a Core statement: no flush, not a catalogue change
+            session.execute(sa.update(Dataset).where(Dataset.id == dataset_id)
+                            .values(name=name))
+
+    assert landing()["name"] == "Chest CT pilot"
+    behind_its_back(shown["id"], "Renamed behind its back")
+    assert landing()["name"] == landing(**steward)["name"] == "Chest CT pilot", \
+        "a public record reads the same for everyone, kept"
+    # Starting a new version links the published one to it: a change a reader sees.
+    draft = client.post(f"/api/v1/datasets/{shown['id']}/versions", headers=steward,
+                        json={"version": "2.0"})
+    assert draft.status_code == 201, draft.get_json()
+    seen = landing()
+    assert (seen["name"], seen["next_id"]) == ("Renamed behind its back",
+                                               draft.get_json()["id"])
+    # A change made through the models to a public record moves the catalogue on too.
+    with db.session() as session:
+        session.get(Dataset, shown["id"]).keywords = ["thorax"]
+    assert landing()["keywords"] == ["thorax"]
+    client.post(f"/api/v1/datasets/{shown['id']}/invalidate", headers=steward,
+                json={"reason": "labels were wrong"})
+    assert landing()["state"] == "invalidated"
+    # A draft's landing depends on who asks, so it is never kept.
+    draft_path = f"/api/v1/datasets/{draft.get_json()['id']}/landing"
+    assert client.get(draft_path, headers=steward).status_code == 200
+    behind_its_back(draft.get_json()["id"], "Second edition, renamed")
+    assert client.get(draft_path, headers=steward).get_json()["dataset"]["name"] == \
+        "Second edition, renamed"
+    assert client.get(draft_path).status_code == 404
+
+
+def test_public_answers_carry_an_etag_that_holds_until_the_catalogue_changes(
+        platform, steward) -> None:
+    service, _ = platform
+    client = service.test_client()
+    shown = create(service, steward, name="Chest CT pilot", keywords=["thorax"])
+    for step in ("release", "publish"):
+        client.post(f"/api/v1/datasets/{shown['id']}/{step}", headers=steward)
+    paths = ("/api/v1/catalogue?q=thorax", f"/api/v1/datasets/{shown['id']}/landing")
+    first = {path: client.get(path) for path in paths}
+    tags = {path: answer.headers["ETag"] for path, answer in first.items()}
+    assert len(set(tags.values())) == 2
+    for path, tag in tags.items():
+        held = client.get(path, headers={"If-None-Match": tag})
+        assert held.status_code == 304 and held.data == b"" and held.headers["ETag"] == tag
+        assert client.get(path, headers={"If-None-Match": '"another"'}).status_code == 200
+    client.patch(f"/api/v1/datasets/{shown['id']}", headers=steward,
+                 json={"description": "Low-dose chest CT."})
+    for path, tag in tags.items():
+        moved = client.get(path, headers={"If-None-Match": tag})
+        assert moved.status_code == 200 and moved.headers["ETag"] != tag
+    draft = create(service, steward)
+    answer = client.get(f"/api/v1/datasets/{draft['id']}/landing", headers=steward)
+    assert answer.status_code == 200 and "ETag" not in answer.headers, \
+        "what depends on who asks is not named for everyone"
+
+
 def test_access_requests_are_decided_by_stewards_and_traced(platform, steward, portal,
                                                             token) -> None:
     service, auditor = platform

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 
+from flask import before_render_template
+
 from tests.dataset_helpers import DATASET, create
 from tests.portal_helpers import post, published, signed_in
 
@@ -129,3 +131,42 @@ def test_public_pages_are_cached_for_anonymous_visitors_only(site, steward) -> N
                 reason="wrong labels").status_code == 302
     after = anonymous.get(f"/datasets/{dataset['id']}")
     assert "X-Page-Cache" not in after.headers and "wrong labels" in after.get_data(as_text=True)
+
+
+def test_catalogue_results_are_drawn_once_per_answer_and_never_stale(site, steward) -> None:
+    published(site, steward, name="Thorax pilot one", keywords=["thorax"])
+    member = signed_in(site["portal"], "res-1")  # signed in: the page cache stays out of it
+    drawn: list[str] = []
+
+    def note(_app: object, template: object, **_: object) -> None:
+        drawn.append(template.name)  # type: ignore[attr-defined]
+
+    before_render_template.connect(note, site["portal"])  # weakly: gone with this test
+
+    def search() -> str:
+        page = member.get("/catalogue?q=thorax")
+        assert page.status_code == 200 and "X-Page-Cache" not in page.headers
+        return page.get_data(as_text=True)
+
+    first = search()
+    assert "Thorax pilot one" in first and "Signed in as" in first
+    assert search() == first
+    assert drawn.count("_catalogue_main.html") == 1, "the search's part is drawn once"
+    assert drawn.count("catalogue.html") == 2
+    assert _conditional_answers(site) >= 1, "each request still asks the service"
+    # A change the portal did not make (straight to the dataset service) shows at once.
+    other = create(site["datasets"], steward, name="Thorax pilot two", keywords=["thorax"])
+    service = site["datasets"].test_client()
+    for step in ("release", "publish"):
+        assert service.post(f"/api/v1/datasets/{other['id']}/{step}",
+                            headers=steward).status_code == 200
+    assert "Thorax pilot two" in search()
+    assert drawn.count("_catalogue_main.html") == 2
+
+
+def _conditional_answers(site: dict) -> float:
+    """How many catalogue searches the dataset service answered 304, from its metrics."""
+    metrics = site["datasets"].test_client().get("/metrics").get_data(as_text=True)
+    found = re.search(r'vre_http_requests_total\{[^}]*endpoint="/api/v1/catalogue"'
+                      r'[^}]*status="304"\} ([0-9.]+)', metrics)
+    return float(found.group(1)) if found else 0.0
