@@ -30,22 +30,22 @@ class DatasetClient(ServiceClient):
     unavailable = DatasetUnavailable
 
     # -- public catalogue and records --------------------------------------------------------
-    def catalogue(self, **query: Any) -> dict[str, Any]:
-        """Search published datasets: q, modality, body_part, license, project, sort, page."""
-        return self._call("GET", "/api/v1/catalogue", params=_params(query))
-
     def catalogue_unless(self, etag: str | None, **query: Any) -> Answer:
-        """The search's raw answer, or 304 and no body while `etag` (from an earlier
-        answer's ETag) still names it."""
+        """Search published datasets (q, modality, body_part, license, project, sort, page,
+        per_page): the raw answer, or 304 and no body while `etag` (an earlier answer's
+        ETag) still names it."""
         return self._call("GET", "/api/v1/catalogue", params=_params(query), raw=True,
                           headers={"If-None-Match": etag} if etag else None)
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/v1/datasets/{dataset_id}")
 
-    def landing(self, dataset_id: str) -> dict[str, Any]:
-        """{"dataset": the record, "schemaorg": its schema.org JSON-LD}, in one call."""
-        return self._call("GET", f"/api/v1/datasets/{dataset_id}/landing")
+    def landing_unless(self, dataset_id: str, etag: str | None) -> Answer:
+        """What a landing page shows ({"dataset": the record, "schemaorg": its JSON-LD}) as
+        the raw answer, or 304 and no body while `etag` still names it (only public records
+        have one)."""
+        return self._call("GET", f"/api/v1/datasets/{dataset_id}/landing", raw=True,
+                          headers={"If-None-Match": etag} if etag else None)
 
     def metadata(self, dataset_id: str, fmt: str) -> str:
         """The record rendered as datacite, schemaorg, dcat-turtle or dcat-jsonld (text)."""

@@ -6,34 +6,35 @@ a changed answer is drawn again (drawing, not asking, is most of a page's cost).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, current_app
-from markupsafe import Markup
 
 from vre.cache import TimedCache
 from vre.client import Answer
 
 # Kept parts unused this long go; a used one is checked with the service on every request.
 KEEP_SECONDS = 3_600
-MAX_ENTRIES = 2_000
+# A catalogue's worth of landing pages and the searches asked most (each part a few KB).
+MAX_ENTRIES = 10_000
+T = TypeVar("T")
 
 
 def install(app: Flask) -> None:
-    app.extensions["portal.fragments"] = TimedCache[tuple[str, Markup]](KEEP_SECONDS,
-                                                                        MAX_ENTRIES)
+    app.extensions["portal.fragments"] = TimedCache[tuple[str, Any]](KEEP_SECONDS,
+                                                                     MAX_ENTRIES)
 
 
-def drawn(key: Hashable, ask: Callable[[str | None], Answer],
-          draw: Callable[[Any], str]) -> Markup:
-    """The part `draw` makes of the answer that `ask(etag held or None)` gives, or the part
-    kept under `key` while the service says its answer has not changed."""
-    cache: TimedCache[tuple[str, Markup]] = current_app.extensions["portal.fragments"]
+def drawn(key: Hashable, ask: Callable[[str | None], Answer], draw: Callable[[Any], T]) -> T:
+    """What `draw` makes of the answer that `ask(etag held or None)` gives, or what was
+    kept under `key` while the service says its answer has not changed. Only answers with
+    an ETag are kept: the service names only what reads the same for everyone."""
+    cache: TimedCache[tuple[str, Any]] = current_app.extensions["portal.fragments"]
     kept = cache.get(key)
     answer = ask(kept[0] if kept else None)
     if answer.status == 304 and kept is not None:
         return kept[1]
-    part = Markup(draw(answer.json()))  # drawn by an autoescaping template
+    part = draw(answer.json())
     etag = answer.headers.get("ETag")
     if etag:
         cache.put(key, (etag, part))

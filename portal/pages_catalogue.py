@@ -7,12 +7,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 from flask_login import current_user
+from markupsafe import Markup
 
 from dataset_service.client import DatasetError
 from portal import clients, fragments
@@ -57,11 +59,11 @@ def catalogue() -> Any:
     search = clients.datasets(as_user=False)
     base = url_for("catalogue.catalogue")
 
-    def draw(found: dict[str, Any]) -> str:
-        return render_template("_catalogue_main.html", found=found, state=state, page=page,
+    def draw(found: dict[str, Any]) -> Markup:
+        return Markup(render_template("_catalogue_main.html", found=found, state=state, page=page,
                                url=functools.partial(_url, base, state),
                                filter_url=_filter_links(base, state),
-                               sorts=SORTS, facet_labels=FACET_LABELS)
+                               sorts=SORTS, facet_labels=FACET_LABELS))
 
     # the same search draws the same part for everyone: kept while the service's answer holds
     main = fragments.drawn(
@@ -126,14 +128,41 @@ def paragraphs(text: str) -> list[str]:
     return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
 
 
+@dataclass(frozen=True)
+class LandingParts:
+    """A landing page as drawn from the record, around the visitor's own part (the actions
+    a signed-in user may take), which is drawn for each request."""
+
+    title: str
+    head: Markup
+    before_actions: Markup
+    after_actions: Markup
+    state: str
+
+
+ACTIONS = Markup("<!-- visitor's actions -->")  # user text is escaped: it cannot forge this
+
+
+def _draw_landing(found: dict[str, Any]) -> LandingParts:
+    dataset = found["dataset"]
+    main = render_template("_landing_main.html", dataset=dataset, citation=citation(dataset),
+                           paragraphs=paragraphs, exports=EXPORTS, actions=ACTIONS)
+    before, _, after = main.partition(ACTIONS)
+    head = render_template("_landing_head.html", dataset=dataset, json_ld=found["schemaorg"],
+                           exports=EXPORTS)
+    return LandingParts(dataset["name"], Markup(head), Markup(before), Markup(after),
+                        dataset["state"])
+
+
 @bp.get("/datasets/<dataset_id>")
 def landing(dataset_id: str) -> Any:
+    client = clients.datasets()
     with hidden_as_not_found():
-        found = clients.datasets().landing(dataset_id)
-    dataset = found["dataset"]
-    return render_template("landing.html", dataset=dataset, json_ld=found["schemaorg"],
-                           citation=citation(dataset), paragraphs=paragraphs,
-                           exports=EXPORTS, signed_in=current_user.is_authenticated)
+        parts = fragments.drawn(("landing", dataset_id),
+                                lambda etag: client.landing_unless(dataset_id, etag),
+                                _draw_landing)
+    return render_template("landing.html", parts=parts, dataset_id=dataset_id,
+                           signed_in=current_user.is_authenticated)
 
 
 @bp.get("/datasets/<dataset_id>/export/<fmt>")

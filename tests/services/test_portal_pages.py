@@ -136,12 +136,7 @@ def test_public_pages_are_cached_for_anonymous_visitors_only(site, steward) -> N
 def test_catalogue_results_are_drawn_once_per_answer_and_never_stale(site, steward) -> None:
     published(site, steward, name="Thorax pilot one", keywords=["thorax"])
     member = signed_in(site["portal"], "res-1")  # signed in: the page cache stays out of it
-    drawn: list[str] = []
-
-    def note(_app: object, template: object, **_: object) -> None:
-        drawn.append(template.name)  # type: ignore[attr-defined]
-
-    before_render_template.connect(note, site["portal"])  # weakly: gone with this test
+    drawn = _drawn(site)
 
     def search() -> str:
         page = member.get("/catalogue?q=thorax")
@@ -170,3 +165,44 @@ def _conditional_answers(site: dict) -> float:
     found = re.search(r'vre_http_requests_total\{[^}]*endpoint="/api/v1/catalogue"'
                       r'[^}]*status="304"\} ([0-9.]+)', metrics)
     return float(found.group(1)) if found else 0.0
+
+
+def test_a_landing_page_is_drawn_once_per_record_around_each_visitors_part(
+        site, steward) -> None:
+    dataset = published(site, steward, name="Thorax pilot one")
+    drawn = _drawn(site)
+    path = f"/datasets/{dataset['id']}"
+    member, other = signed_in(site["portal"], "res-1"), signed_in(site["portal"], "someone")
+    pages = [client.get(path).get_data(as_text=True) for client in (member, other, member)]
+    assert drawn.count("_landing_main.html") == 1, "the record is drawn once for everyone"
+    assert [re.search(r"Signed in as .*?<strong>(.*?)</strong>", page).group(1)
+            for page in pages] == ["res-1", "someone", "res-1"]
+    assert all("Thorax pilot one</h1>" in page and re.search(
+        r'request-access" class="form">\s*<input type="hidden" name="csrf_token"', page)
+        for page in pages), "each visitor's form, with their session's token"
+    anonymous = site["portal"].test_client().get(path, headers={"Cache-Control": "no-cache"})
+    assert "Sign in to request access" in anonymous.get_data(as_text=True)
+    # Invalidated straight at the dataset service: the next visit shows it.
+    assert site["datasets"].test_client().post(
+        f"/api/v1/datasets/{dataset['id']}/invalidate", headers=steward,
+        json={"reason": "labels were wrong"}).status_code == 200
+    page = member.get(path).get_data(as_text=True)
+    assert "labels were wrong" in page and "Request access" not in page
+    assert drawn.count("_landing_main.html") == 2
+    # A draft reads differently for each caller: drawn on every visit, never kept.
+    draft = create(site["datasets"], steward)
+    author = signed_in(site["portal"], "steward-1")
+    for _ in range(2):
+        assert author.get(f"/datasets/{draft['id']}").status_code == 200
+    assert drawn.count("_landing_main.html") == 4
+
+
+def _drawn(site: dict) -> list[str]:
+    """The names of the templates the portal draws from now on, in order."""
+    drawn: list[str] = []
+
+    def note(_app: object, template: object, **_: object) -> None:
+        drawn.append(template.name)  # type: ignore[attr-defined]
+
+    before_render_template.connect(note, site["portal"], weak=False)
+    return drawn
