@@ -60,10 +60,10 @@ def catalogue() -> Any:
     base = url_for("catalogue.catalogue")
 
     def draw(found: dict[str, Any]) -> Markup:
-        return Markup(render_template("_catalogue_main.html", found=found, state=state, page=page,
-                               url=functools.partial(_url, base, state),
-                               filter_url=_filter_links(base, state),
-                               sorts=SORTS, facet_labels=FACET_LABELS))
+        return Markup(render_template(
+            "_catalogue_main.html", found=found, state=state, page=page,
+            url=functools.partial(_url, base, state), filter_url=_filter_links(base, state),
+            sorts=SORTS, facet_labels=FACET_LABELS))
 
     # the same search draws the same part for everyone: kept while the service's answer holds
     main = fragments.drawn(
