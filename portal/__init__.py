@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,11 +64,15 @@ def create_app(config: Config | None = None) -> Flask:
     logins.login_view = "pages.signin"
 
     @logins.user_loader
-    def _load(user_id: str) -> User | None:
+    def _load(remembered: str) -> User | None:
         with db_of(app).session() as session:
-            user = session.get(User, user_id)
-            # A disabled account's open sessions end at their next request.
-            return user if user is not None and user.active else None
+            user = session.get(User, remembered.split(".", 1)[0])
+            # A disabled account's open sessions end at their next request, and so do those
+            # signed in with a password that has been changed since.
+            if user is None or not user.active or \
+                    not hmac.compare_digest(user.get_id(), remembered):
+                return None
+            return user
 
     install_identity(app, config)
     install_limiter(app, SignInLimiter(

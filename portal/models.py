@@ -3,10 +3,13 @@ provider's tokens of each browser session, kept server-side."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from datetime import datetime
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from vre.db import NAMING_CONVENTION, utcnow
@@ -62,7 +65,14 @@ class User(Base):
         return False
 
     def get_id(self) -> str:
-        return self.id
+        """What a browser session remembers of its user: the id and, for a local account, a
+        tag of the password it signed in with, so a new password ends every other session
+        (the session loader compares the tag with the current password's)."""
+        if self.password_hash is None:
+            return self.id
+        tag = hmac.new(current_app.secret_key.encode(), self.password_hash.encode(),
+                       hashlib.sha256).hexdigest()[:20]
+        return f"{self.id}.{tag}"
 
 
 class ProviderSession(Base):

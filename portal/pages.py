@@ -105,13 +105,14 @@ def account_password() -> Any:
             failure: ApiError | None = None
             with db_of().session() as db:
                 try:
-                    change_password(db, current_user.id,
-                                    request.form.get("current_password", ""), new)
+                    changed = change_password(db, current_user.id,
+                                              request.form.get("current_password", ""), new)
                 except ApiError as exc:
                     failure = exc  # leave the block normally: a failed attempt still counts
             if failure is not None:
                 error, status = failure.message, failure.status
             else:
+                login_user(changed)  # this session goes on with the new password; others end
                 done = True
     return render_template("password.html", error=error, done=done,
                            managed_elsewhere=False), status

@@ -199,6 +199,22 @@ def test_password_change_needs_the_current_password(app: Flask) -> None:
     assert sign_in(fresh, password="a-brand-new-password") == 302
 
 
+def test_a_new_password_ends_every_other_session(app: Flask) -> None:
+    here, elsewhere = app.test_client(), app.test_client()
+    assert sign_in(here) == 302 and sign_in(elsewhere) == 302
+    assert elsewhere.get("/account/password").status_code == 200
+    done = here.post("/account/password", data={
+        "current_password": PASSWORD, "new_password": "a-brand-new-password",
+        "confirm_password": "a-brand-new-password",
+        "csrf_token": csrf_of(here, "/account/password")})
+    assert done.status_code == 200 and "was changed" in done.get_data(as_text=True)
+    assert here.get("/account/password").status_code == 200, "this session goes on"
+    ended = elsewhere.get("/account/password")
+    assert ended.status_code == 302 and "/signin" in ended.headers["Location"]
+    assert sign_in(elsewhere, password="a-brand-new-password") == 302
+    assert elsewhere.get("/account/password").status_code == 200
+
+
 def test_password_change_without_csrf_token_is_refused(app: Flask) -> None:
     client = app.test_client()
     assert sign_in(client) == 302
