@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import urllib3
 
+from vre.logs import REQUEST_ID_HEADER, current_request_id
 from vre.service_auth import TokenSource
 
 
@@ -73,6 +74,9 @@ class ServiceClient:
               params: Mapping[str, Any] | None = None, json: Any = None,
               headers: Mapping[str, str] | None = None) -> Any:
         headers = {"Accept": "application/json", **(headers or {})}
+        request_id = current_request_id()
+        if request_id is not None:  # called while serving a request: its id goes along
+            headers[REQUEST_ID_HEADER] = request_id
         if self.tokens is not None:
             headers["Authorization"] = f"Bearer {self.tokens.token()}"
         url = self.base_url + path

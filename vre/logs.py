@@ -10,6 +10,10 @@ from typing import Any
 
 from flask import g, has_request_context
 
+# The header a request's id travels in: taken from the caller when harmless, passed on to
+# the services a request calls, so one id follows a page through every service's logs.
+REQUEST_ID_HEADER = "X-Request-ID"
+
 # Attributes every LogRecord has; anything else was passed in `extra` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -30,14 +34,20 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if has_request_context() and "request_id" in g:
-            entry["request_id"] = g.request_id
+        request_id = current_request_id()
+        if request_id is not None:
+            entry["request_id"] = request_id
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, if any."""
+    return g.request_id if has_request_context() and "request_id" in g else None
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

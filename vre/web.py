@@ -17,11 +17,10 @@ from vre.api import openapi_document
 from vre.config import Config
 from vre.db import Database
 from vre.errors import register_error_handlers
-from vre.logs import configure_logging
+from vre.logs import REQUEST_ID_HEADER, configure_logging
 from vre.tokens import TokenValidator
 
 log = logging.getLogger("vre.request")
-_REQUEST_ID = "X-Request-ID"
 
 
 def create_service_app(
@@ -64,7 +63,7 @@ def _install_request_hooks(app: Flask, service: str) -> None:
 
     @app.before_request
     def _start() -> None:
-        incoming = request.headers.get(_REQUEST_ID, "")
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
         # Accept a caller's id only if it is harmless to log and echo.
         ok = 0 < len(incoming) <= 64 and all(c.isalnum() or c in "-_." for c in incoming)
         g.request_id = incoming if ok else uuid.uuid4().hex
@@ -76,7 +75,7 @@ def _install_request_hooks(app: Flask, service: str) -> None:
         endpoint = request.url_rule.rule if request.url_rule else "<unmatched>"
         requests_total.labels(service, request.method, endpoint, response.status_code).inc()
         latency.labels(service, request.method, endpoint).observe(elapsed)
-        response.headers[_REQUEST_ID] = g.get("request_id", "")
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         principal = g.get("principal")
         log.info("request", extra={

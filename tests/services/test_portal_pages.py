@@ -5,12 +5,14 @@ a history whose traces are verified against a real chain."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 from flask import before_render_template
 
 from tests.dataset_helpers import DATASET, create
 from tests.portal_helpers import post, published, signed_in
+from vre.logs import current_request_id
 
 
 def test_anyone_browses_the_catalogue_and_a_landing_page(site, steward) -> None:
@@ -206,3 +208,25 @@ def _drawn(site: dict) -> list[str]:
 
     before_render_template.connect(note, site["portal"], weak=False)
     return drawn
+
+
+def test_a_request_id_follows_a_page_into_the_services_it_calls(site) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    class Note(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:  # in the serving thread
+            if record.getMessage() == "request":
+                seen.append((record.path, current_request_id()))  # type: ignore[attr-defined]
+
+    requests_log = logging.getLogger("vre.request")
+    handler, level = Note(), requests_log.level
+    requests_log.addHandler(handler)
+    requests_log.setLevel(logging.INFO)
+    try:
+        page = site["portal"].test_client().get("/catalogue?q=followed",
+                                                headers={"X-Request-ID": "page-4711"})
+    finally:
+        requests_log.removeHandler(handler)
+        requests_log.setLevel(level)
+    assert page.status_code == 200 and page.headers["X-Request-ID"] == "page-4711"
+    assert ("/api/v1/catalogue", "page-4711") in seen, seen
