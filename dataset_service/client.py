@@ -35,7 +35,7 @@ class DatasetClient(ServiceClient):
         per_page): the raw answer, or 304 and no body while `etag` (an earlier answer's
         ETag) still names it."""
         return self._call("GET", "/api/v1/catalogue", params=_params(query), raw=True,
-                          headers={"If-None-Match": etag} if etag else None)
+                          unless=etag)
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/v1/datasets/{dataset_id}")
@@ -45,7 +45,7 @@ class DatasetClient(ServiceClient):
         the raw answer, or 304 and no body while `etag` still names it (only public records
         have one)."""
         return self._call("GET", f"/api/v1/datasets/{dataset_id}/landing", raw=True,
-                          headers={"If-None-Match": etag} if etag else None)
+                          unless=etag)
 
     def metadata(self, dataset_id: str, fmt: str) -> str:
         """The record rendered as datacite, schemaorg, dcat-turtle or dcat-jsonld (text)."""

@@ -72,8 +72,12 @@ class ServiceClient:
 
     def _call(self, method: str, path: str, *, raw: bool = False,
               params: Mapping[str, Any] | None = None, json: Any = None,
-              headers: Mapping[str, str] | None = None) -> Any:
-        headers = {"Accept": "application/json", **(headers or {})}
+              unless: str | None = None) -> Any:
+        """`unless`: an ETag the caller holds; the service answers 304 and no body while it
+        still names the answer (asked with raw=True, to read the status)."""
+        headers = {"Accept": "application/json"}
+        if unless:
+            headers["If-None-Match"] = unless
         request_id = current_request_id()
         if request_id is not None:  # called while serving a request: its id goes along
             headers[REQUEST_ID_HEADER] = request_id

@@ -182,7 +182,7 @@ def test_a_landing_page_is_drawn_once_per_record_around_each_visitors_part(
     assert all("Thorax pilot one</h1>" in page and re.search(
         r'request-access" class="form">\s*<input type="hidden" name="csrf_token"', page)
         for page in pages), "each visitor's form, with their session's token"
-    anonymous = site["portal"].test_client().get(path, headers={"Cache-Control": "no-cache"})
+    anonymous = site["portal"].test_client().get(path)
     assert "Sign in to request access" in anonymous.get_data(as_text=True)
     # Invalidated straight at the dataset service: the next visit shows it.
     assert site["datasets"].test_client().post(
