@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,8 @@ import pytest
 
 from tracer.merkle import ProofError, verify_consistency, verify_inclusion
 
-
-def _conformance_dir() -> Path:
-    env = os.environ.get("VRE_CONFORMANCE_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "conformance"
-
-
-CONFORMANCE_DIR = _conformance_dir()
+# The vectors live in the repository, so the test passes in a fresh clone.
+CONFORMANCE_DIR = Path(__file__).resolve().parents[1] / "conformance"
 VECTOR_DIR = CONFORMANCE_DIR / "rfc6962"
 
 
@@ -53,7 +45,7 @@ def test_conformance_vectors_present() -> None:
     if not VECTOR_DIR.is_dir():
         pytest.fail(
             f"RFC 6962 conformance vectors not found: looked for {VECTOR_DIR} "
-            f"(set VRE_CONFORMANCE_DIR to the folder holding rfc6962/)"
+            f"(they are part of the repository: tests/conformance/rfc6962/)"
         )
     assert INCLUSION, f"no inclusion vectors under {VECTOR_DIR / 'inclusion'}"
     assert CONSISTENCY, f"no consistency vectors under {VECTOR_DIR / 'consistency'}"
