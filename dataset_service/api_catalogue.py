@@ -56,6 +56,11 @@ class CatalogueEntry(BaseModel):
     body_parts: list[str]
 
 
+class GenerationOut(BaseModel):
+    generation: int = Field(description="moves on with every change a public reader could see")
+    since: datetime | None = Field(None, description="when this generation began")
+
+
 class CataloguePage(BaseModel):
     total: int
     page: int
@@ -168,6 +173,16 @@ def search(query: CatalogueQueryIn) -> Response:
     with db_of().reading() as session:
         return public_answer(session, "search", wanted,
                              lambda: (_search(session, wanted), True))
+
+
+@bp.get("/catalogue/generation")
+@endpoint("The catalogue's generation: what public pages kept by a caller were drawn at",
+          response=GenerationOut, roles=PUBLIC, tags=["catalogue"])
+def generation() -> GenerationOut:
+    with db_of().reading() as session:
+        current = catalogue_generation(session)
+    return GenerationOut(generation=current[0], since=current[1]) if current else \
+        GenerationOut(generation=0)
 
 
 def public_answer(session: Session, kind: str, key: Hashable,

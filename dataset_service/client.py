@@ -37,6 +37,12 @@ class DatasetClient(ServiceClient):
         return self._call("GET", "/api/v1/catalogue", params=_params(query), raw=True,
                           unless=etag)
 
+    def catalogue_generation(self) -> str:
+        """A tag of the catalogue's generation: it changes with every change a public reader
+        could see, so a public page drawn at one tag is current while the tag holds."""
+        current = self._call("GET", "/api/v1/catalogue/generation")
+        return f"{current['generation']}@{current.get('since')}"
+
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/v1/datasets/{dataset_id}")
 

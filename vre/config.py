@@ -154,7 +154,8 @@ class Config(BaseModel):
         30, ge=1, le=10_000, description="Sign-in attempts allowed per client address a minute.")
     page_cache_seconds: int = Field(
         30, ge=0, le=3600, description="How long the portal keeps public pages (catalogue, "
-        "landing pages) it served to anonymous visitors; 0 turns the cache off.")
+        "landing pages) it served to anonymous visitors; a kept page is served only while "
+        "the catalogue's generation it was drawn at holds. 0 turns the cache off.")
     catalogue_cache_seconds: int = Field(
         600, ge=0, le=86_400, description="How long the dataset service keeps a catalogue "
         "search or a published record it answered (and names it with an ETag that callers "

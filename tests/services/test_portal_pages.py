@@ -135,6 +135,25 @@ def test_public_pages_are_cached_for_anonymous_visitors_only(site, steward) -> N
     assert "X-Page-Cache" not in after.headers and "wrong labels" in after.get_data(as_text=True)
 
 
+def test_a_change_made_past_the_portal_shows_at_once_to_anonymous_visitors(
+        site, steward) -> None:
+    dataset = published(site, steward, name="Thorax pilot one", keywords=["thorax"])
+    anonymous = site["portal"].test_client()
+    path, search = f"/datasets/{dataset['id']}", "/catalogue?q=thorax"
+    for url in (path, search, path, search):
+        assert anonymous.get(url).status_code == 200
+    assert anonymous.get(path).headers["X-Page-Cache"] == "hit", "kept while nothing changed"
+    # Invalidated straight at the dataset service, not through this portal.
+    assert site["datasets"].test_client().post(
+        f"/api/v1/datasets/{dataset['id']}/invalidate", headers=steward,
+        json={"reason": "labels were wrong"}).status_code == 200
+    landing = anonymous.get(path)
+    assert "X-Page-Cache" not in landing.headers
+    assert "labels were wrong" in landing.get_data(as_text=True)
+    assert "Thorax pilot one" not in anonymous.get(search).get_data(as_text=True)
+    assert anonymous.get(path).headers["X-Page-Cache"] == "hit", "kept again once drawn"
+
+
 def test_catalogue_results_are_drawn_once_per_answer_and_never_stale(site, steward) -> None:
     published(site, steward, name="Thorax pilot one", keywords=["thorax"])
     member = signed_in(site["portal"], "res-1")  # signed in: the page cache stays out of it
