@@ -132,6 +132,12 @@ class Config(BaseModel):
     anchor_mode: str = Field(
         "batch", pattern=r"^(batch|per-trace)$",
         description="per-trace also anchors every leaf hash in its own transaction.")
+    compute_backend: str = Field(
+        "local", pattern=r"^(local)$",
+        description="Where desktops and jobs run: a bubblewrap sandbox on this machine (local).")
+    workload_user: str = Field(
+        "vre-workload", pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="Unprivileged host account the local sandboxes run as (created if missing).")
     identity: str = Field(
         "local", pattern=r"^(local|oidc)$",
         description="Who signs people in to the portal: local accounts, or an OpenID Connect "

@@ -1,0 +1,96 @@
+"""Real sandboxes for the escape tests: a data directory with a repository holding a granted
+and a foreign dataset tree and platform secrets, and a local compute backend that launches
+bubblewrap for real. Nothing here is mocked: the programs run inside launched sandboxes."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from portal.compute import DatasetMount, Exited, Resources, WorkloadSpec
+from portal.compute.local import LocalBackend
+from vre.config import Config, load_config
+
+SECRET = "platform-secret-value-7f3a"
+
+
+@pytest.fixture
+def sandbox_home(tmp_path: Path) -> Path:
+    if not shutil.which("bwrap"):
+        pytest.fail("bubblewrap is needed for the sandbox tests (scripts/setup.sh installs it)")
+    home = tmp_path / "home"
+    trees = home / "repository" / "datasets"
+    for name, text in (("granted", "granted pixels"), ("foreign", "foreign pixels")):
+        (trees / name / "series").mkdir(parents=True)
+        (trees / name / "series" / "slice.dcm").write_text(text)
+        (trees / name / "series" / "slice.dcm").chmod(0o644)
+    (home / "keys").mkdir(parents=True)
+    (home / "keys" / "token-signing.pem").write_text(SECRET)
+    (home / "keys" / "token-signing.pem").chmod(0o600)
+    home.chmod(0o700)
+    return home
+
+
+@pytest.fixture
+def sandbox_config(sandbox_home: Path) -> Config:
+    return load_config(env={}, home=sandbox_home, secret_key="s" * 48,
+                       service_secret="t" * 48, demo_data=False)
+
+
+@pytest.fixture
+def compute(sandbox_config: Config) -> Iterator[LocalBackend]:
+    backend = LocalBackend(sandbox_config)
+    yield backend
+    for home in backend.root.iterdir():
+        with contextlib.suppress(Exception):
+            backend.stop(home.name, now=True)
+
+
+GRANTED = DatasetMount(dataset_id="granted", name="Chest CT", version=1,
+                       content_hash="0" * 64, tree="datasets/granted")
+SMALL = Resources(cpus=1, memory_mib=512, pids=256, max_runtime_seconds=120)
+
+
+def spec(command: list[str] | tuple[str, ...], *, owner: str = "alice",
+         mounts: tuple[DatasetMount, ...] = (GRANTED,), resources: Resources = SMALL,
+         kind: str = "job", **extra: object) -> WorkloadSpec:
+    return WorkloadSpec(workload_id="w" + uuid.uuid4().hex[:12], owner=owner, kind=kind,
+                        application="terminal", command=tuple(command), resources=resources,
+                        mounts=mounts, **extra)  # type: ignore[arg-type]
+
+
+def python(code: str) -> list[str]:
+    """Run Python code inside the sandbox with the platform's own interpreter."""
+    return [sys.executable, "-c", code]
+
+
+def wait_exit(backend: LocalBackend, workload_id: str, timeout: float = 60) -> Exited:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        exited = backend.poll(workload_id)
+        if exited is not None:
+            return exited
+        time.sleep(0.05)
+    backend.stop(workload_id, now=True)
+    raise AssertionError(f"workload {workload_id} did not end in {timeout}s")
+
+
+@pytest.fixture
+def run(compute: LocalBackend) -> Callable[..., tuple[Exited, str]]:
+    """Start a workload, wait for it to end, and answer how it ended and what it printed."""
+
+    def run_it(command: list[str], **kwargs: object) -> tuple[Exited, str]:
+        workload = spec(command, **kwargs)  # type: ignore[arg-type]
+        compute.start(workload)
+        exited = wait_exit(compute, workload.workload_id)
+        text, _ = compute.logs(workload.workload_id)
+        return exited, text.decode(errors="replace")
+
+    return run_it

@@ -1,0 +1,256 @@
+"""Programs inside a really launched sandbox try to get out: read what was not granted, write
+what is read-only, reach the platform over the network, gain privileges, or outgrow their
+flavor. Each probe prints what it saw; the test reads the workload's log."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from portal.compute import ComputeError, DatasetMount, Exited, Resources
+from portal.compute.local import LocalBackend
+from tests.sandbox.conftest import SECRET, python, spec, wait_exit
+
+Run = Callable[..., tuple[Exited, str]]
+
+
+def probe(run: Run, code: str, **kwargs: object) -> dict:
+    """Run a probe that prints one JSON object as its last line; answer that object."""
+    exited, log = run(python("import json, os, sys\n" + code), **kwargs)
+    assert exited.status == 0, log
+    return json.loads(log.strip().splitlines()[-1])
+
+
+def test_granted_dataset_is_readable_and_read_only(run: Run) -> None:
+    seen = probe(run, """
+root = os.path.expanduser("~/datasets")
+out = {"folders": sorted(os.listdir(root)),
+       "text": open(root + "/Chest-CT/series/slice.dcm").read()}
+for target in (root + "/Chest-CT/series/slice.dcm", root + "/Chest-CT/new", root + "/new"):
+    try:
+        open(target, "a").write("x")
+        out[target] = "written"
+    except OSError as exc:
+        out[target] = exc.errno
+print(json.dumps(out))
+""")
+    assert seen.pop("folders") == ["Chest-CT"]
+    assert seen.pop("text") == "granted pixels"
+    assert set(seen.values()) <= {30, 13}, seen  # EROFS or EACCES, never written
+
+
+def test_nothing_of_the_host_or_the_platform_is_there(run: Run, sandbox_home: Path) -> None:
+    seen = probe(run, f"""
+import glob
+paths = [{str(sandbox_home)!r}, {str(sandbox_home / "keys")!r}, "/etc/shadow",
+         "/root/.ssh", "/var/lib/postgresql", "/proc/1/root/etc/shadow"]
+found = {{p: os.path.exists(p) for p in paths}}
+hits = []
+hits += [name for name in os.listdir("/") if "foreign" in name]
+for top in ("/home", "/etc", "/mnt", "/run", "/tmp", "/var", "/root", "/work", "/opt"):
+    for path in glob.glob(top + "/**", recursive=True):
+        if "foreign" in path or "token-signing" in path:
+            hits.append(path)
+        if (os.path.isfile(path) and not os.path.islink(path)
+                and os.path.getsize(path) < 1 << 20):
+            try:
+                if {SECRET!r} in open(path, errors="ignore").read():
+                    hits.append(path)
+            except OSError:
+                pass
+print(json.dumps({{"found": found, "hits": hits, "pids": sorted(
+    int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "env": dict(os.environ)}}))
+""")
+    assert not any(seen["found"].values()), seen["found"]
+    assert seen["hits"] == []
+    assert max(seen["pids"]) < 50  # its own PID namespace: no host process in sight
+    assert SECRET not in json.dumps(seen["env"])
+    assert not any(name.startswith(("VRE_SECRET", "VRE_SERVICE", "VRE_DATABASE"))
+                   for name in seen["env"])
+
+
+def test_the_host_loopback_and_the_network_are_out_of_reach(run: Run) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted: list[object] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    try:
+        seen = probe(run, f"""
+import socket
+out = {{}}
+for name, address in (("platform", ("127.0.0.1", {port})), ("postgres", ("127.0.0.1", 5432)),
+                      ("outside", ("1.1.1.1", 443))):
+    try:
+        socket.create_connection(address, timeout=3).close()
+        out[name] = "connected"
+    except OSError as exc:
+        out[name] = type(exc).__name__
+try:
+    socket.getaddrinfo("pypi.org", 443)
+    out["dns"] = "resolved"
+except OSError as exc:
+    out["dns"] = type(exc).__name__
+out["interfaces"] = sorted(name for _, name in socket.if_nameindex())
+print(json.dumps(out))
+""")
+    finally:
+        server.close()
+    assert accepted == []
+    assert "connected" not in seen.values() and seen["dns"] != "resolved", seen
+    assert seen["interfaces"] == ["lo"]
+
+
+def test_no_privileges_to_gain(run: Run) -> None:
+    seen = probe(run, """
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+out = {"uid": os.getuid(), "euid": os.geteuid(),
+       "caps": [status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb")],
+       "no_new_privs": status["NoNewPrivs"].strip()}
+for target in ("/usr/bin/probe", "/etc/probe", "/probe"):
+    try:
+        open(target, "w")
+        out[target] = "written"
+    except OSError as exc:
+        out[target] = exc.errno
+import subprocess
+out["su"] = subprocess.run(["su", "-c", "id -u"], input="", capture_output=True,
+                           text=True).stdout.strip()
+try:
+    os.setuid(0)
+    out["setuid"] = "root"
+except OSError as exc:
+    out["setuid"] = exc.errno
+print(json.dumps(out))
+""")
+    assert seen["uid"] == seen["euid"] == 1000
+    assert set(seen["caps"]) == {"0000000000000000"}
+    assert seen["no_new_privs"] == "1"
+    assert seen["su"] != "0" and seen["setuid"] != "root"
+    assert all(seen[t] in (13, 30) for t in ("/usr/bin/probe", "/etc/probe", "/probe")), seen
+
+
+def test_the_host_account_is_unprivileged(compute: LocalBackend) -> None:
+    assert compute.user.uid != 0 and compute.user.gid != 0
+
+
+def test_persistent_folder_is_the_owners_and_lasts(run: Run, sandbox_home: Path) -> None:
+    write = "open(os.path.expanduser('~/persistent/model.txt'), 'w').write('weights')\n"
+    probe(run, write + "print(json.dumps({}))")
+    seen = probe(run, "print(json.dumps({'text': open(os.path.expanduser("
+                      "'~/persistent/model.txt')).read()}))")
+    assert seen["text"] == "weights"
+    other = probe(run, "print(json.dumps({'files': os.listdir(os.path.expanduser("
+                       "'~/persistent'))}))", owner="bob")
+    assert other["files"] == []
+    assert (sandbox_home / "workspaces" / "alice" / "model.txt").read_text() == "weights"
+
+
+def test_a_mount_outside_the_repository_is_refused(compute: LocalBackend) -> None:
+    for tree in ("../keys", "datasets/../../keys", "/etc", "datasets/missing", "keys"):
+        bad = DatasetMount(dataset_id="x", name="x", version=1, content_hash="0" * 64, tree=tree)
+        with pytest.raises(ComputeError) as refused:
+            compute.start(spec(["true"], mounts=(bad,)))
+        assert refused.value.code == "mount_refused"
+    assert list(compute.root.iterdir()) == []  # nothing left behind
+
+
+def test_the_platform_environment_cannot_be_overridden(compute: LocalBackend) -> None:
+    for name in ("LD_PRELOAD", "VRE_CLIPBOARD_OUT", "PATH", "bad name"):
+        with pytest.raises(ComputeError) as refused:
+            compute.start(spec(["true"], environment={name: "x"}))
+        assert refused.value.code == "bad_environment"
+
+
+def test_a_flavor_the_host_can_never_satisfy_is_refused(compute: LocalBackend) -> None:
+    total = compute.capacity()
+    for resources in (Resources(cpus=1, memory_mib=256, gpus=total.total_gpus + 1),
+                      Resources(cpus=total.total_cpus * 4, memory_mib=256),
+                      Resources(cpus=1, memory_mib=total.total_memory_mib * 4)):
+        with pytest.raises(ComputeError) as refused:
+            compute.start(spec(["true"], resources=resources))
+        assert refused.value.code == "exceeds_host" and refused.value.reason
+
+
+needs_cgroups = pytest.mark.skipif(
+    not os.access("/sys/fs/cgroup/memory", os.W_OK),
+    reason="limits need writable cgroup v1 hierarchies (the backend reports them unenforced)")
+
+
+@needs_cgroups
+def test_memory_beyond_the_flavor_ends_the_workload(run: Run) -> None:
+    exited, log = run(python("b = []\nwhile True:\n    b.append(bytearray(16 << 20))"),
+                      resources=Resources(cpus=1, memory_mib=128, max_runtime_seconds=60))
+    assert exited.status != 0 and exited.reason == "out_of_memory", (exited, log)
+
+
+@needs_cgroups
+def test_a_fork_bomb_stays_inside_its_process_limit(run: Run) -> None:
+    seen = probe(run, """
+import subprocess
+children, refused = [], 0
+for _ in range(400):
+    try:
+        children.append(subprocess.Popen(["sleep", "30"]))
+    except OSError:
+        refused += 1
+for child in children:
+    child.kill()
+print(json.dumps({"started": len(children), "refused": refused}))
+""", resources=Resources(cpus=1, memory_mib=512, pids=64, max_runtime_seconds=60))
+    assert seen["started"] < 64 and seen["refused"] > 0
+
+
+@needs_cgroups
+def test_usage_is_measured(run: Run) -> None:
+    exited, _ = run(python("x = sum(i * i for i in range(3_000_000))\n"
+                           "b = bytearray(64 << 20)"))
+    assert exited.status == 0 and exited.cpu_seconds > 0.05
+    assert exited.memory_peak_bytes > 64 << 20
+
+
+def test_the_time_limit_ends_the_workload(run: Run) -> None:
+    exited, _ = run(["sleep", "60"], resources=Resources(cpus=1, memory_mib=256,
+                                                         max_runtime_seconds=1))
+    assert exited.reason == "time_limit"
+
+
+def test_stop_ends_every_process_and_is_recorded(compute: LocalBackend) -> None:
+    workload = spec(["sh", "-c", "sleep 300 & sleep 300 & wait"])
+    compute.start(workload)
+    assert compute.poll(workload.workload_id) is None
+    compute.stop(workload.workload_id, now=False)
+    exited = wait_exit(compute, workload.workload_id)
+    assert exited.reason == "stopped"
+    assert compute.capacity().free_cpus == compute.capacity().total_cpus
+
+
+def test_a_restarted_backend_adopts_a_running_workload(compute: LocalBackend,
+                                                       sandbox_config) -> None:
+    workload = spec(["sleep", "300"])
+    state = compute.start(workload)
+    again = LocalBackend(sandbox_config)
+    assert again.adopt(workload.workload_id, state)
+    assert again.poll(workload.workload_id) is None
+    again.stop(workload.workload_id, now=True)
+    assert compute.poll(workload.workload_id).reason == "stopped"
+    forged = dict(state, starttime=state["starttime"] + 1)
+    assert not again.adopt("w-gone", state) and again.adopt(workload.workload_id, forged)
+
+
+def test_the_sandbox_python_has_tools_but_no_server(run: Run) -> None:
+    seen = probe(run, """
+import importlib.util
+names = ("numpy", "pydicom", "batch_tools", "dataset_service", "tracer")
+print(json.dumps({n: importlib.util.find_spec(n) is not None for n in names}))
+""")
+    assert seen["batch_tools"] and seen["pydicom"]
+    assert not seen["dataset_service"] and not seen["tracer"]
