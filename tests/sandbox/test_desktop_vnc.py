@@ -1,0 +1,94 @@
+"""A desktop in a really launched sandbox: its VNC server listens only on a Unix socket in the
+run folder that the platform may open and no other local account can; what is copied inside
+does not leave through the clipboard unless the platform allows it (the positive control
+shows the test would see it)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from portal.compute import Resources
+from portal.compute.local import SESSION, LocalBackend
+from tests.sandbox.conftest import spec, wait_exit
+from tests.sandbox.rfb import RfbClient
+
+pytestmark = pytest.mark.skipif(not shutil.which("Xvnc"), reason="needs TigerVNC's Xvnc")
+
+DESKTOP = Resources(cpus=1, memory_mib=1024, pids=512, max_runtime_seconds=300)
+# Inside the desktop: the session, and a program that keeps putting text on the clipboard.
+COPYING = ("{session} & while [ ! -S /run/vre/vnc.sock ]; do sleep 0.1; done; sleep 1; "
+           "for i in $(seq 200); do printf 'inside-%s' $i | DISPLAY=:1 xclip -selection "
+           "clipboard -i -loops 1 & sleep 0.3; done; wait")
+
+
+def start_desktop(compute: LocalBackend, *, clipboard_out: bool = False) -> str:
+    command = ["bash", "-c", COPYING.format(session=SESSION / "desktop-session")]
+    workload = spec(command, kind="desktop", resources=DESKTOP, clipboard_out=clipboard_out)
+    compute.start(workload)
+    deadline = time.monotonic() + 30
+    while compute.vnc_socket(workload.workload_id) is None:
+        if time.monotonic() > deadline or compute.poll(workload.workload_id) is not None:
+            log, _ = compute.logs(workload.workload_id)
+            raise AssertionError(f"the desktop did not come up: {log.decode(errors='replace')}")
+        time.sleep(0.1)
+    return workload.workload_id
+
+
+def connect(path: Path) -> RfbClient:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    client = RfbClient(sock)
+    client.handshake()
+    return client
+
+
+def test_the_desktop_listens_on_its_socket_only(compute: LocalBackend) -> None:
+    workload_id = start_desktop(compute)
+    path = compute.vnc_socket(workload_id)
+    assert path is not None and path.stat().st_mode & 0o077 == 0
+    client = connect(path)
+    assert client.width > 0 and client.height > 0
+    assert "desktop" in compute.progress(workload_id)[-1].message
+
+
+def test_another_local_account_cannot_open_the_desktop(compute: LocalBackend) -> None:
+    workload_id = start_desktop(compute)
+    path = compute.vnc_socket(workload_id)
+    probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+             "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+             "except OSError as e:\n    print(type(e).__name__)")
+    seen = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           sys.executable, "-c", probe, str(path)],
+                          capture_output=True, text=True)
+    assert seen.stdout.strip() == "PermissionError", seen
+
+
+def test_copy_out_through_the_clipboard_stays_off(compute: LocalBackend) -> None:
+    client = connect(compute.vnc_socket(start_desktop(compute)))
+    client.read_messages(6)
+    assert client.cut_texts == []
+
+
+def test_positive_control_copy_out_is_seen_when_allowed(compute: LocalBackend) -> None:
+    client = connect(compute.vnc_socket(start_desktop(compute, clipboard_out=True)))
+    client.read_messages(6)
+    assert any(text.startswith(b"inside-") for text in client.cut_texts)
+
+
+def test_a_desktop_whose_vnc_server_dies_ends(compute: LocalBackend) -> None:
+    command = ["bash", "-c", f"{SESSION / 'desktop-session'} & "
+               "while [ ! -S /run/vre/vnc.sock ]; do sleep 0.1; done; pkill -KILL Xvnc; wait"]
+    workload = spec(command, kind="desktop", resources=DESKTOP)
+    compute.start(workload)
+    exited = wait_exit(compute, workload.workload_id)
+    log, _ = compute.logs(workload.workload_id)
+    assert b"VNC server ended" in log
+    assert exited is not None
