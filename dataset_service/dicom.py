@@ -10,11 +10,13 @@ import datetime as dt
 import functools
 import hashlib
 import itertools
+import logging
 import math
 import os
 import re
 import statistics
 import struct
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.charset import default_encoding
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import (
     DataElement,
     RawDataElement,
@@ -47,6 +49,8 @@ REASON_CODES = (
     # syntax (deflated Pixel Data cannot be checked without inflating the whole file)
     "identifying_data",  # breaks the de-identification policy (the message names attributes)
 )
+# A message never quotes a value of the file: a refused value may be the very identifier
+# that had to go. Messages name attributes, tags, byte offsets and lengths only.
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 PROBLEM_CODES = ("patient_conflict", "series_conflict", "duplicate_instance")
 
@@ -84,6 +88,20 @@ DEFAULT_IDENTIFIER_PATTERNS = (
     r"(?i)\b(d\.?o\.?b\b|date of birth|birth ?date|born)",
 )
 FREE_TEXT_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC"})
+# PS3.5 6.2: the form of each value of a date (DA), time (TM), date-time (DT), age (AS) and
+# number (DS, IS), legacy ACR-NEMA "HH:MM:SS" times included. Anything else in such a field
+# (a name, a record number) is not what the field holds, so it is treated as identifying.
+_VALUE_FORMS = {
+    "DA": re.compile(r"(19|20)\d\d(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])|1[89]\d\d\d{4}"),
+    "TM": re.compile(
+        r"([01]\d|2[0-3])(([0-5]\d)(([0-5]\d|60)(\.\d{1,6})?)?)?"
+        r"|([01]\d|2[0-3]):[0-5]\d(:([0-5]\d|60)(\.\d{1,6})?)?"
+    ),
+    "DT": re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?"),
+    "AS": re.compile(r"\d{3}[DWMY]"),
+    "DS": re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
+    "IS": re.compile(r"[+-]?\d+"),
+}
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float
 # Explicit VRs whose element header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2)
 _LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
@@ -102,6 +120,9 @@ class InvalidInstance(Exception):
         # The study the file claims, when its header could be read: ingestion keeps that
         # whole study out. None for files not DICOM enough to tell.
         self.study_uid: str | None = None
+        # Its series likewise, when it names a valid one: a file that cannot name its study
+        # still takes out the study of the series it shares with other files.
+        self.series_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,15 +237,59 @@ def _element_finding(elem: DataElement, policy: DeidPolicy, *, top_level: bool) 
         return keyword
     if elem.VR == "SQ":
         return _SEQUENCE
-    if elem.VR == "PN" and not (top_level and keyword == "PatientName"):
+    # The VR the standard gives the attribute counts as much as the one the file declares:
+    # a file may not slip a name past the checks by declaring a date field LO.
+    vrs = {elem.VR, _standard_vr(int(elem.tag))}
+    if "PN" in vrs and not (top_level and keyword == "PatientName"):
         return keyword  # a person's name anywhere else identifies someone
-    if elem.VR in FREE_TEXT_VRS and any(
+    if keyword == "BurnedInAnnotation" and _text_of(elem.value).upper() != "NO":
+        return keyword  # text burned into the pixels: names, dates, record numbers
+    if any(vr in _VALUE_FORMS and not _values_of_form(vr, elem.value) for vr in vrs):
+        return keyword
+    if vrs & FREE_TEXT_VRS and any(
         pattern.search(text)
         for text in _strings_of(elem.value)
         for pattern in policy.identifier_patterns
     ):
         return keyword
     return None
+
+
+@functools.lru_cache(maxsize=8192)
+def _standard_vr(tag: int) -> str | None:
+    """The VR the DICOM dictionary gives a public tag; None for private or unknown ones."""
+    if tag >> 16 & 1:
+        return None
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+def _values_of_form(vr: str, value: Any) -> bool:
+    """Whether every value has the form of ``vr`` (see _VALUE_FORMS); empty ones have. A value
+    pydicom converted (a number, a date) has; text it could not convert is checked as text."""
+    values = value if isinstance(value, MultiValue | list | tuple) else [value]
+    form = _VALUE_FORMS[vr]
+    for v in values:
+        if isinstance(v, bytes | bytearray):
+            return False
+        if isinstance(v, str) and (text := v.strip(" \0")) and not form.fullmatch(text):
+            return False
+    return True
+
+
+def quiet_pydicom() -> None:
+    """Keep pydicom's own warnings and log records, which quote the values they warn about,
+    out of this process's logs and stderr: a refused value may be an identifier. Called
+    where ingestion starts and in every header-reading process."""
+    logger = logging.getLogger("pydicom")
+    logger.setLevel(logging.CRITICAL + 1)
+    logger.propagate = False
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.handlers[:] = [logging.NullHandler()]
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    warnings.filterwarnings("ignore", module=r"dataset_service\.dicom$")
 
 
 @dataclass(frozen=True)
@@ -278,7 +343,8 @@ def read_instance(path: Path, policy: DeidPolicy) -> InstanceHeader:
         try:
             _check_header(fp, ds, size, policy)
         except InvalidInstance as exc:
-            exc.study_uid = _claimed_study_uid(ds)
+            exc.study_uid = _claimed_uid(ds, "StudyInstanceUID")
+            exc.series_uid = _claimed_uid(ds, "SeriesInstanceUID")
             raise
         fp.seek(0)
         sha256 = hashlib.file_digest(fp, "sha256").hexdigest()
@@ -321,22 +387,43 @@ def _header(path: Path, sha256: str, size: int, ds: Dataset | _Values,
 def _check_header(fp: BinaryIO, ds: Dataset, size: int, policy: DeidPolicy) -> None:
     """Every check after parsing, in order; the first failure raises InvalidInstance."""
     pixel_length = _pixel_data_length(fp, ds, size)
-    try:  # hostile values fail on conversion; converting all now keeps later code simple
-        for _ in (*ds.file_meta.iterall(), *ds.iterall()):
-            pass
-    except Exception as exc:  # pydicom raises many types on bad values
-        raise InvalidInstance("malformed", f"unreadable value: {exc}") from exc
+    # Hostile values fail on conversion; converting all now keeps later code simple.
+    if (unreadable := _unreadable(ds.file_meta) or _unreadable(ds)) is not None:
+        raise InvalidInstance("malformed", f"unreadable value of {unreadable}")
     _check_uids(ds, ds.file_meta)
     _check_image(ds, ds.file_meta, pixel_length)
     if offending := check_deidentified(ds, policy):
         raise InvalidInstance("identifying_data", ", ".join(offending))
 
 
-def _claimed_study_uid(ds: Dataset) -> str | None:
+def _unreadable(ds: Dataset) -> str | None:
+    """The keyword (or tag) of the first element pydicom cannot convert, sequences searched;
+    None if every one converts. Names the element, never its value."""
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+            items = list(elem.value) if elem.VR == "SQ" else []
+        except Exception:  # pydicom raises many types on bad values
+            return _name_of(tag)
+        for item in items:
+            if (inner := _unreadable(item)) is not None:
+                return inner
+    return None
+
+
+def _name_of(tag: int) -> str:
+    """An element's keyword, or ``(gggg,eeee)`` for one without."""
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _claimed_uid(ds: Dataset, keyword: str) -> str | None:
+    """The UID the file gives for ``keyword`` if it is a valid UID; None otherwise (a hostile
+    value cannot name a study, and is never kept)."""
     try:
-        return str(ds.get("StudyInstanceUID", "") or "") or None
-    except Exception:  # a hostile value: the file cannot name its study
+        value = str(ds.get(keyword, "") or "")
+    except Exception:  # a hostile value: the file cannot name it
         return None
+    return value if value and _valid_uid(value) else None
 
 
 def _parse(fp: BinaryIO) -> Dataset:
@@ -348,7 +435,8 @@ def _parse(fp: BinaryIO) -> Dataset:
     try:
         return dcmread(fp, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types on hostile input
-        raise InvalidInstance("malformed", f"unparsable header: {exc!r}") from exc
+        # The exception's text may quote the value it choked on: only its kind is told.
+        raise InvalidInstance("malformed", f"unparsable header ({type(exc).__name__})") from exc
 
 
 def _pixel_data_length(fp: BinaryIO, ds: Dataset, size: int) -> int | None:
@@ -440,7 +528,7 @@ def _check_uids(ds: Dataset | _Values, file_meta: Dataset | _Values) -> None:
         if not value:
             bad.append(f"{keyword} missing")
         elif not isinstance(value, str) or not _valid_uid(value):
-            bad.append(f"{keyword} invalid ({value!r})")
+            bad.append(f"{keyword} invalid")
     if bad:
         raise InvalidInstance("missing_uid", ", ".join(bad))
 
@@ -448,14 +536,15 @@ def _check_uids(ds: Dataset | _Values, file_meta: Dataset | _Values) -> None:
 def _check_image(ds: Dataset | _Values, file_meta: Dataset | _Values,
                  pixel_length: int | None) -> None:
     """Raise unless ``ds`` is an image whose native Pixel Data holds every pixel it declares."""
-    name = _uid(_text(ds, "SOPClassUID")).name
+    sop_class = _uid(_text(ds, "SOPClassUID"))
+    name = sop_class.name if sop_class.name != str(sop_class) else "unknown SOP class"
     if pixel_length is None and "Image" in name:
         raise InvalidInstance("truncated", f"no Pixel Data in a {name} instance")
     if pixel_length is None:
         raise InvalidInstance("unsupported", f"no Pixel Data: not an image ({name})")
     syntax = _uid(_text(file_meta, "TransferSyntaxUID"))
     if not syntax.is_transfer_syntax:
-        raise InvalidInstance("unsupported", f"unknown transfer syntax {syntax}")
+        raise InvalidInstance("unsupported", "unknown transfer syntax")
     module = {k: _int(ds.get(k)) for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")}
     if missing := [k for k, v in module.items() if not v]:
         raise InvalidInstance("malformed", f"Image Pixel module lacks {', '.join(missing)}")

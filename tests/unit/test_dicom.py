@@ -424,3 +424,102 @@ def test_dataset_hash_is_over_sorted_study_hashes(demo) -> None:
     assert dataset_hash(hashes) != dataset_hash(hashes[1:])
     with pytest.raises(ValueError, match="not study hashes"):
         dataset_hash(["md5:abc"])
+
+
+# Values against their value representation, burned-in text, and refusals that quote nothing
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("StudyDate", "Doe^John"),
+        ("StudyDate", "MRN0048291"),
+        ("ContentDate", "2022-03-01"),
+        ("PatientAge", "Smith"),
+        ("PatientAge", "63"),
+        ("StudyTime", "Jane"),
+        ("AcquisitionDateTime", "MRN 4829"),
+    ],
+)
+def test_a_name_or_record_number_in_a_date_time_or_age_field_is_identifying(
+    keyword: str, value: str
+) -> None:
+    assert check_deidentified(_deidentified_dataset(**{keyword: value}), POLICY) == [keyword]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("StudyDate", "20220301"),
+        ("PatientAge", "063Y"),
+        ("PatientAge", "010W"),
+        ("StudyTime", "090000.123456"),
+        ("StudyTime", "0900"),
+        ("StudyTime", "09:00:00"),
+        ("AcquisitionDateTime", "20220301090000.5+0100"),
+    ],
+)
+def test_well_formed_dates_times_and_ages_pass(keyword: str, value: str) -> None:
+    assert check_deidentified(_deidentified_dataset(**{keyword: value}), POLICY) == []
+
+
+def test_a_date_field_declared_with_another_vr_is_still_checked_as_a_date() -> None:
+    ds = _deidentified_dataset()
+    ds.add_new(tag_for_keyword("StudyDate"), "LO", "Doe^John")
+    assert check_deidentified(ds, POLICY) == ["StudyDate"]
+
+
+def test_burned_in_annotation_is_identifying_unless_no() -> None:
+    assert check_deidentified(_deidentified_dataset(BurnedInAnnotation="NO"), POLICY) == []
+    for value in ("YES", "yes", "MAYBE"):
+        ds = _deidentified_dataset(BurnedInAnnotation=value)
+        assert check_deidentified(ds, POLICY) == ["BurnedInAnnotation"]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("StudyDate", "MRN0048291"), ("PatientAge", "Smith"), ("BurnedInAnnotation", "YES")],
+)
+def test_a_file_with_a_bad_temporal_value_or_burned_in_text_is_refused(
+    one_file: Path, keyword: str, value: str
+) -> None:
+    ds = dcmread(one_file)
+    setattr(ds, keyword, value)
+    ds.save_as(one_file, enforce_file_format=True)
+    refusal = _reason(one_file)
+    assert refusal.reason_code == "identifying_data"
+    assert refusal.message == keyword
+    assert refusal.study_uid == ds.StudyInstanceUID
+
+
+HOSTILE = "Doe^Johnathan MRN0048291"
+
+
+@pytest.mark.parametrize(
+    "keyword",
+    ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "StudyDate"],
+)
+def test_a_refusal_never_quotes_the_refused_value(
+    one_file: Path, keyword: str, recwarn: pytest.WarningsRecorder
+) -> None:
+    ds = dcmread(one_file)
+    setattr(ds, keyword, HOSTILE)
+    ds.save_as(one_file, enforce_file_format=True)
+    refusal = _reason(one_file)
+    assert keyword in refusal.message
+    for part in HOSTILE.split():
+        assert part not in str(refusal) and part not in refusal.message
+    assert refusal.study_uid in (None, ds.StudyInstanceUID)
+    assert HOSTILE not in (refusal.study_uid or "") + (refusal.series_uid or "")
+
+
+def test_an_unreadable_value_is_named_not_quoted(one_file: Path) -> None:
+    ds = dcmread(one_file)
+    ds.add_new(tag_for_keyword("SliceThickness"), "LO", "Doe^Johnathan")
+    ds.save_as(one_file, enforce_file_format=True)
+    # pydicom writes no such number, so the element's VR is turned into DS in the bytes.
+    data = one_file.read_bytes()
+    one_file.write_bytes(data.replace(b"\x18\x00\x50\x00LO", b"\x18\x00\x50\x00DS", 1))
+    refusal = _reason(one_file)
+    assert "Johnathan" not in str(refusal)
+    assert refusal.reason_code in ("malformed", "identifying_data")
