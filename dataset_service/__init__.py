@@ -3,6 +3,7 @@ metadata, search, access grants)."""
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,6 @@ from flask import Flask
 from dataset_service import api, api_catalogue, api_datasets, api_explore, api_ingest
 from dataset_service.dicom import DeidPolicy
 from dataset_service.ingest import Ingestor
-from dataset_service.models import IngestRun
 from dataset_service.repository import Repository
 from tracer.client import TracerClient
 from vre.config import Config, ConfigError, load_config
@@ -56,17 +56,19 @@ def _install_ingestion(app: Flask, config: Config) -> None:
     db = app.extensions["vre.db"]
     repository = Repository(config.repository_path)
     app.extensions["dataset.repository"] = repository
-    app.extensions["dataset.ingestor"] = Ingestor(db, repository, policy, config.ingest_workers)
+    # Each batch of studies that enters is traced through the service's tracer client, as
+    # every other dataset action (looked up at each call: tests and tools may replace it).
+    app.extensions["dataset.ingestor"] = ingestor = Ingestor(
+        db, repository, policy, config.ingest_workers,
+        trace=lambda trace: app.extensions["dataset.tracer"].record(trace),
+    )
     # One ingestion at a time: each already uses every core for reading headers.
     app.extensions["dataset.ingest_executor"] = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="ingest"
     )
     app.extensions["dataset.live_ingests"] = {}
-    try:
-        with db.session() as session:
-            # Runs cut off by a restart did not finish; re-running them resumes.
-            session.execute(
-                sa.update(IngestRun).where(IngestRun.state == "running").values(state="interrupted")
-            )
-    except sa.exc.SQLAlchemyError:
-        pass  # not migrated yet: /readyz says so
+    # Runs whose process died did not finish (re-running them resumes): they end as
+    # interrupted, and what they left in the repository goes; live ones are left alone.
+    # Before the database is migrated there is nothing to recover: /readyz says so.
+    with contextlib.suppress(sa.exc.SQLAlchemyError):
+        ingestor.recover()

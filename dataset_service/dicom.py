@@ -52,7 +52,7 @@ REASON_CODES = (
 # A message never quotes a value of the file: a refused value may be the very identifier
 # that had to go. Messages name attributes, tags, byte offsets and lengths only.
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-PROBLEM_CODES = ("patient_conflict", "series_conflict", "duplicate_instance")
+PROBLEM_CODES = ("patient_conflict", "series_conflict", "duplicate_instance", "subject_conflict")
 
 # PS3.15 Annex E, Basic Application Level Confidentiality Profile: attributes whose action
 # is X (remove) or Z (empty), so that absent or empty is compliant. Kept on purpose, as by
@@ -966,6 +966,38 @@ def _series_group(uid: str, members: list[InstanceHeader]) -> SeriesGroup:
         instances=instances,
         geometry=series_geometry(instances),
     )
+
+
+def subject_conflicts(study: StudyGroup, sex: str | None,
+                      earlier: Iterable[tuple[dt.date | None, int | None]]) -> list[str]:
+    """The demographics (keywords) in which a study disagrees with its own files or with what
+    is known of its subject: ``sex`` (M, F, O or None) and the (study date, age in years) of
+    earlier studies. Ages must agree with the time between dates, to within a year; a
+    pseudonym that comes back as someone else is a different person, not one to merge."""
+    found = []
+    sexes = {_sex_code(h.patient_sex) for h in study.instances} - {None}
+    if len(sexes) > 1 or (sex is not None and sexes and sexes != {sex}):
+        found.append("PatientSex")
+    ages = {h.patient_age_years for h in study.instances} - {None}
+    date = study.study_date
+    if ages and (max(ages) - min(ages) > 1 or any(
+            when is not None and date is not None and age is not None
+            and abs(min(ages) - age - (date - when).days / 365.25) > 1
+            for when, age in earlier)):
+        found.append("PatientAge")
+    return found
+
+
+def study_demographics(study: StudyGroup) -> tuple[str | None, int | None]:
+    """The subject's sex (M, F, O) and age in years as the study's files give them."""
+    sexes = sorted({_sex_code(h.patient_sex) for h in study.instances} - {None})
+    ages = sorted({h.patient_age_years for h in study.instances} - {None})
+    return (sexes[0] if sexes else None), (ages[0] if ages else None)
+
+
+def _sex_code(text: str) -> str | None:
+    code = text.strip().upper()[:1]
+    return code if code in ("M", "F", "O") else None
 
 
 def series_geometry(instances: Iterable[InstanceHeader]) -> SeriesGeometry:

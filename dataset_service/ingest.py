@@ -5,11 +5,13 @@ file or study is recorded with its reason; running it again skips what is alread
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -25,8 +27,11 @@ from dataset_service.dicom import (
     InvalidInstance,
     StudyGroup,
     group_instances,
+    quiet_pydicom,
     read_instance,
+    study_demographics,
     study_hash,
+    subject_conflicts,
 )
 from dataset_service.models import (
     IngestRun,
@@ -52,6 +57,8 @@ KNOWN_CLINICAL = ("subject_id", "age", "sex", "diagnosis")
 # Admitted studies are stored and recorded together until they hold this many files: one
 # flush of the file system and one transaction for them all, rather than one a study.
 BATCH_FILES = 500
+# Records one trace durably, or raises: an action whose trace was not recorded is not done.
+Trace = Callable[[dict[str, Any]], Any]
 
 
 class IngestError(Exception):
@@ -138,6 +145,7 @@ class Refusal:
     reason: str
     message: str
     study_uid: str | None
+    series_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,7 @@ def _read(path: Path, policy: DeidPolicy, repository: Repository, area: Path
     try:
         header = read_instance(path, policy)
     except InvalidInstance as exc:
-        return Refusal(str(path), exc.reason_code, exc.message, exc.study_uid)
+        return Refusal(str(path), exc.reason_code, exc.message, exc.study_uid, exc.series_uid)
     return Accepted(header, repository.stage(header.path, header.sha256, area))
 
 
@@ -164,6 +172,7 @@ _worker_args: tuple[DeidPolicy, Repository, Path] | None = None
 
 def _start_worker(policy: DeidPolicy, repository: Repository, area: Path) -> None:
     global _worker_args
+    quiet_pydicom()
     _worker_args = (policy, repository, area)
 
 
@@ -258,46 +267,103 @@ def _sex(value: Any) -> str | None:
 
 # -- the run ------------------------------------------------------------------------------------
 
+def _run_name(run_id: str) -> str:
+    """The name a run's lock, journal and staging folder go by in the repository."""
+    return f"ingest-{run_id}"
+
+
 class Ingestor:
-    """Runs ingestions for one project into one repository and database."""
+    """Runs ingestions for one project into one repository and database.
+
+    Safe to kill at any point, with several processes ingesting into one repository: each
+    run holds its lock from `start` to its end, notes the blobs it names in a journal before
+    naming them, and commits its counts with each batch of studies; `recover` (at the start
+    of the service and of every run) ends the runs whose process died and removes what they
+    left: staged copies, and blobs that never got their row."""
 
     def __init__(self, db: Database, repository: Repository, policy: DeidPolicy,
-                 workers: int = 0) -> None:
+                 workers: int = 0, trace: Trace | None = None) -> None:
         self.db = db
         self.repository = repository
         self.policy = policy
         self.workers = workers or os.cpu_count() or 1
+        self.trace = trace
+        self._held: dict[str, int] = {}  # run id -> its lock, from start to run's end
+        quiet_pydicom()
 
     def start(self, project_id: str, source: Path, started_by: str) -> str:
         """Record a new run and return its id (the work is done by `run`)."""
-        with self.db.session() as session:
-            run = IngestRun(project_id=project_id, source=str(source), started_by=started_by)
-            session.add(run)
-            session.flush()
-            return run.id
+        run_id = str(uuid.uuid4())
+        lock = self.repository.hold(_run_name(run_id))  # before the row: never seen unheld
+        try:
+            with self.db.session() as session:
+                session.add(IngestRun(id=run_id, project_id=project_id, source=str(source),
+                                      started_by=started_by))
+        except BaseException:
+            self.repository.release(_run_name(run_id), lock)
+            raise
+        self._held[run_id] = lock
+        return run_id
 
     def run(self, run_id: str, progress: Callable[[IngestReport], None] | None = None
             ) -> IngestReport:
         """Ingest the run's folder; the run ends 'finished' or 'failed', never half-done."""
-        with self.db.session() as session:
-            run = session.get(IngestRun, run_id)
-            assert run is not None
-            project_id, source = run.project_id, Path(run.source)
-        report = IngestReport()
+        lock = self._held.pop(run_id, None)
+        if lock is None:
+            lock = self.repository.hold(_run_name(run_id))
         try:
-            self._ingest(run_id, project_id, source, report, progress or (lambda _r: None))
-            state = "finished"
-        except Exception:
-            log.exception("ingestion failed", extra={"event": "ingest_failed", "run": run_id})
-            state = "failed"
-        with self.db.session() as session:
-            run = session.get(IngestRun, run_id)
-            assert run is not None
-            run.state, run.finished_at, run.counts = state, utcnow(), report.counts()
-        return report
+            self.recover()
+            with self.db.session() as session:
+                run = session.get(IngestRun, run_id)
+                assert run is not None
+                project_id, source, actor = run.project_id, Path(run.source), run.started_by
+            report = IngestReport()
+            try:
+                self._ingest(run_id, project_id, actor, source, report,
+                             progress or (lambda _r: None))
+                state = "finished"
+            except Exception:
+                log.exception("ingestion failed",
+                              extra={"event": "ingest_failed", "run": run_id})
+                state = "failed"
+            with self.db.session() as session:
+                run = session.get(IngestRun, run_id)
+                assert run is not None
+                run.state, run.finished_at, run.counts = state, utcnow(), report.counts()
+            return report
+        finally:
+            self.repository.release(_run_name(run_id), lock)
 
-    def _ingest(self, run_id: str, project_id: str, source: Path, report: IngestReport,
-                progress: Callable[[IngestReport], None]) -> None:
+    def recover(self) -> int:
+        """End the runs whose process died ('interrupted', with the counts they committed)
+        and remove what they left in the repository; returns how many blobs went. Safe
+        beside live runs of any process: those hold their locks and are left alone."""
+        dropped = 0
+        with self.repository.locked(exclusive=True):  # no blob between rename and row
+            for name in self.repository.abandoned():
+                journaled = sorted(self.repository.journaled(name))
+                kept: set[str] = set()
+                with self.db.session() as session:
+                    for start in range(0, len(journaled), 1000):
+                        kept.update(session.scalars(sa.select(Instance.sha256).where(
+                            Instance.sha256.in_(journaled[start:start + 1000]))))
+                orphans = [sha for sha in journaled if sha not in kept]
+                self.repository.discard(orphans)
+                dropped += len(orphans)
+                self.repository.drop_abandoned(name)
+            self.repository.drop_loose_staged()
+            with self.db.session() as session:
+                for run in session.scalars(sa.select(IngestRun).where(
+                        IngestRun.state == "running")):
+                    if not self.repository.is_held(_run_name(run.id)):
+                        run.state, run.finished_at = "interrupted", utcnow()
+        if dropped:
+            log.warning("removed blobs an interrupted ingestion left without rows",
+                        extra={"event": "ingest_recovered", "blobs": dropped})
+        return dropped
+
+    def _ingest(self, run_id: str, project_id: str, actor: str, source: Path,
+                report: IngestReport, progress: Callable[[IngestReport], None]) -> None:
         paths = dicom_candidates(source)
         report.files = len(paths)
         headers: list[InstanceHeader] = []
@@ -322,6 +388,7 @@ class Ingestor:
                     session.add_all(QuarantineEntry(ingest_id=run_id, **e) for e in new)
                 saved += len(new)
 
+        unnamed: list[Refusal] = []  # refused files that cannot name their study
         try:
             for result in read_headers(paths, self.policy, self.repository, area,
                                        self.workers, tick):
@@ -332,7 +399,10 @@ class Ingestor:
                 elif result.study_uid:
                     refused_by_study.setdefault(result.study_uid, []).append(result)
                 else:
-                    self._quarantine(report, result.path, None, result.reason, result.message)
+                    unnamed.append(result)
+            held, unclaimed = _claim_unnamed(unnamed, headers, refused_by_study)
+            for result in unclaimed:
+                self._quarantine(report, result.path, None, result.reason, result.message)
             clinical, refusals = read_clinical(source)
             for path, reason, message in refusals:
                 self._quarantine(report, path, None, reason, message)
@@ -345,14 +415,16 @@ class Ingestor:
                         self._quarantine(report, r.path, study_uid, r.reason, r.message)
             save_quarantine()
             present = self._studies_present([s.study_instance_uid for s in studies])
+            known = self._subjects_known(project_id, {s.patient_id for s in studies})
             batch: list[StudyGroup] = []
             for n, study in enumerate(studies, 1):
                 if self._admit(study, refused_by_study.get(study.study_instance_uid, []),
-                               report, present):
+                               report, present, held, known, clinical):
                     batch.append(study)
                 if batch and (n == len(studies) or sum(
                         s.instance_count for s in batch) >= BATCH_FILES):
-                    self._ingest_batch(run_id, project_id, batch, clinical, report, staged)
+                    self._ingest_batch(run_id, project_id, actor, batch, clinical, report,
+                                       staged)
                     batch = []
                 save_quarantine()
                 progress(report)
@@ -369,16 +441,50 @@ class Ingestor:
                     Study.study_uid.in_(study_uids[start:start + 1000]))))
         return present
 
+    def _subjects_known(self, project_id: str, pseudonyms: set[str]) -> dict[str, _Known]:
+        """What the project already knows of these subjects: sex, and each study's date and
+        age, for `subject_conflicts`."""
+        known: dict[str, _Known] = {}
+        names = sorted(pseudonyms)
+        with self.db.session() as session:
+            for start in range(0, len(names), 1000):
+                chunk = names[start:start + 1000]
+                for pseudonym, sex in session.execute(sa.select(
+                        Subject.pseudonym, Subject.sex).where(
+                        Subject.project_id == project_id, Subject.pseudonym.in_(chunk))):
+                    known[pseudonym] = _Known(sex, [])
+                for pseudonym, when, age in session.execute(sa.select(
+                        Subject.pseudonym, Study.study_date, Study.patient_age).join(
+                        Study, Study.subject_id == Subject.id).where(
+                        Subject.project_id == project_id, Subject.pseudonym.in_(chunk),
+                        Study.patient_age.is_not(None))):
+                    known[pseudonym].studies.append((when, age))
+        return known
+
     def _admit(self, study: StudyGroup, refused: list[Refusal], report: IngestReport,
-               present: set[str]) -> bool:
+               present: set[str], held: set[str], known: dict[str, _Known],
+               clinical: dict[str, ClinicalRow]) -> bool:
         """Whether the study goes in: not if it is already in (skipped), nor if any of its
-        files was refused or it has a conflict (then all its files are quarantined)."""
+        files was refused, a refused file that cannot name its study shares its series or
+        folder (`held`), or it has a conflict, with itself, another study or what is known
+        of its subject (then all its files are quarantined)."""
         uid = study.study_instance_uid
         if uid in present:
             report.studies_skipped += 1
             return False
+        first = str(study.instances[0].path)
         problems = [(r.path, r.reason, r.message) for r in refused]
-        problems += [(str(study.instances[0].path), p.code, p.message) for p in study.problems]
+        problems += [(first, p.code, p.message) for p in study.problems]
+        subject = known.get(study.patient_id, _Known(None, []))
+        row = clinical.get(study.patient_id)
+        sex = subject.sex or (row.sex if row else None)
+        if conflicts := subject_conflicts(study, sex, subject.studies):
+            problems.append((first, "subject_conflict",
+                             f"{', '.join(conflicts)} differs from what is known of subject "
+                             f"{study.patient_id}: a different person under one pseudonym?"))
+        if not problems and uid in held:
+            problems.append((first, "study_incomplete",
+                             "a refused file that names no study shares its series or folder"))
         if problems:
             # One bad file keeps the whole study out; the good ones are named with the cause.
             report.studies_quarantined += 1
@@ -390,18 +496,24 @@ class Ingestor:
                     self._quarantine(report, str(header.path), uid, "study_incomplete",
                                      "another file of this study was refused")
             return False
+        study_sex, study_age = study_demographics(study)
+        entry = known.setdefault(study.patient_id, _Known(None, []))
+        entry.sex = entry.sex or study_sex or sex
+        if study_age is not None:
+            entry.studies.append((study.study_date, study_age))
         return True
 
-    def _ingest_batch(self, run_id: str, project_id: str, batch: list[StudyGroup],
-                      clinical: dict[str, ClinicalRow], report: IngestReport,
-                      staged: dict[str, str]) -> None:
+    def _ingest_batch(self, run_id: str, project_id: str, actor: str,
+                      batch: list[StudyGroup], clinical: dict[str, ClinicalRow],
+                      report: IngestReport, staged: dict[str, str]) -> None:
         """Store and record admitted studies, each whole or not at all, several at a time:
         one flush of the repository's file system and one transaction for all of them.
         Should that fail, the studies go one by one, so that a run that stops, stops at the
         same study with the same studies in as if they had always gone one by one."""
         if len(batch) > 1:
             try:
-                self._store_and_record(run_id, project_id, batch, clinical, staged)
+                self._store_and_record(run_id, project_id, actor, batch, clinical, report,
+                                       staged)
             except Exception:
                 log.warning("a batch of studies failed; ingesting them one by one",
                             exc_info=True, extra={"event": "ingest_batch_failed",
@@ -411,21 +523,46 @@ class Ingestor:
                     self._count_ingested(report, study, clinical)
                 return
         for study in batch:
-            self._store_and_record(run_id, project_id, [study], clinical, staged)
+            self._store_and_record(run_id, project_id, actor, [study], clinical, report,
+                                   staged)
             self._count_ingested(report, study, clinical)
 
-    def _store_and_record(self, run_id: str, project_id: str, studies: list[StudyGroup],
-                          clinical: dict[str, ClinicalRow], staged: dict[str, str]) -> None:
-        """Blobs in, then rows in one transaction; on any failure neither stays."""
+    def _store_and_record(self, run_id: str, project_id: str, actor: str,
+                          studies: list[StudyGroup], clinical: dict[str, ClinicalRow],
+                          report: IngestReport, staged: dict[str, str]) -> None:
+        """Blobs in, then in one transaction their rows, the run's counts as they stand once
+        these studies are in, and the trace of their entry; on any failure none stays."""
+        # What the run will have done once this commits, so that its row never claims more,
+        # nor less, than what is in, wherever the process stops.
+        after = dataclasses.replace(report, quarantine=[],
+                                    subjects_seen=set(report.subjects_seen))
+        for study in studies:
+            self._count_ingested(after, study, clinical)
         written: list[str] = []
-        try:
-            written = self.repository.store_many(
-                [(h.path, h.sha256) for study in studies for h in study.instances], staged)
-            with self.db.session() as session:
-                self._record_studies(session, run_id, project_id, studies, clinical)
-        except BaseException:
-            self.repository.discard(written)  # no blob without its row
-            raise
+        with self.repository.locked():
+            try:
+                written = self.repository.store_many(
+                    [(h.path, h.sha256) for study in studies for h in study.instances], staged,
+                    journal=self.repository.journal_path(_run_name(run_id)))
+                with self.db.session() as session:
+                    self._record_studies(session, run_id, project_id, studies, clinical)
+                    session.execute(sa.update(IngestRun).where(IngestRun.id == run_id).values(
+                        counts=after.counts()))
+                    self._trace_entry(actor, project_id, run_id, studies, after)
+            except BaseException:
+                self.repository.discard(written)  # no blob without its row
+                raise
+
+    def _trace_entry(self, actor: str, project_id: str, run_id: str,
+                     studies: list[StudyGroup], after: IngestReport) -> None:
+        """Trace the studies' entry before it commits, as every dataset action is traced:
+        who, the project, the run, the content hash of each study and the run's counts."""
+        if self.trace is None:
+            return
+        self.trace({"actor": actor, "action": "INGEST_STUDIES", "datasets": [],
+                    "details": {"project": project_id, "ingest_run": run_id,
+                                "study_hashes": sorted(study_hash(s) for s in studies),
+                                "counts": after.counts()}})
 
     @staticmethod
     def _count_ingested(report: IngestReport, study: StudyGroup,
@@ -463,6 +600,7 @@ class Ingestor:
                 subject.diagnosis = row.diagnosis or subject.diagnosis
                 subject.clinical = {**(subject.clinical or {}), **row.extra}
             study_id = str(uuid.uuid4())
+            patient_sex, patient_age = study_demographics(study)
             study_rows.append({
                 "id": study_id, "study_uid": study.study_instance_uid,
                 "subject_id": subject.id, "project_id": project_id,
@@ -472,6 +610,7 @@ class Ingestor:
                                                if s.body_part})),
                 "series_count": len(study.series), "instance_count": study.instance_count,
                 "size_bytes": study.size_bytes, "content_hash": study_hash(study),
+                "patient_sex": patient_sex, "patient_age": patient_age,
                 "ingest_id": run_id, "ingested_at": utcnow()})
             for group in study.series:
                 head = group.instances[0]
@@ -502,3 +641,46 @@ class Ingestor:
         report.quarantine.append({"path": path, "study_uid": study_uid, "reason": reason,
                                   "message": message})
         report.files_quarantined += 1
+
+
+@dataclass
+class _Known:
+    """What is known of one subject: sex, and (study date, age) of each of its studies."""
+
+    sex: str | None
+    studies: list[tuple[Any, int | None]]
+
+
+def _claim_unnamed(unnamed: list[Refusal], headers: list[InstanceHeader],
+                   refused_by_study: dict[str, list[Refusal]]
+                   ) -> tuple[set[str], list[Refusal]]:
+    """The whole-study rule for refused files that name no study: each is put with the study
+    of the series it names, else of the folder it shares with other files (DICOM ones: a
+    stray non-DICOM file claims nothing). Adds each to `refused_by_study` under the first such
+    study; returns the other studies they also keep out, and the files no study claims."""
+    study_of_series: dict[str, str] = {}
+    studies_in_folder: dict[Path, set[str]] = defaultdict(set)
+    for header in headers:
+        study_of_series.setdefault(header.series_instance_uid, header.study_instance_uid)
+        studies_in_folder[header.path.parent].add(header.study_instance_uid)
+    for study_uid, refused in refused_by_study.items():
+        for r in refused:
+            if r.series_uid:
+                study_of_series.setdefault(r.series_uid, study_uid)
+            studies_in_folder[Path(r.path).parent].add(study_uid)
+    held: set[str] = set()
+    unclaimed: list[Refusal] = []
+    for r in unnamed:
+        if r.reason == "not_dicom":
+            unclaimed.append(r)
+            continue
+        if r.series_uid in study_of_series:
+            claimed = [study_of_series[r.series_uid]]
+        else:
+            claimed = sorted(studies_in_folder.get(Path(r.path).parent, ()))
+        if claimed:
+            refused_by_study.setdefault(claimed[0], []).append(r)
+            held.update(claimed[1:])
+        else:
+            unclaimed.append(r)
+    return held, unclaimed

@@ -75,6 +75,10 @@ class Study(Base):
     instance_count: Mapped[int] = mapped_column(sa.Integer)
     size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
     content_hash: Mapped[str] = mapped_column(sa.String(71))
+    # The subject's sex and age in years as the study's headers gave them: a later study of
+    # the same pseudonym is checked against them (a different person is not merged in).
+    patient_sex: Mapped[str | None] = mapped_column(sa.String(1))
+    patient_age: Mapped[int | None] = mapped_column(sa.Integer)
     ingest_id: Mapped[str] = mapped_column(sa.String(36), index=True)
     ingested_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 

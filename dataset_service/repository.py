@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import functools
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -108,14 +109,123 @@ class Repository:
         """Remove a staging area folder and the copies left in it (none became a blob)."""
         shutil.rmtree(area, ignore_errors=True)
 
+    # -- crash safety: locks, journals, recovery ------------------------------------------
+    # A run (say, one ingestion) holds the lock of its name for as long as it lives, and the
+    # kernel lets go of it when its process dies however it dies; whatever of a name whose
+    # lock is free is left in the staging area (its folder, its journal) is therefore debris.
+    # Writers hold the repository lock shared from naming blobs until their rows commit;
+    # recovery holds it alone, so it never sees a blob between its rename and its row.
+
+    @contextlib.contextmanager
+    def locked(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Hold the repository lock: shared by writers, exclusive for `recover`-like work."""
+        fd = self._open_lock(".repository")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def hold(self, name: str) -> int:
+        """Take the lock of a run by its name (see `staging_area`) and return its descriptor,
+        held until `release`: while it is held, `abandoned` never names the run."""
+        fd = self._open_lock(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"the run {name!r} is already running") from None
+        return fd
+
+    def release(self, name: str, fd: int) -> None:
+        """Let go of a run's lock, dropping its lock file and its journal with it."""
+        with contextlib.suppress(FileNotFoundError):
+            self.journal_path(name).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self._lock_path(name).unlink()
+        os.close(fd)
+
+    def is_held(self, name: str) -> bool:
+        """Whether a live process holds the run's lock."""
+        if not self._lock_path(name).exists():
+            return False
+        fd = self._open_lock(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def abandoned(self) -> list[str]:
+        """The names of runs that left something in the staging area and hold no lock."""
+        if not self.staging.is_dir():
+            return []
+        names = set()
+        for entry in self.staging.iterdir():
+            name, suffix = os.path.splitext(entry.name)
+            if suffix not in (".lock", ".journal"):
+                if not entry.is_dir():
+                    continue  # a loose staged copy: see drop_loose_staged
+                name = entry.name
+            if not name.startswith(".") and _AREA_NAME.fullmatch(name):
+                names.add(name)
+        return sorted(name for name in names if not self.is_held(name))
+
+    def journal_path(self, name: str) -> Path:
+        """Where a run notes the blobs it is about to name, before it names them."""
+        self.staging_area(name)  # checks the name
+        return self.staging / f"{name}.journal"
+
+    def journaled(self, name: str) -> set[str]:
+        """The blobs a run noted in its journal (a line cut short by a crash is skipped)."""
+        try:
+            lines = self.journal_path(name).read_text(encoding="ascii").splitlines()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return set()
+        return {line for line in lines if _SHA256_HEX.fullmatch(line)}
+
+    def drop_abandoned(self, name: str) -> None:
+        """Remove what an abandoned run left: its staging folder, journal and lock file."""
+        self.drop_staging_area(self.staging_area(name))
+        for path in (self.journal_path(name), self._lock_path(name)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def drop_loose_staged(self) -> int:
+        """Remove staged copies left directly in the staging area by a writer that died;
+        call with the repository lock held exclusively. Returns how many went."""
+        if not self.staging.is_dir():
+            return 0
+        dropped = 0
+        for entry in self.staging.iterdir():
+            if entry.name.startswith("tmp") and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    dropped += 1
+        return dropped
+
+    def _lock_path(self, name: str) -> Path:
+        if name != ".repository":
+            self.staging_area(name)  # checks the name
+        return self.staging / f"{name}.lock"
+
+    def _open_lock(self, name: str) -> int:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return os.open(self._lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+
     def store_many(self, files: Iterable[tuple[Path, str]],
-                   staged: dict[str, str] | None = None) -> list[str]:
+                   staged: dict[str, str] | None = None,
+                   journal: Path | None = None) -> list[str]:
         """Copy files in under their hashes, as `store` does one, with one flush of the file
         system for all of them rather than one per file; the hashes it wrote (those already
         there are left alone). Each blob is whole on disk before its name appears.
 
         A file's copy already staged (`staged`: sha256 -> what `stage` returned) is used,
-        and taken out of `staged`, instead of copying the file again."""
+        and taken out of `staged`, instead of copying the file again. With a `journal`
+        (see `journal_path`), the hashes about to be named are written to it, durably,
+        before the first is, so that recovery finds a blob whose row never came."""
         staged = {} if staged is None else staged
         moving: list[tuple[str, str, Path]] = []
         written: list[str] = []
@@ -132,6 +242,9 @@ class Repository:
                 moving.append((sha256, tmp, final))
             if not moving:
                 return written
+            if journal is not None:
+                with open(journal, "a", encoding="ascii") as notes:
+                    notes.write("".join(f"{sha256}\n" for sha256, _, _ in moving))
             _sync_file_system(self.staging)
             while moving:
                 sha256, tmp, final = moving[-1]
@@ -192,6 +305,7 @@ class Repository:
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_AREA_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 def _copy_into(out: BinaryIO, source: Path) -> None:

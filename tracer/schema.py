@@ -7,7 +7,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,6 +21,7 @@ class Action(StrEnum):
     CREATE_DATASET = "CREATE_DATASET"
     UPDATE_DATASET = "UPDATE_DATASET"
     USE_DATASETS = "USE_DATASETS"
+    INGEST_STUDIES = "INGEST_STUDIES"  # studies that entered the repository together
     ACCESS_REQUESTED = "ACCESS_REQUESTED"
     ACCESS_APPROVED = "ACCESS_APPROVED"
     ACCESS_REJECTED = "ACCESS_REJECTED"
@@ -73,6 +74,13 @@ class Details(BaseModel):
     exit_status: int | None = Field(None, ge=-255, le=255)
     output_hash: str | None = Field(None, pattern=_HASH)
     request_id: str | None = Field(None, pattern=_ID)
+    ingest_run: str | None = Field(None, pattern=_ID)
+    study_hashes: list[Annotated[str, Field(pattern=_HASH)]] | None = Field(
+        None, max_length=1000, description="content hashes of the studies that entered"
+    )
+    counts: dict[Annotated[str, Field(pattern=r"^[a-z_]{1,40}$")], int] | None = Field(
+        None, max_length=32, description="what a run had done when this was traced"
+    )
 
 
 class TraceIn(BaseModel):

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 
 from dataset_service.demo import DemoSpec, generate_demo_data
-from tests.helpers import auth
+from tests.helpers import auth, serving
+from tracer.client import TracerClient
+from vre.service_auth import StaticToken
 
 
 @pytest.fixture
-def service(make_app: Callable[[str], Flask]) -> Flask:
-    return make_app("dataset_service")
+def service(make_app: Callable[[str], Flask], token: Callable[..., str]) -> Iterator[Flask]:
+    """The dataset service, tracing into a tracer served over HTTP (ingestion is traced)."""
+    app = make_app("dataset_service")
+    with serving(make_app("tracer")) as tracer_url:
+        app.extensions["dataset.tracer"] = TracerClient(
+            tracer_url, StaticToken(token("service:dataset_service", "service")))
+        yield app
 
 
 @pytest.fixture
