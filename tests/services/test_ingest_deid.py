@@ -21,7 +21,6 @@ from dataset_service.dicom import DeidPolicy
 from dataset_service.ingest import Ingestor
 from dataset_service.models import Base, IngestRun, Project, Study, Subject
 from dataset_service.repository import Repository
-from tests.dataset_helpers import platform, steward  # noqa: F401
 from tests.helpers import auth, serving
 from tracer.client import TracerClient
 from vre.config import Config
@@ -73,7 +72,8 @@ def rewrite(path: Path, **values: object) -> pydicom.Dataset:
 
 
 def test_burned_in_annotation_keeps_the_whole_study_out(
-        tmp_path: Path, db: Database, project: str, ingestor: Ingestor) -> None:
+    tmp_path: Path, db: Database, project: str, ingestor: Ingestor
+) -> None:
     generate_demo_data(tmp_path / "in", SPEC)
     study = study_folders(tmp_path / "in")[0]
     victim = sorted(study.rglob("*.dcm"))[0]
@@ -82,17 +82,20 @@ def test_burned_in_annotation_keeps_the_whole_study_out(
     assert uid not in studies_in(db)
     entries = [q for q in report.quarantine if q["study_uid"] == uid]
     assert {(q["reason"], q["message"]) for q in entries if q["path"] == str(victim)} == {
-        ("identifying_data", "BurnedInAnnotation")}
+        ("identifying_data", "BurnedInAnnotation")
+    }
     assert len(entries) == len(list(study.rglob("*.dcm")))
     assert report.studies_ingested == len(study_folders(tmp_path / "in")) - 1
 
 
-@pytest.mark.parametrize("missing", [("StudyInstanceUID",),
-                                     ("StudyInstanceUID", "SeriesInstanceUID")],
-                         ids=["shares-a-series", "shares-a-folder"])
+@pytest.mark.parametrize(
+    "missing",
+    [("StudyInstanceUID",), ("StudyInstanceUID", "SeriesInstanceUID")],
+    ids=["shares-a-series", "shares-a-folder"],
+)
 def test_a_file_that_cannot_name_its_study_takes_the_whole_study_out(
-        tmp_path: Path, db: Database, project: str, ingestor: Ingestor,
-        missing: tuple[str, ...]) -> None:
+    tmp_path: Path, db: Database, project: str, ingestor: Ingestor, missing: tuple[str, ...]
+) -> None:
     generate_demo_data(tmp_path / "in", SPEC)
     study = study_folders(tmp_path / "in")[0]
     files = sorted(study.rglob("*.dcm"))
@@ -109,7 +112,8 @@ def test_a_file_that_cannot_name_its_study_takes_the_whole_study_out(
 
 
 def test_a_stray_text_file_in_a_study_folder_keeps_nothing_out(
-        tmp_path: Path, db: Database, project: str, ingestor: Ingestor) -> None:
+    tmp_path: Path, db: Database, project: str, ingestor: Ingestor
+) -> None:
     summary = generate_demo_data(tmp_path / "in", SPEC)
     (next(study_folders(tmp_path / "in")[0].glob("series-*")) / "notes.txt").write_text("hi")
     report = ingestor.run(ingestor.start(project, tmp_path / "in", "steward-1"))
@@ -128,9 +132,13 @@ def copy_study_as_new(source: Path, target: Path, **values: object) -> str:
         shutil.copy(path, out)
         ds = pydicom.dcmread(out)
         sop = generate_uid()
-        rewrite(out, StudyInstanceUID=study_uid, SOPInstanceUID=sop,
-                SeriesInstanceUID=series_uids.setdefault(ds.SeriesInstanceUID, generate_uid()),
-                **values)
+        rewrite(
+            out,
+            StudyInstanceUID=study_uid,
+            SOPInstanceUID=sop,
+            SeriesInstanceUID=series_uids.setdefault(ds.SeriesInstanceUID, generate_uid()),
+            **values,
+        )
         ds = pydicom.dcmread(out)
         ds.file_meta.MediaStorageSOPInstanceUID = sop
         ds.save_as(out, enforce_file_format=True)
@@ -138,7 +146,8 @@ def copy_study_as_new(source: Path, target: Path, **values: object) -> str:
 
 
 def test_a_pseudonym_that_comes_back_with_other_demographics_is_reported_not_merged(
-        tmp_path: Path, db: Database, project: str, ingestor: Ingestor) -> None:
+    tmp_path: Path, db: Database, project: str, ingestor: Ingestor
+) -> None:
     generate_demo_data(tmp_path / "in", SPEC)
     ingestor.run(ingestor.start(project, tmp_path / "in", "steward-1"))
     study = study_folders(tmp_path / "in")[0]
@@ -149,26 +158,24 @@ def test_a_pseudonym_that_comes_back_with_other_demographics_is_reported_not_mer
     second = tmp_path / "second"
     changed_sex = copy_study_as_new(study, second / "a", PatientSex=other_sex)
     changed_age = copy_study_as_new(study, second / "b", PatientAge=f"{age + 20:03d}Y")
-    grown_up = copy_study_as_new(study, second / "c", StudyDate=later,
-                                 PatientAge=f"{age + 2:03d}Y")
+    grown_up = copy_study_as_new(study, second / "c", StudyDate=later, PatientAge=f"{age + 2:03d}Y")
     report = ingestor.run(ingestor.start(project, second, "steward-1"))
-    conflicts = {q["study_uid"]: q for q in report.quarantine
-                 if q["reason"] == "subject_conflict"}
+    conflicts = {q["study_uid"]: q for q in report.quarantine if q["reason"] == "subject_conflict"}
     assert set(conflicts) == {changed_sex, changed_age}
     assert "PatientSex" in conflicts[changed_sex]["message"]
     assert "PatientAge" in conflicts[changed_age]["message"]
     assert studies_in(db) >= {grown_up} and not studies_in(db) & set(conflicts)
     with db.session() as session:
-        subject = session.scalar(sa.select(Subject).where(
-            Subject.pseudonym == first.PatientID))
+        subject = session.scalar(sa.select(Subject).where(Subject.pseudonym == first.PatientID))
         assert subject.sex == first.PatientSex, "the subject on record is left as it was"
 
 
 def hostile_folder(root: Path) -> Path:
     """A demo folder with identifiers where values of another form belong: a name in a date,
     an age and a time field, and a UID that is a name (its file then names no study)."""
-    generate_demo_data(root, DemoSpec(seed=22, subjects=6, studies_per_subject=(1, 1),
-                                      slices_per_series=(10, 12)))
+    generate_demo_data(
+        root, DemoSpec(seed=22, subjects=6, studies_per_subject=(1, 1), slices_per_series=(10, 12))
+    )
     folders = study_folders(root)
     files = [sorted(f.rglob("*.dcm"))[0] for f in folders[:4]]
     rewrite(files[0], StudyDate=f"{MARKER}^Doe")
@@ -181,8 +188,11 @@ def hostile_folder(root: Path) -> Path:
 def everything_stored(db: Database) -> str:
     """Every row of every table of the dataset service, as text."""
     with db.session() as session:
-        return "\n".join(str(row) for table in Base.metadata.sorted_tables
-                         for row in session.execute(sa.select(table)))
+        return "\n".join(
+            str(row)
+            for table in Base.metadata.sorted_tables
+            for row in session.execute(sa.select(table))
+        )
 
 
 @pytest.fixture
@@ -190,22 +200,33 @@ def service(make_app: Callable[[str], Flask], token: Callable[..., str]) -> Iter
     app = make_app("dataset_service")
     with serving(make_app("tracer")) as tracer_url:
         app.extensions["dataset.tracer"] = TracerClient(
-            tracer_url, StaticToken(token("service:dataset_service", "service")))
+            tracer_url, StaticToken(token("service:dataset_service", "service"))
+        )
         yield app
 
 
 def test_a_refused_value_is_never_stored_returned_or_logged(
-        service: Flask, token: Callable[..., str], caplog: pytest.LogCaptureFixture,
-        capfd: pytest.CaptureFixture[str]) -> None:
+    service: Flask,
+    token: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     caplog.set_level(logging.DEBUG)
     home = service.extensions["vre.config"].home
     hostile_folder(home / "import" / "hostile")
     headers = auth(token("steward-1", "steward"))
     client = service.test_client()
-    assert client.post("/api/v1/projects", headers=headers,
-                       json={"name": "lung", "title": "Lung"}).status_code == 201
-    started = client.post("/api/v1/ingest", headers=headers, json={
-        "path": str(home / "import" / "hostile"), "project": "lung"})
+    assert (
+        client.post(
+            "/api/v1/projects", headers=headers, json={"name": "lung", "title": "Lung"}
+        ).status_code
+        == 201
+    )
+    started = client.post(
+        "/api/v1/ingest",
+        headers=headers,
+        json={"path": str(home / "import" / "hostile"), "project": "lung"},
+    )
     assert started.status_code == 202, started.get_json()
     service.extensions["dataset.ingest_executor"].submit(lambda: None).result(timeout=120)
     answer = client.get(f"/api/v1/ingest/{started.get_json()['id']}", headers=headers)
@@ -213,17 +234,23 @@ def test_a_refused_value_is_never_stored_returned_or_logged(
     assert run["state"] == "finished", run
     assert run["counts"]["studies_quarantined"] == 4
     assert {q["reason"] for q in run["quarantine"]} == {
-        "identifying_data", "missing_uid", "study_incomplete"}
+        "identifying_data",
+        "missing_uid",
+        "study_incomplete",
+    }
     captured = capfd.readouterr()
-    for where, text in [("API answer", answer.get_data(as_text=True)),
-                        ("database", everything_stored(service.extensions["vre.db"])),
-                        ("logs", "\n".join(r.getMessage() for r in caplog.records)),
-                        ("stdout and stderr", captured.out + captured.err)]:
+    for where, text in [
+        ("API answer", answer.get_data(as_text=True)),
+        ("database", everything_stored(service.extensions["vre.db"])),
+        ("logs", "\n".join(r.getMessage() for r in caplog.records)),
+        ("stdout and stderr", captured.out + captured.err),
+    ]:
         assert MARKER not in text, f"a refused value reached the {where}"
 
 
 def test_each_batch_that_enters_is_traced_with_its_study_hashes(
-        platform: tuple[Flask, TracerClient]) -> None:  # noqa: F811
+    platform: tuple[Flask, TracerClient],
+) -> None:
     service, auditor = platform
     traces = list(auditor.query(action="INGEST_STUDIES"))
     with service.extensions["vre.db"].session() as session:
@@ -239,7 +266,8 @@ def test_each_batch_that_enters_is_traced_with_its_study_hashes(
 
 
 def test_without_the_tracer_nothing_enters(
-        make_app: Callable[[str], Flask], tmp_path: Path, config: Config) -> None:
+    make_app: Callable[[str], Flask], tmp_path: Path, config: Config
+) -> None:
     service = make_app("dataset_service")  # its tracer is not running
     db: Database = service.extensions["vre.db"]
     with db.session() as session:
@@ -259,7 +287,7 @@ def test_without_the_tracer_nothing_enters(
 
 
 def test_quarantine_reports_are_json_without_values(
-        tmp_path: Path, project: str, ingestor: Ingestor) -> None:
-    report = ingestor.run(ingestor.start(project, hostile_folder(tmp_path / "in"),
-                                         "steward-1"))
+    tmp_path: Path, project: str, ingestor: Ingestor
+) -> None:
+    report = ingestor.run(ingestor.start(project, hostile_folder(tmp_path / "in"), "steward-1"))
     assert MARKER not in json.dumps(report.quarantine)
