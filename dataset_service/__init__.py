@@ -56,11 +56,11 @@ def _install_ingestion(app: Flask, config: Config) -> None:
     db = app.extensions["vre.db"]
     repository = Repository(config.repository_path)
     app.extensions["dataset.repository"] = repository
-    # Each batch of studies that enters is traced through the service's tracer client, as
-    # every other dataset action (looked up at each call: tests and tools may replace it).
+    # Each batch of studies that enters is traced, in its transaction, through the service's
+    # tracer client as every other dataset action (looked up at each call: tests replace it).
     app.extensions["dataset.ingestor"] = ingestor = Ingestor(
         db, repository, policy, config.ingest_workers,
-        trace=lambda trace: app.extensions["dataset.tracer"].record(trace),
+        trace=lambda _session, trace: app.extensions["dataset.tracer"].record(trace),
     )
     # One ingestion at a time: each already uses every core for reading headers.
     app.extensions["dataset.ingest_executor"] = ThreadPoolExecutor(

@@ -57,8 +57,9 @@ KNOWN_CLINICAL = ("subject_id", "age", "sex", "diagnosis")
 # Admitted studies are stored and recorded together until they hold this many files: one
 # flush of the file system and one transaction for them all, rather than one a study.
 BATCH_FILES = 500
-# Records one trace durably, or raises: an action whose trace was not recorded is not done.
-Trace = Callable[[dict[str, Any]], Any]
+# Records one trace of an action in the action's own transaction (the session), or raises:
+# an action whose trace was not recorded is not done.
+Trace = Callable[[Session, dict[str, Any]], Any]
 
 
 class IngestError(Exception):
@@ -548,18 +549,18 @@ class Ingestor:
                     self._record_studies(session, run_id, project_id, studies, clinical)
                     session.execute(sa.update(IngestRun).where(IngestRun.id == run_id).values(
                         counts=after.counts()))
-                    self._trace_entry(actor, project_id, run_id, studies, after)
+                    self._trace_entry(session, actor, project_id, run_id, studies, after)
             except BaseException:
                 self.repository.discard(written)  # no blob without its row
                 raise
 
-    def _trace_entry(self, actor: str, project_id: str, run_id: str,
+    def _trace_entry(self, session: Session, actor: str, project_id: str, run_id: str,
                      studies: list[StudyGroup], after: IngestReport) -> None:
         """Trace the studies' entry before it commits, as every dataset action is traced:
         who, the project, the run, the content hash of each study and the run's counts."""
         if self.trace is None:
             return
-        self.trace({"actor": actor, "action": "INGEST_STUDIES", "datasets": [],
+        self.trace(session, {"actor": actor, "action": "INGEST_STUDIES", "datasets": [],
                     "details": {"project": project_id, "ingest_run": run_id,
                                 "study_hashes": sorted(study_hash(s) for s in studies),
                                 "counts": after.counts()}})

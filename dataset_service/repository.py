@@ -49,7 +49,10 @@ class Repository:
         if final.is_file():
             return False
         final.parent.mkdir(parents=True, exist_ok=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        with self.locked():  # its copy in the staging area is not debris meanwhile
+            return self._store(source, final)
+
+    def _store(self, source: Path, final: Path) -> bool:
         fd, tmp = tempfile.mkstemp(dir=self.staging)
         try:
             with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
