@@ -12,6 +12,7 @@ from flask import Flask
 
 from dataset_service import api, api_catalogue, api_datasets, api_explore, api_ingest
 from dataset_service.dicom import DeidPolicy
+from dataset_service.dropfolders import check_import_root
 from dataset_service.ingest import Ingestor
 from dataset_service.repository import Repository
 from tracer.client import TracerClient
@@ -53,6 +54,7 @@ def _install_ingestion(app: Flask, config: Config) -> None:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError("VRE_DEID_POLICY_FILE", str(exc)) from None
         policy = DeidPolicy.from_mapping(data)
+    check_import_root(config.import_root_path, config.home, config.repository_path)
     db = app.extensions["vre.db"]
     repository = Repository(config.repository_path)
     app.extensions["dataset.repository"] = repository

@@ -56,10 +56,25 @@ class ProjectOut(BaseModel):
         return cls.model_validate(project, from_attributes=True)
 
 
+def may_see_project(session: Any, principal: Principal | None, project_id: str) -> bool:
+    """Projects, their names and members are seen by their members, administrators and the
+    platform's services; to anyone else a project does not exist."""
+    if principal is None:
+        return False
+    if principal.has_any("admin", "service"):
+        return True
+    return session.scalar(sa.select(ProjectMember.role).where(
+        ProjectMember.project_id == project_id,
+        ProjectMember.user_id == principal.subject)) is not None
+
+
 def find_project(session: Any, name_or_id: str) -> Project:
+    """The project by name or id, if the caller may see it; one they may not see answers
+    the same 404 as one that does not exist, so that names cannot be probed."""
     project = session.scalar(sa.select(Project).where(
         sa.or_(Project.id == name_or_id, Project.name == name_or_id)))
-    if project is None:
+    if project is None or not may_see_project(session, current_principal(required=False),
+                                              project.id):
         raise NotFound(f"no project {name_or_id!r}", field="project")
     return project
 
@@ -101,19 +116,26 @@ def create_project(body: ProjectIn) -> ProjectOut:
 
 
 @bp.get("/projects")
-@endpoint("List projects", response=ProjectOut, tags=["projects"])
+@endpoint("The projects the caller is a member of (every project, for administrators)",
+          response=ProjectOut, tags=["projects"])
 def list_projects() -> list[ProjectOut]:
+    principal = current_principal()
+    assert principal is not None
+    stmt = sa.select(Project).order_by(Project.name)
+    if not principal.has_any("admin", "service"):
+        stmt = stmt.where(Project.id.in_(sa.select(ProjectMember.project_id).where(
+            ProjectMember.user_id == principal.subject)))
     with db_of().session() as session:
-        return [ProjectOut.of(p) for p in
-                session.scalars(sa.select(Project).order_by(Project.name))]
+        return [ProjectOut.of(p) for p in session.scalars(stmt)]
 
 
 @bp.get("/projects/<project_id>")
-@endpoint("One project", response=ProjectOut, tags=["projects"])
+@endpoint("One project (its members and administrators)", response=ProjectOut,
+          tags=["projects"])
 def get_project(project_id: str) -> ProjectOut:
     with db_of().session() as session:
         project = session.get(Project, project_id)
-        if project is None:
+        if project is None or not may_see_project(session, current_principal(), project.id):
             raise NotFound(f"no project with id {project_id!r}", field="project_id")
         return ProjectOut.of(project)
 
@@ -131,7 +153,8 @@ class MemberOut(BaseModel):
 
 
 @bp.get("/projects/<project_id>/members")
-@endpoint("Members of a project and their roles", response=MemberOut, tags=["projects"])
+@endpoint("Members of a project and their roles (its members and administrators)",
+          response=MemberOut, tags=["projects"])
 def list_members(project_id: str) -> list[MemberOut]:
     with db_of().session() as session:
         project = find_project(session, project_id)

@@ -26,7 +26,7 @@ from dataset_service.models import (
     RevokedUser,
     Study,
 )
-from dataset_service.policy import Action, Decision, decide, decide_use, visible_to
+from dataset_service.policy import Action, Code, Decision, decide, decide_use, visible_to
 from tracer.client import TracerClient, TracerError
 from vre.api import PUBLIC, current_principal, endpoint
 from vre.db import utcnow
@@ -476,9 +476,11 @@ def create_grant(body: GrantIn) -> GrantOut:
         actor = ds.actor_for(session, body.user_id, frozenset(body.user_roles))
         answers = decide_use(actor, [ds.facts_of(session, rows[i]) for i in wanted
                                      if i in rows])
-        refused = {i: {"code": "not_found", "reason": "no such dataset"}
-                   for i in wanted if i not in rows}
-        refused.update({i: {"code": str(d.code), "reason": d.reason}
+        # A dataset the user may not even see is refused as one that does not exist.
+        unknown = {"code": "not_found", "reason": "no such dataset"}
+        refused = {i: unknown for i in wanted if i not in rows}
+        refused.update({i: unknown if d.code == Code.NOT_VISIBLE else
+                        {"code": str(d.code), "reason": d.reason}
                         for i, d in answers.items() if not d})
         if refused:
             raise ApiError("some datasets may not be used: " + "; ".join(

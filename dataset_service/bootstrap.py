@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from dataset_service.demo import generate_demo_data
 from dataset_service.dicom import DeidPolicy
+from dataset_service.dropfolders import check_import_root, locate
 from dataset_service.ingest import Ingestor, IngestReport
 from dataset_service.models import Project, ProjectMember
 from dataset_service.repository import Repository
@@ -19,12 +20,19 @@ from vre.services import service
 DEMO_PROJECT = "demo"
 
 
+def demo_folder(config: Config) -> Path:
+    """Where the demo data lies: the demo project's drop folder."""
+    return locate(config.import_root_path, DEMO_PROJECT)
+
+
 def load_demo(config: Config, steward_id: str) -> IngestReport | None:
-    """Generate the demo data and ingest it into the 'demo' project, once per data dir."""
-    demo_dir = config.home / "demo"
+    """Generate the demo data into the 'demo' project's drop folder and ingest it from
+    there, once per data dir."""
+    demo_dir = demo_folder(config)
     marker = demo_dir / ".ingested"
     if marker.exists():
         return None
+    check_import_root(config.import_root_path, config.home, config.repository_path)
     if not (demo_dir / "clinical.csv").is_file():
         generate_demo_data(demo_dir)
     svc = service("dataset_service")

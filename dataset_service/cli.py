@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import requests
 
+from dataset_service import dropfolders
 from dataset_service.demo import DemoSpec, generate_demo_data
 from vre.config import Config, load_config
 from vre.service_auth import command_line_tokens
@@ -49,12 +52,47 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files"
 
 
+def into_drop_folder(path: Path, folder: Path) -> str:
+    """The path to ask the service for: a folder already in the project's drop folder as is
+    (relative to it); any other folder first hard-linked (copied across file systems) into
+    it under its own name, links kept as links, which ingestion passes over."""
+    source = path.resolve()
+    base = folder.resolve()
+    if source == base or base in source.parents:
+        return dropfolders.shown(source, base)
+    target = base / source.name
+    base.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy,
+                    dirs_exist_ok=True)
+    return source.name
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if os.path.lexists(dst):
+        if os.path.samefile(src, dst):
+            return
+        os.unlink(dst)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Ingest a folder into a project through the service; show progress, then the report."""
+    """Ingest a folder into a project through the service; show progress, then the report.
+    A folder of this machine is first placed in the project's drop folder, the only place
+    the service ingests from; any other path is taken as relative to that drop folder."""
     config = load_config(**({"home": Path(args.home)} if args.home else {}))
     http, base = _client(config, args)
-    run = _answer(http.post(base + "/ingest", json={
-        "path": str(Path(args.path).resolve()), "project": args.project}, timeout=30))
+    path = args.path
+    if Path(path).is_dir():
+        name = args.project
+        if not dropfolders.is_project_name(name):  # an id: drop folders go by name
+            name = _answer(http.get(f"{base}/projects/{name}", timeout=30))["name"]
+        path = into_drop_folder(Path(path), dropfolders.locate(config.import_root_path, name))
+        print(f"ingesting {path} from the drop folder of project {name}", file=sys.stderr)
+    run = _answer(http.post(base + "/ingest", json={"path": path, "project": args.project},
+                            timeout=30))
     tty = sys.stderr.isatty()
     while run["state"] == "running":
         time.sleep(0.5)

@@ -62,14 +62,6 @@ BATCH_FILES = 500
 Trace = Callable[[Session, dict[str, Any]], Any]
 
 
-class IngestError(Exception):
-    """The ingestion cannot start (bad folder, folder outside the import root)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 @dataclass
 class IngestReport:
     """What one run did; also kept, as counts, on its IngestRun row."""
@@ -88,17 +80,6 @@ class IngestReport:
 
     def counts(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
-
-
-def resolve_source(path: str, import_root: Path) -> Path:
-    """The folder to ingest, which must exist and lie below the import root."""
-    source = Path(path).expanduser().resolve()
-    if not source.is_dir():
-        raise IngestError("source_not_found", f"no such folder: {path}")
-    if source != import_root and import_root not in source.parents:
-        raise IngestError("source_not_allowed",
-                          f"{path} is outside the import root {import_root}")
-    return source
 
 
 def dicom_candidates(source: Path) -> list[Path]:
@@ -221,6 +202,9 @@ def read_clinical(source: Path) -> tuple[dict[str, ClinicalRow], list[tuple[str,
     """Clinical rows by subject from clinical.csv or clinical.json; refusals as quarantine."""
     for name in CLINICAL_FILES:
         path = source / name
+        if path.is_symlink():
+            # A link could bring in another project's table, or any file of the host.
+            return {}, [(str(path), "malformed_clinical_data", "a link, not a file")]
         if not path.is_file():
             continue
         try:
@@ -231,7 +215,9 @@ def read_clinical(source: Path) -> tuple[dict[str, ClinicalRow], list[tuple[str,
                 rows = json.loads(path.read_text())
                 if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                     raise ValueError("must be a JSON list of objects")
-        except (OSError, ValueError, csv.Error) as exc:
+        except OSError as exc:  # its words only: str(exc) names the file where it lies
+            return {}, [(str(path), "malformed_clinical_data", exc.strerror or "unreadable")]
+        except (ValueError, csv.Error) as exc:
             return {}, [(str(path), "malformed_clinical_data", str(exc))]
         columns = {str(c).strip().lower() for r in rows for c in r}
         identifying = sorted(columns & IDENTIFYING_COLUMNS)

@@ -95,7 +95,10 @@ class ServiceClient:
             response = self.pool.request(method, url, body=body, headers=headers,
                                          timeout=self.timeout, redirect=False)
         except urllib3.exceptions.HTTPError as exc:
-            raise self.unavailable(0, f"{self.error.service}_unavailable", str(exc)) from exc
+            # urllib3's words name the host, port and path; callers pass this message on
+            # to people, so it says only what went wrong.
+            raise self.unavailable(0, f"{self.error.service}_unavailable",
+                                   f"the {self.error.service} service {_failure(exc)}") from None
         answer = Answer(response.status, response.headers, response.data)
         if answer.status >= 400:
             try:
@@ -107,3 +110,13 @@ class ServiceClient:
             cls = self.unavailable if answer.status >= 500 else self.error
             raise cls(answer.status, code, message, field, details)
         return answer if raw else answer.json()
+
+
+def _failure(exc: urllib3.exceptions.HTTPError) -> str:
+    """What went wrong with a call, without the address it went to."""
+    cause = getattr(exc, "reason", None) or exc
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):  # before: it is a timeout
+        return "could not be reached"
+    if isinstance(cause, urllib3.exceptions.TimeoutError):
+        return "did not answer in time"
+    return f"failed to answer ({type(cause).__name__})"

@@ -118,7 +118,8 @@ class Config(BaseModel):
     anchor_batch_traces: int = Field(
         1000, ge=1, description="...or as soon as this many traces are waiting.")
     import_root: Path | None = Field(
-        None, description="Folder below which stewards may ingest (default: the data dir).")
+        None, description="Folder that holds each project's drop folder, <import root>/<project>, "
+        "the only place its stewards ingest from (default: <home>/import).")
     deid_policy_file: Path | None = Field(
         None, description="TOML de-identification policy that replaces the default profile.")
     ingest_workers: int = Field(0, ge=0, le=64, description="Header readers (0: one a core).")
@@ -262,7 +263,7 @@ class Config(BaseModel):
 
     @property
     def import_root_path(self) -> Path:
-        return (self.import_root or self.home).resolve()
+        return (self.import_root or self.home / "import").expanduser().resolve()
 
     @property
     def repository_path(self) -> Path:

@@ -72,7 +72,7 @@ def first_start(config: Config, *, admin: bool = True) -> FirstStart:
     """Create the administrator, default catalogues and demo data where the directory has none."""
     import sqlalchemy as sa
 
-    from dataset_service.bootstrap import load_demo
+    from dataset_service.bootstrap import demo_folder, load_demo
     from portal.accounts import ensure_admin
     from portal.catalogues import seed_defaults
     from portal.models import User
@@ -90,7 +90,7 @@ def first_start(config: Config, *, admin: bool = True) -> FirstStart:
     finally:
         db.engine.dispose()
     demo = load_demo(config, admin_id) if config.demo_data and admin_id else None
-    return FirstStart(password, config.home / "demo" if demo else None, demo)
+    return FirstStart(password, demo_folder(config) if demo else None, demo)
 
 
 def service_env(config: Config, service_name: str) -> dict[str, str]:

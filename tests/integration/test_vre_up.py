@@ -128,7 +128,7 @@ def test_vre_up_runs_the_platform_and_keeps_state(up_env: dict[str, str]) -> Non
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("ready") == 3
-        assert (Path(up_env["VRE_HOME"]) / "demo" / "clinical.csv").is_file()
+        assert (Path(up_env["VRE_HOME"]) / "import" / "demo" / "clinical.csv").is_file()
         pids = platform.child_pids()
     finally:
         code = platform.stop()

@@ -267,10 +267,11 @@ def test_flavors_reserved_for_a_project_need_its_membership(admin_site: dict[str
     assert found.status_code == 200 and "lung-big" in {f["name"] for f in found.get_json()}
     outsider = client.get("/api/v1/flavors?project=lung",
                           headers=auth(token("someone", "researcher")))
-    assert outsider.status_code == 403 and outsider.get_json()["error"]["code"] == \
-        "not_a_member"
     unknown = client.get("/api/v1/flavors?project=nope", headers=member)
     assert unknown.status_code == 404 and unknown.get_json()["error"]["field"] == "project"
+    # A project the caller is not in answers as one that does not exist: names don't leak.
+    assert outsider.status_code == 404
+    assert outsider.get_json()["error"]["code"] == unknown.get_json()["error"]["code"]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code", "field"), [

@@ -118,6 +118,19 @@ def test_grants_are_refused_with_the_dataset_and_the_reason(platform, steward,
         "not_found"
 
 
+def test_a_grant_does_not_confirm_a_dataset_the_user_may_not_see(platform, steward,
+                                                                  portal) -> None:
+    service, _ = platform
+    draft = create(service, steward)  # a draft: hidden from members who did not write it
+    hidden = grant(service, portal, "res-1", draft["id"])
+    unknown = grant(service, portal, "res-1", "no-such-dataset")
+    assert hidden.status_code == unknown.status_code == 403
+    assert hidden.get_json()["error"]["details"]["refused"][draft["id"]] == \
+        unknown.get_json()["error"]["details"]["refused"]["no-such-dataset"]
+    assert hidden.get_json()["error"]["message"].replace(draft["id"], "no-such-dataset") == \
+        unknown.get_json()["error"]["message"]
+
+
 def test_an_invalidated_dataset_resolves_but_cannot_be_used(platform, steward,
                                                             portal) -> None:
     service, _ = platform

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from dataset_service.demo import DemoSpec, generate_demo_data, write_faulty_examples
 from dataset_service.dicom import DeidPolicy
-from dataset_service.ingest import IngestError, Ingestor, resolve_source
+from dataset_service.ingest import Ingestor
 from dataset_service.models import Instance, Project, QuarantineEntry, Series, Study, Subject
 from dataset_service.repository import Repository
 from vre.config import Config
@@ -149,13 +149,3 @@ def test_pydicom_bundled_files_never_break_ingestion(tmp_path: Path, project: st
         run = session.scalars(sa.select(Study)).all()
     assert len(run) == report.studies_ingested
 
-
-def test_sources_outside_the_import_root_are_refused(tmp_path: Path) -> None:
-    (tmp_path / "root" / "ok").mkdir(parents=True)
-    assert resolve_source(str(tmp_path / "root" / "ok"), tmp_path / "root")
-    with pytest.raises(IngestError) as err:
-        resolve_source(str(tmp_path), tmp_path / "root")
-    assert err.value.code == "source_not_allowed"
-    with pytest.raises(IngestError) as err:
-        resolve_source(str(tmp_path / "root" / "missing"), tmp_path / "root")
-    assert err.value.code == "source_not_found"

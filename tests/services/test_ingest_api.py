@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,9 +10,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from dataset_service.demo import DemoSpec, generate_demo_data
+import dataset_service
+from dataset_service import cli
+from dataset_service.demo import DemoSpec, generate_demo_data, write_faulty_examples
 from tests.helpers import auth, serving
 from tracer.client import TracerClient
+from vre.config import Config, ConfigError
 from vre.service_auth import StaticToken
 
 
@@ -46,53 +50,169 @@ def wait_finished(app: Flask, headers: dict[str, str], run_id: str) -> dict:
     raise AssertionError("ingestion did not finish")
 
 
-def test_a_steward_ingests_a_folder_and_reads_the_report(
+def drop_folder(app: Flask, project: str = "lung") -> Path:
+    folder = app.extensions["vre.config"].import_root_path / project
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_a_steward_ingests_from_the_drop_folder_and_reads_the_report(
         service: Flask, steward: dict[str, str]) -> None:
     config = service.extensions["vre.config"]
-    summary = generate_demo_data(config.home / "import" / "demo",
+    assert config.import_root_path == config.home / "import", "inside the data directory"
+    summary = generate_demo_data(drop_folder(service) / "batch-1",
                                  DemoSpec(seed=3, subjects=2, slices_per_series=(3, 4)))
     make_project(service, steward)
     response = service.test_client().post("/api/v1/ingest", headers=steward, json={
-        "path": str(config.home / "import" / "demo"), "project": "lung"})
+        "path": "batch-1", "project": "lung"})
     assert response.status_code == 202, response.get_json()
     run = wait_finished(service, steward, response.get_json()["id"])
     assert run["state"] == "finished"
+    assert run["source"] == "batch-1", "shown as the steward named it, not where it lies"
     assert run["counts"]["studies_ingested"] == summary.studies
     assert run["counts"]["files_ingested"] == summary.instances
     assert run["quarantine"] == []
+    # The drop folder itself, and an absolute path inside it, are the same place.
+    for path in (".", str(drop_folder(service) / "batch-1")):
+        again = service.test_client().post("/api/v1/ingest", headers=steward, json={
+            "path": path, "project": "lung"})
+        assert again.status_code == 202, again.get_json()
+        wait_finished(service, steward, again.get_json()["id"])
+
+
+def test_quarantine_reports_name_files_within_the_drop_folder(
+        service: Flask, steward: dict[str, str]) -> None:
+    batch = drop_folder(service) / "faulty"
+    write_faulty_examples(batch)
+    make_project(service, steward)
+    response = service.test_client().post("/api/v1/ingest", headers=steward, json={
+        "path": "faulty", "project": "lung"})
+    run = wait_finished(service, steward, response.get_json()["id"])
+    assert run["quarantine"], run
+    home = str(service.extensions["vre.config"].home)
+    assert home not in json.dumps(run), "no server path in the report"
+    assert all(e["path"].startswith("faulty/") for e in run["quarantine"]), run["quarantine"]
+
+
+def test_a_clinical_table_that_is_a_link_is_refused(
+        service: Flask, steward: dict[str, str], token: Callable[..., str]) -> None:
+    make_project(service, steward)
+    make_project(service, steward, "brain")
+    theirs = drop_folder(service, "brain")
+    (theirs / "clinical.csv").write_text("subject_id,age\nS1,40\n")
+    mine = drop_folder(service) / "linked"
+    generate_demo_data(mine, DemoSpec(seed=5, subjects=1, slices_per_series=(3, 3)))
+    (mine / "clinical.csv").unlink()
+    (mine / "clinical.csv").symlink_to(theirs / "clinical.csv")
+    response = service.test_client().post("/api/v1/ingest", headers=steward, json={
+        "path": "linked", "project": "lung"})
+    run = wait_finished(service, steward, response.get_json()["id"])
+    assert [(e["path"], e["reason"]) for e in run["quarantine"]] == [
+        ("linked/clinical.csv", "malformed_clinical_data")]
+    assert run["counts"]["subjects_with_clinical_data"] == 0
 
 
 def test_only_the_projects_stewards_may_ingest(service: Flask, steward: dict[str, str],
                                                token: Callable[..., str]) -> None:
     make_project(service, steward)
-    config = service.extensions["vre.config"]
-    (config.home / "import").mkdir(parents=True, exist_ok=True)
+    drop_folder(service)
+    client = service.test_client()
     other = auth(token("steward-2", "steward"))
-    response = service.test_client().post("/api/v1/ingest", headers=other, json={
-        "path": str(config.home / "import"), "project": "lung"})
+    response = client.post("/api/v1/ingest", headers=other, json={
+        "path": ".", "project": "lung"})
+    assert response.status_code == 404, "not a member: the project is not even confirmed"
+    assert response.get_json()["error"]["field"] == "project"
+    assert client.put("/api/v1/projects/lung/members", headers=steward, json={
+        "user_id": "steward-2", "role": "researcher"}).status_code == 200
+    response = client.post("/api/v1/ingest", headers=other, json={
+        "path": ".", "project": "lung"})
     assert response.status_code == 403
     assert response.get_json()["error"]["code"] == "not_a_steward"
-    researcher = auth(token("r-1", "researcher"))
-    assert service.test_client().post("/api/v1/ingest", headers=researcher, json={
-        "path": str(config.home), "project": "lung"}).status_code == 403
+    # Refused before the path is looked at: a non-steward learns nothing of the folder.
+    missing = client.post("/api/v1/ingest", headers=other, json={
+        "path": "no-such-folder", "project": "lung"})
+    assert missing.status_code == 403
 
 
-@pytest.mark.parametrize("path,status,code", [
-    ("/etc", 403, "source_not_allowed"),
-    ("{home}/../outside", 403, "source_not_allowed"),
-    ("{home}/no-such-folder", 404, "source_not_found"),
-])
-def test_folders_outside_the_import_root_are_refused(
-        service: Flask, steward: dict[str, str], tmp_path: Path, path: str, status: int,
-        code: str) -> None:
+@pytest.fixture
+def two_projects(service: Flask, steward: dict[str, str], token: Callable[..., str]
+                 ) -> dict[str, Path]:
+    """Project lung (steward-1) and project brain (steward-2), each with a folder of files
+    in its drop folder, and links in lung's folder that point out of it."""
     make_project(service, steward)
-    home = service.extensions["vre.config"].home
-    (home.parent / "outside").mkdir(exist_ok=True)
+    make_project(service, auth(token("steward-2", "steward")), "brain")
+    config = service.extensions["vre.config"]
+    lung, brain = drop_folder(service), drop_folder(service, "brain")
+    (brain / "scans").mkdir()
+    (lung / "scans").mkdir()
+    config.repository_path.mkdir(parents=True, exist_ok=True)
+    (config.home.parent / "outside").mkdir(exist_ok=True)
+    (lung / "to-brain").symlink_to(brain / "scans")
+    (lung / "to-repository").symlink_to(config.repository_path)
+    (lung / "to-home").symlink_to(config.home)
+    (lung / "loop").symlink_to(lung / "loop")
+    return {"lung": lung, "brain": brain, "home": config.home,
+            "repository": config.repository_path}
+
+
+@pytest.mark.parametrize("path", [
+    "/etc", "../brain/scans", "../brain", "..", "../..", "../../repository", "to-brain",
+    "to-repository", "to-home", "loop", "no-such-folder", "scans/../../brain/scans",
+    "{brain}/scans", "{repository}", "{home}", "{home}/../outside", "~", "scans/\u00e9t\u00e9",
+])
+def test_every_path_outside_the_projects_drop_folder_answers_one_404(
+        service: Flask, steward: dict[str, str], two_projects: dict[str, Path],
+        path: str) -> None:
+    given = path.format(**{k: str(v) for k, v in two_projects.items()})
     response = service.test_client().post("/api/v1/ingest", headers=steward, json={
-        "path": path.format(home=home), "project": "lung"})
-    assert response.status_code == status
-    assert response.get_json()["error"] == {
-        "code": code, "field": "path", "message": response.get_json()["error"]["message"]}
+        "path": given, "project": "lung"})
+    assert response.status_code == 404, response.get_json()
+    error = response.get_json()["error"]
+    assert (error["code"], error["field"]) == ("source_not_found", "path")
+    # Missing, outside and forbidden read alike: only the caller's own words come back.
+    assert error["message"].replace(repr(given), "<path>", 1) == NOT_FOUND
+
+
+NOT_FOUND = ("no folder <path> in the project's drop folder (paths are relative to it; "
+             "the drop folders lie under VRE_IMPORT_ROOT)")
+
+
+@pytest.mark.parametrize("path,code", [
+    ("a" * 4096, "path_too_long"),
+    ("x/" * 2047 + "x", "path_too_long"),
+    ("b" * 256, "path_too_long"),
+    ("scans\x00/etc", "invalid_path"),
+    ("scans\n", "invalid_path"),
+    ("\ud800", "validation_error"),  # the schema already refuses what is not text
+])
+def test_paths_no_file_system_holds_are_422_not_500(
+        service: Flask, steward: dict[str, str], two_projects: dict[str, Path], path: str,
+        code: str) -> None:
+    response = service.test_client().post("/api/v1/ingest", headers=steward, json={
+        "path": path, "project": "lung"})
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"]["code"] == code
+    assert response.get_json()["error"]["field"] == "path"
+
+
+def test_an_import_root_over_the_data_directory_stops_start(
+        make_app: Callable[[str], Flask], config: Config) -> None:
+    for root in (config.home, config.home.parent, config.repository_path / "blobs"):
+        moved = config.model_copy(update={"import_root": root})
+        with pytest.raises(ConfigError) as refused:
+            dataset_service.create_app(moved)
+        assert refused.value.key == "VRE_IMPORT_ROOT"
+
+
+def test_a_missing_import_root_names_the_setting(
+        service: Flask, steward: dict[str, str]) -> None:
+    make_project(service, steward)
+    service.extensions["vre.config"].import_root_path.rmdir()
+    response = service.test_client().post("/api/v1/ingest", headers=steward, json={
+        "path": ".", "project": "lung"})
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "import_root_unavailable"
+    assert "VRE_IMPORT_ROOT" in response.get_json()["error"]["message"]
 
 
 def test_unknown_project_and_run_are_404(service: Flask, steward: dict[str, str]) -> None:
@@ -120,3 +240,67 @@ def test_project_members_are_managed_by_stewards(service: Flask, steward: dict[s
     assert refused.status_code == 403
     assert client.delete("/api/v1/projects/lung/members/r-1", headers=steward).status_code == 200
     assert client.delete("/api/v1/projects/lung/members/r-1", headers=steward).status_code == 404
+
+
+def test_projects_and_their_members_are_seen_by_members_and_administrators_only(
+        service: Flask, steward: dict[str, str], token: Callable[..., str]) -> None:
+    client = service.test_client()
+    lung = make_project(service, steward)
+    brain = make_project(service, auth(token("steward-2", "steward")), "brain")
+    client.put("/api/v1/projects/lung/members", headers=steward,
+               json={"user_id": "r-1", "role": "researcher"})
+    member, outsider = auth(token("r-1", "researcher")), auth(token("r-9", "researcher"))
+
+    def names(headers: dict[str, str]) -> list[str]:
+        response = client.get("/api/v1/projects", headers=headers)
+        assert response.status_code == 200
+        return [p["name"] for p in response.get_json()]
+
+    assert names(member) == ["lung"] and names(steward) == ["lung"]
+    assert names(outsider) == []
+    assert names(auth(token("admin-1", "admin"))) == ["brain", "lung"]
+    assert names(auth(token("service:portal", "service"))) == ["brain", "lung"]
+    assert client.get(f"/api/v1/projects/{lung}", headers=member).status_code == 200
+    assert client.get(f"/api/v1/projects/{lung}", headers=auth(token("a", "admin"))
+                      ).status_code == 200
+    # A project the caller may not see answers exactly as one that does not exist.
+    for path in (f"/api/v1/projects/{brain}", "/api/v1/projects/brain/members",
+                 f"/api/v1/projects/{brain}/members"):
+        hidden = client.get(path, headers=member)
+        absent = client.get(path.replace("brain", "nope").replace(brain, "nope"),
+                            headers=member)
+        assert hidden.status_code == absent.status_code == 404
+        assert json.dumps(hidden.get_json()).replace(brain, "nope").replace(
+            "brain", "nope") == json.dumps(absent.get_json())
+    for method, path in (("PUT", "/api/v1/projects/brain/members"),
+                         ("DELETE", "/api/v1/projects/brain/members/steward-2")):
+        refused = client.open(path, method=method, headers=steward,
+                              json={"user_id": "r-1", "role": "steward"})
+        assert refused.status_code == 404, "a steward of another project: not even 403"
+    assert client.get("/api/v1/projects/lung/members", headers=outsider).status_code == 404
+    assert client.get("/api/v1/projects", headers={}).status_code == 401
+
+
+def test_the_command_line_links_a_folder_into_the_drop_folder_and_ingests_it(
+        service: Flask, steward: dict[str, str], token: Callable[..., str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    make_project(service, steward)
+    config = service.extensions["vre.config"]
+    export = tmp_path / "scanner-export"
+    summary = generate_demo_data(export, DemoSpec(seed=8, subjects=1, slices_per_series=(3, 3)))
+    argv = ["ingest", str(export), "--project", "lung", "--home", str(config.home),
+            "--token", token("steward-1", "steward")]
+    with serving(service) as url:
+        monkeypatch.setenv("VRE_DATASET_URL", url)
+        assert cli.main(argv) == 0
+        assert f"{summary.studies} studies in" in capsys.readouterr().out
+        placed = config.import_root_path / "lung" / "scanner-export"
+        for original in summary.files:
+            copy = placed / original.relative_to(export)
+            assert copy.stat().st_ino == original.stat().st_ino, "linked, not copied"
+        # Again: the folder is already there, and so are its studies.
+        assert cli.main(argv) == 0
+        assert f"{summary.studies} already there" in capsys.readouterr().out
+        # A folder already in the drop folder is named as it lies there.
+        assert cli.main([*argv[:1], str(placed), *argv[2:]]) == 0
+        assert "ingesting scanner-export from" in capsys.readouterr().err

@@ -213,7 +213,7 @@ def test_a_refused_value_is_never_stored_returned_or_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     home = service.extensions["vre.config"].home
-    hostile_folder(home / "import" / "hostile")
+    hostile_folder(home / "import" / "lung" / "hostile")
     headers = auth(token("steward-1", "steward"))
     client = service.test_client()
     assert (
@@ -225,7 +225,7 @@ def test_a_refused_value_is_never_stored_returned_or_logged(
     started = client.post(
         "/api/v1/ingest",
         headers=headers,
-        json={"path": str(home / "import" / "hostile"), "project": "lung"},
+        json={"path": str(home / "import" / "lung" / "hostile"), "project": "lung"},
     )
     assert started.status_code == 202, started.get_json()
     service.extensions["dataset.ingest_executor"].submit(lambda: None).result(timeout=120)
