@@ -33,6 +33,7 @@ from dataset_service.dicom import (
     read_instance,
     series_geometry,
     study_hash,
+    subject_conflicts,
 )
 from vre.config import ConfigError
 
@@ -523,3 +524,33 @@ def test_an_unreadable_value_is_named_not_quoted(one_file: Path) -> None:
     refusal = _reason(one_file)
     assert "Johnathan" not in str(refusal)
     assert refusal.reason_code in ("malformed", "identifying_data")
+
+
+def _study_of(sex: str, age: int | None, date: dt.date | None, *more_sexes: str) -> StudyGroup:
+    headers = [_header(patient_sex=sex, patient_age_years=age, study_date=date)]
+    headers += [_header(sop_instance_uid=f"1.1.{n}", sha256=f"{n}" * 64, patient_sex=other,
+                        patient_age_years=age, study_date=date)
+                for n, other in enumerate(more_sexes, 1)]
+    return group_instances(headers)[0]
+
+
+MARCH_2022 = dt.date(2022, 3, 1)
+
+
+@pytest.mark.parametrize(
+    ("study", "sex", "earlier", "found"),
+    [
+        (_study_of("F", 60, MARCH_2022), "F", [(dt.date(2020, 3, 1), 58)], []),
+        (_study_of("F", 60, MARCH_2022), None, [(dt.date(2022, 1, 1), 59)], []),
+        (_study_of("F", 60, MARCH_2022), "M", [], ["PatientSex"]),
+        (_study_of("F", 60, MARCH_2022, "M"), None, [], ["PatientSex"]),
+        (_study_of("F", 60, MARCH_2022), "F", [(dt.date(2022, 1, 1), 40)], ["PatientAge"]),
+        (_study_of("F", 60, MARCH_2022), "F", [(dt.date(2012, 3, 1), 60)], ["PatientAge"]),
+        (_study_of("F", 60, None), "F", [(dt.date(2012, 3, 1), 30)], []),
+        (_study_of("", None, MARCH_2022), "M", [(MARCH_2022, 30)], []),
+    ],
+)
+def test_a_study_that_disagrees_with_its_subject_is_a_subject_conflict(
+    study: StudyGroup, sex: str | None, earlier: list, found: list[str]
+) -> None:
+    assert subject_conflicts(study, sex, earlier) == found
