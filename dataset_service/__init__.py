@@ -14,9 +14,11 @@ from dataset_service import api, api_catalogue, api_datasets, api_explore, api_i
 from dataset_service.dicom import DeidPolicy
 from dataset_service.dropfolders import check_import_root
 from dataset_service.ingest import Ingestor
+from dataset_service.models import trace_outbox
 from dataset_service.repository import Repository
-from tracer.client import TracerClient
+from tracer.client import TracerClient, checked_trace
 from vre.config import Config, ConfigError, load_config
+from vre.outbox import install_outbox, outbox_of
 from vre.service_auth import IssuedToken
 from vre.services import service
 from vre.web import create_service_app
@@ -38,11 +40,14 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api_explore.bp)
     api_catalogue.install(app, config)
     app.register_blueprint(api_catalogue.bp)
-    # Every dataset action is traced through the tracer's client, as this service itself.
+    # Every dataset action is traced through the tracer's client, as this service itself:
+    # written to the outbox with the action, sent after commit.
     app.extensions["dataset.tracer"] = TracerClient(
         config.url_of("tracer"),
         IssuedToken.for_service(config.url_of("portal"), SERVICE.name, config.service_secret or ""),
     )
+    install_outbox(app, trace_outbox, lambda traces, timeout: app.extensions[
+        "dataset.tracer"].record_many(traces, timeout=timeout))
     return app
 
 
@@ -58,11 +63,11 @@ def _install_ingestion(app: Flask, config: Config) -> None:
     db = app.extensions["vre.db"]
     repository = Repository(config.repository_path)
     app.extensions["dataset.repository"] = repository
-    # Each batch of studies that enters is traced, in its transaction, through the service's
-    # tracer client as every other dataset action (looked up at each call: tests replace it).
+    # Each batch of studies that enters is traced in its transaction through the outbox, as
+    # every other dataset action.
     app.extensions["dataset.ingestor"] = ingestor = Ingestor(
         db, repository, policy, config.ingest_workers,
-        trace=lambda _session, trace: app.extensions["dataset.tracer"].record(trace),
+        trace=lambda session, trace: outbox_of(app).record(session, checked_trace(trace)),
     )
     # One ingestion at a time: each already uses every core for reading headers.
     app.extensions["dataset.ingest_executor"] = ThreadPoolExecutor(

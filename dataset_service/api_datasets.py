@@ -1,5 +1,5 @@
-"""Datasets API: create from studies, release, publish, invalidate (each traced before it is
-committed), FAIR metadata, access lists, and the grants that decide what a workload mounts."""
+"""Datasets API: create from studies, release, publish, invalidate (each traced in its own
+transaction), FAIR metadata, access lists, and the grants that decide what a workload mounts."""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ from dataset_service.models import (
     Study,
 )
 from dataset_service.policy import Action, Code, Decision, decide, decide_use, visible_to
-from tracer.client import TracerClient, TracerError
+from tracer.client import TracerClient, TracerError, checked_trace
 from vre.api import PUBLIC, current_principal, endpoint
 from vre.db import utcnow
 from vre.errors import ApiError, NotFound, Unprocessable
+from vre.outbox import outbox_of
 from vre.tokens import Principal
 from vre.web import config_of, db_of
 
@@ -177,16 +178,14 @@ def _tracer() -> TracerClient:
     return current_app.extensions["dataset.tracer"]
 
 
-def record_trace(actor: str, action: str, datasets: list[Dataset],
+def record_trace(session: Session, actor: str, action: str, datasets: list[Dataset],
                  details: dict[str, Any]) -> None:
-    """Trace an action before its change is committed: no action without its trace."""
-    try:
-        _tracer().record({"actor": actor, "action": action,
-                          "datasets": [{"id": d.id, "hash": d.content_hash} for d in datasets],
-                          "details": {k: v for k, v in details.items() if v is not None}})
-    except TracerError as exc:
-        raise ApiError(f"the audit ledger did not record this action, so it was not done: "
-                       f"{exc}", code="tracer_unavailable", status=503) from None
+    """Trace an action in its own transaction: the trace reaches the ledger if and only if
+    the action commits (the outbox sends it after commit, until the tracer acknowledges)."""
+    outbox_of().record(session, checked_trace({
+        "actor": actor, "action": action,
+        "datasets": [{"id": d.id, "hash": d.content_hash} for d in datasets],
+        "details": {k: v for k, v in details.items() if v is not None}}))
 
 
 def _out(dataset: Dataset) -> DatasetOut:
@@ -283,7 +282,7 @@ def create_dataset(body: DatasetIn) -> DatasetOut:
         session.flush()
         session.add_all(DatasetStudy(dataset_id=dataset.id, study_id=s.id) for s in studies)
         session.flush()
-        record_trace(principal.subject, "CREATE_DATASET", [dataset], {
+        record_trace(session, principal.subject, "CREATE_DATASET", [dataset], {
             "project": project.name, "version": dataset.version,
             "license": dataset.license_id})
         return _out(dataset)
@@ -297,7 +296,7 @@ def _transition(dataset_id: str, action: Action, update: str, change: Any,
         change(session, dataset)
         dataset.modified_at = utcnow()
         session.flush()
-        record_trace(principal.subject, "UPDATE_DATASET", [dataset],
+        record_trace(session, principal.subject, "UPDATE_DATASET", [dataset],
                      {"update": update, "version": dataset.version, **(details or {})})
         return _out(dataset)
 
@@ -444,7 +443,7 @@ def grant_access(dataset_id: str, body: AccessIn) -> dict[str, str]:
             session.add(DatasetAccess(dataset_id=dataset.id, user_id=body.user_id,
                                       granted_by=principal.subject))
             session.flush()
-            record_trace(principal.subject, "UPDATE_DATASET", [dataset],
+            record_trace(session, principal.subject, "UPDATE_DATASET", [dataset],
                          {"update": "GRANT_ACCESS", "subject_user": body.user_id})
     return {"dataset_id": dataset_id, "user_id": body.user_id}
 
@@ -460,7 +459,7 @@ def revoke_access(dataset_id: str, user_id: str) -> dict[str, str]:
             raise NotFound(f"{user_id!r} is not on the access list", field="user_id")
         session.delete(entry)
         session.flush()
-        record_trace(principal.subject, "UPDATE_DATASET", [dataset],
+        record_trace(session, principal.subject, "UPDATE_DATASET", [dataset],
                      {"update": "REVOKE_ACCESS", "subject_user": user_id})
     return {"dataset_id": dataset_id, "user_id": user_id}
 
@@ -498,7 +497,7 @@ def create_grant(body: GrantIn) -> GrantOut:
                       image=body.image, flavor=body.flavor)
         session.add(grant)
         session.flush()
-        record_trace(body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
+        record_trace(session, body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
             "workload_id": body.workload_id, "purpose": body.purpose, "tool": body.tool,
             "image": body.image, "flavor": body.flavor})
         return GrantOut(id=grant.id, user_id=grant.user_id, workload_id=grant.workload_id,
@@ -576,7 +575,7 @@ def request_access(dataset_id: str, body: AccessRequestIn) -> AccessRequestOut:
                             purpose=body.purpose)
         session.add(row)
         session.flush()
-        record_trace(principal.subject, "ACCESS_REQUESTED", [dataset],
+        record_trace(session, principal.subject, "ACCESS_REQUESTED", [dataset],
                      {"purpose": body.purpose, "request_id": row.id})
         return request_out(row)
 
@@ -614,9 +613,10 @@ def _decide_request(request_id: str, approve: bool, body: DecisionIn) -> AccessR
             session.add(DatasetAccess(dataset_id=dataset.id, user_id=row.user_id,
                                       granted_by=principal.subject))
         session.flush()
-        record_trace(principal.subject, "ACCESS_APPROVED" if approve else "ACCESS_REJECTED",
-                     [dataset], {"subject_user": row.user_id, "request_id": row.id,
-                                 "reason": body.note or None})
+        record_trace(session, principal.subject,
+                     "ACCESS_APPROVED" if approve else "ACCESS_REJECTED", [dataset],
+                     {"subject_user": row.user_id, "request_id": row.id,
+                      "reason": body.note or None})
         return request_out(row)
 
 
@@ -694,7 +694,7 @@ def edit_dataset(dataset_id: str, body: DatasetPatch) -> DatasetOut:
                 index(session, dataset)
         session.flush()
         licensed = dataset.license_id != old_license
-        record_trace(principal.subject, "UPDATE_DATASET", [dataset], {
+        record_trace(session, principal.subject, "UPDATE_DATASET", [dataset], {
             "update": "LICENSE_UPDATED" if licensed else "METADATA_UPDATED",
             "license": dataset.license_id if licensed else None})
         return _out(dataset)
@@ -739,7 +739,7 @@ def new_version(dataset_id: str, body: VersionIn) -> DatasetOut:
         old.next_id = new.id
         session.add_all(DatasetStudy(dataset_id=new.id, study_id=s.id) for s in studies)
         session.flush()
-        record_trace(principal.subject, "CREATE_DATASET", [new], {
+        record_trace(session, principal.subject, "CREATE_DATASET", [new], {
             "version": new.version, "license": new.license_id,
             "reason": f"new version of {old.id}"})
         return _out(new)

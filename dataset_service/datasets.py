@@ -29,6 +29,7 @@ from dataset_service.models import (
 from dataset_service.policy import Actor, DatasetFacts
 from dataset_service.repository import Repository, TreeFile
 from vre.config import Config
+from vre.db import on_rollback
 from vre.tokens import Principal
 
 # SPDX licences offered without a URL of their own; others need license_url.
@@ -180,11 +181,18 @@ def tree_contents(session: Session, dataset_id: str) -> tuple[list[TreeFile], di
 
 
 def ensure_tree(session: Session, repository: Repository, dataset: Dataset) -> str:
-    """The dataset's own read-only directory (built once; its contents never change)."""
-    files, index = tree_contents(session, dataset.id)
-    index = {"dataset": {"id": dataset.id, "name": dataset.name, "version": dataset.version,
+    """The dataset's own read-only directory (built once; its contents never change). One
+    built in this transaction goes again if the transaction rolls back: a failed release or
+    grant leaves no tree behind."""
+    dataset_id = dataset.id
+    existed = repository.tree_path(dataset_id).is_dir()
+    files, index = tree_contents(session, dataset_id)
+    index = {"dataset": {"id": dataset_id, "name": dataset.name, "version": dataset.version,
                          "content_hash": dataset.content_hash}, **index}
-    return str(repository.build_tree(dataset.id, files, index))
+    tree = repository.build_tree(dataset_id, files, index)
+    if not existed:
+        on_rollback(session, lambda: repository.remove_tree(dataset_id))
+    return str(tree)
 
 
 def fair_record(config: Config, session: Session, dataset: Dataset) -> fair.DatasetRecord:

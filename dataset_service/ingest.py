@@ -57,8 +57,8 @@ KNOWN_CLINICAL = ("subject_id", "age", "sex", "diagnosis")
 # Admitted studies are stored and recorded together until they hold this many files: one
 # flush of the file system and one transaction for them all, rather than one a study.
 BATCH_FILES = 500
-# Records one trace of an action in the action's own transaction (the session), or raises:
-# an action whose trace was not recorded is not done.
+# Records one trace in the session's transaction (the service's outbox sends it once that
+# commits), or raises: an action whose trace cannot be recorded is not done.
 Trace = Callable[[Session, dict[str, Any]], Any]
 
 
@@ -542,14 +542,14 @@ class Ingestor:
 
     def _trace_entry(self, session: Session, actor: str, project_id: str, run_id: str,
                      studies: list[StudyGroup], after: IngestReport) -> None:
-        """Trace the studies' entry before it commits, as every dataset action is traced:
+        """Trace the studies' entry in its transaction, as every dataset action is traced:
         who, the project, the run, the content hash of each study and the run's counts."""
         if self.trace is None:
             return
         self.trace(session, {"actor": actor, "action": "INGEST_STUDIES", "datasets": [],
-                    "details": {"project": project_id, "ingest_run": run_id,
-                                "study_hashes": sorted(study_hash(s) for s in studies),
-                                "counts": after.counts()}})
+                             "details": {"project": project_id, "ingest_run": run_id,
+                                         "study_hashes": sorted(study_hash(s) for s in studies),
+                                         "counts": after.counts()}})
 
     @staticmethod
     def _count_ingested(report: IngestReport, study: StudyGroup,

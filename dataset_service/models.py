@@ -9,10 +9,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from vre.db import NAMING_CONVENTION, utcnow
+from vre.outbox import outbox_table
 
 
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# The traces of this service's actions until the tracer acknowledges them (vre.outbox).
+trace_outbox = outbox_table(Base.metadata)
 
 
 class Project(Base):

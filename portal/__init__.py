@@ -23,10 +23,11 @@ from portal import (
     security,
 )
 from portal.identity import install_identity
-from portal.models import User
+from portal.models import User, trace_outbox
 from portal.ratelimit import SignInLimiter, install_limiter
 from vre.config import Config, ConfigError, load_config
 from vre.errors import ApiError
+from vre.outbox import install_outbox
 from vre.services import service
 from vre.tokens import TokenIssuer
 from vre.web import create_service_app, db_of
@@ -89,4 +90,6 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(pages_datasets.bp)
     app.register_blueprint(api_admin.bp)
     app.register_blueprint(pages_admin.bp)
+    install_outbox(app, trace_outbox, lambda traces, timeout: clients.tracer(app)
+                   .record_many(traces, timeout=timeout))
     return app

@@ -30,11 +30,12 @@ def datasets(as_user: bool = True) -> DatasetClient:
                          pool=current_app.extensions["portal.http"])
 
 
-def tracer() -> TracerClient:
-    """The tracer as the portal service: only after the dataset policy allowed the read."""
-    return TracerClient(config_of().url_of("tracer"),
-                        current_app.extensions["portal.service_token"],
-                        pool=current_app.extensions["portal.http"])
+def tracer(app: Flask | None = None) -> TracerClient:
+    """The tracer as the portal service: reads only after the dataset policy allowed them;
+    writes from the portal's outbox (the app given outside a request)."""
+    app = app or current_app
+    return TracerClient(config_of(app).url_of("tracer"), app.extensions["portal.service_token"],
+                        pool=app.extensions["portal.http"])
 
 
 def trace_verifier() -> TraceVerifier:

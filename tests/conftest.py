@@ -99,6 +99,8 @@ def make_app(config: Config) -> Iterator[Callable[[str], Flask]]:
 
     yield make
     for app in created:
+        if "vre.outbox" in app.extensions:
+            app.extensions["vre.outbox"].stop()
         app.extensions["vre.db"].engine.dispose()
 
 

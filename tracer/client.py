@@ -1,5 +1,5 @@
-"""`TracerClient`: how the other services and tools talk to the tracer. A caller whose trace
-could not be stored gets an exception and must not commit its own change."""
+"""`TracerClient`: how the other services and tools talk to the tracer. Services record their
+traces through their outbox (`vre.outbox`), which sends them here after commit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from tracer.chain import Anchor, ChainClient, ChainError
 from tracer.merkle import ProofError, verify_inclusion
-from tracer.schema import trace_leaf
+from tracer.schema import TraceIn, trace_leaf
 from vre.client import ServiceClient, ServiceError
 
 
@@ -43,9 +43,12 @@ class TracerClient(ServiceClient):
         """Store one trace; returns it with its sequence number once durable."""
         return self._call("POST", "/api/v1/traces", json=_plain(trace))
 
-    def record_many(self, traces: list[dict[str, Any] | BaseModel]) -> list[dict[str, Any]]:
-        """Store traces atomically, in order."""
-        return self._call("POST", "/api/v1/traces", json=[_plain(t) for t in traces])["traces"]
+    def record_many(self, traces: list[dict[str, Any] | BaseModel],
+                    timeout: float | None = None) -> list[dict[str, Any]]:
+        """Store traces atomically, in order; a trace whose id the log holds already is
+        answered with its original entry (so a retry is stored once)."""
+        return self._call("POST", "/api/v1/traces", json=[_plain(t) for t in traces],
+                          timeout=timeout)["traces"]
 
     def get(self, trace_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/v1/traces/{trace_id}")
@@ -84,6 +87,13 @@ class TracerClient(ServiceClient):
             seq, leaf, body = line.split(b" ", 2)
             entries.append(LogEntry(int(seq), bytes.fromhex(leaf.decode()), body))
         return int(response.headers["X-Log-Size"]), entries
+
+
+def checked_trace(trace: dict[str, Any]) -> dict[str, Any]:
+    """The trace as the tracer will take it, or ValueError naming what it would refuse:
+    checked before it is written to an outbox, so a trace that would be refused fails its
+    action instead of waiting for ever."""
+    return _plain(TraceIn.model_validate(trace))
 
 
 def _plain(trace: dict[str, Any] | BaseModel) -> dict[str, Any]:

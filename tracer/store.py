@@ -33,22 +33,31 @@ class StoredTrace:
 
 
 def append(session: Session, traces: Sequence[TraceIn]) -> list[StoredTrace]:
-    """Append traces in order, in the caller's transaction; retries of known ids are no-ops."""
+    """Append traces in order, in the caller's transaction. A trace's id is its idempotency
+    key: one the log holds already is answered with its original entry and seq, not stored
+    again, also when two deliveries of it arrive at once."""
     now = utcnow()
-    wanted = [str(t.id) for t in traces if t.id is not None]
-    existing: dict[str, TraceRow] = {}
-    if wanted:
-        rows = session.scalars(sa.select(TraceRow).where(TraceRow.id.in_(wanted)))
-        existing = {row.id: row for row in rows}
+    ids = [str(t.id or uuid.uuid4()) for t in traces]
+    if len(set(ids)) < len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise Conflict(f"trace id {twice} appears twice in one request",
+                       code="duplicate_trace_id", field="id")
+    keyed = [str(t.id) for t in traces if t.id is not None]
+    # The UPDATE takes the log's write lock first (row lock on PostgreSQL, database lock on
+    # SQLite), so sequence numbers are contiguous and in commit order, and the keys are
+    # looked up only once every earlier append has committed: a retry racing its original
+    # finds it.
+    grow = sa.update(LogHead).where(LogHead.id == 1)
+    if not keyed:
+        size = session.execute(grow.values(size=LogHead.size + len(traces))
+                               .returning(LogHead.size)).scalar_one()
+        return _insert(session, list(zip(ids, traces, strict=True)), size - len(traces), now)
+    first = session.execute(grow.values(size=LogHead.size).returning(LogHead.size)).scalar_one()
+    existing = {row.id: row for row in session.scalars(
+        sa.select(TraceRow).where(TraceRow.id.in_(keyed)))}
     out: list[StoredTrace | None] = []
-    pending: list[tuple[int, str, TraceIn]] = []
-    seen: set[str] = set()
-    for trace in traces:
-        trace_id = str(trace.id or uuid.uuid4())
-        if trace_id in seen:
-            raise Conflict(f"trace id {trace_id} appears twice in one request",
-                           code="duplicate_trace_id", field="id")
-        seen.add(trace_id)
+    fresh: list[tuple[int, str, TraceIn]] = []
+    for trace_id, trace in zip(ids, traces, strict=True):
         if trace_id in existing:
             stored = StoredTrace.of(existing[trace_id])
             again = trace_record(trace, uuid.UUID(trace_id), now, stored.seq)
@@ -56,33 +65,38 @@ def append(session: Session, traces: Sequence[TraceIn]) -> list[StoredTrace]:
                 raise Conflict(f"trace id {trace_id} exists with other content",
                                code="trace_id_conflict", field="id")
             out.append(stored)
-            continue
-        pending.append((len(out), trace_id, trace))
-        out.append(None)
-    if pending:
-        # The UPDATE takes the log's write lock first (row lock on PostgreSQL, database
-        # lock on SQLite), so sequence numbers are contiguous and in commit order.
-        size = session.execute(
-            sa.update(LogHead).where(LogHead.id == 1)
-            .values(size=LogHead.size + len(pending)).returning(LogHead.size)).scalar_one()
-        first = size - len(pending)
-        rows, links = [], []
-        for offset, (position, trace_id, trace) in enumerate(pending):
-            seq = first + offset
-            record = trace_record(trace, uuid.UUID(trace_id), now, seq)
-            body, leaf = trace_leaf(record)
-            rows.append({"seq": seq, "id": trace_id, "recorded_at": now,
-                         "actor": trace.actor, "action": trace.action.value,
-                         "update": trace.details.update.value if trace.details.update else None,
-                         "body": body, "leaf_hash": leaf})
-            links.extend({"dataset_id": dataset_id, "seq": seq}
-                         for dataset_id in dict.fromkeys(d.id for d in trace.datasets))
-            out[position] = StoredTrace(seq, record, leaf)
-        bulk_insert(session, TraceRow.__table__, rows)
-        bulk_insert(session, TraceDataset.__table__, links)
-        _record_publications(session, [(first + offset, p[2]) for offset, p in
-                                       enumerate(pending)])
+        else:
+            fresh.append((len(out), trace_id, trace))
+            out.append(None)  # filled in below
+    if fresh:
+        session.execute(grow.values(size=first + len(fresh)))
+        for (position, _, _), stored in zip(
+                fresh, _insert(session, [(i, t) for _, i, t in fresh], first, now),
+                strict=True):
+            out[position] = stored
     return [s for s in out if s is not None]
+
+
+def _insert(session: Session, traces: list[tuple[str, TraceIn]], first: int,
+            now: datetime) -> list[StoredTrace]:
+    """Write new traces at seq `first` on (the caller holds the log's write lock)."""
+    rows, links, out = [], [], []
+    for offset, (trace_id, trace) in enumerate(traces):
+        seq = first + offset
+        record = trace_record(trace, uuid.UUID(trace_id), now, seq)
+        body, leaf = trace_leaf(record)
+        rows.append({"seq": seq, "id": trace_id, "recorded_at": now,
+                     "actor": trace.actor, "action": trace.action.value,
+                     "update": trace.details.update.value if trace.details.update else None,
+                     "body": body, "leaf_hash": leaf})
+        links.extend({"dataset_id": dataset_id, "seq": seq}
+                     for dataset_id in dict.fromkeys(d.id for d in trace.datasets))
+        out.append(StoredTrace(seq, record, leaf))
+    bulk_insert(session, TraceRow.__table__, rows)
+    bulk_insert(session, TraceDataset.__table__, links)
+    _record_publications(session, [(first + offset, t) for offset, (_, t) in
+                                   enumerate(traces)])
+    return out
 
 
 def _record_publications(session: Session, appended: list[tuple[int, TraceIn]]) -> None:

@@ -72,9 +72,10 @@ class ServiceClient:
 
     def _call(self, method: str, path: str, *, raw: bool = False,
               params: Mapping[str, Any] | None = None, json: Any = None,
-              unless: str | None = None) -> Any:
+              unless: str | None = None, timeout: float | None = None) -> Any:
         """`unless`: an ETag the caller holds; the service answers 304 and no body while it
-        still names the answer (asked with raw=True, to read the status)."""
+        still names the answer (asked with raw=True, to read the status). `timeout`: this
+        call's own bound, in seconds, instead of the client's."""
         headers = {"Accept": "application/json"}
         if unless:
             headers["If-None-Match"] = unless
@@ -93,7 +94,9 @@ class ServiceClient:
             headers["Content-Type"] = "application/json"
         try:
             response = self.pool.request(method, url, body=body, headers=headers,
-                                         timeout=self.timeout, redirect=False)
+                                         timeout=self.timeout if timeout is None else
+                                         urllib3.Timeout(connect=timeout, read=timeout),
+                                         redirect=False)
         except urllib3.exceptions.HTTPError as exc:
             # urllib3's words name the host, port and path; callers pass this message on
             # to people, so it says only what went wrong.

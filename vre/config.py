@@ -117,6 +117,13 @@ class Config(BaseModel):
         5.0, gt=0, le=3600, description="Anchor the newest checkpoint at least this often.")
     anchor_batch_traces: int = Field(
         1000, ge=1, description="...or as soon as this many traces are waiting.")
+    outbox_wait_seconds: float = Field(
+        2.0, gt=0, le=60, description="How long an action waits, after it committed, for "
+        "the tracer to acknowledge its trace; one not acknowledged by then stays in the "
+        "service's outbox and is delivered later.")
+    outbox_retry_seconds: float = Field(
+        1.0, gt=0, le=600, description="First pause before a trace the tracer did not "
+        "acknowledge is sent again; it doubles at each failure, up to a minute.")
     import_root: Path | None = Field(
         None, description="Folder that holds each project's drop folder, <import root>/<project>, "
         "the only place its stewards ingest from (default: <home>/import).")

@@ -4,8 +4,9 @@ own PostgreSQL schema), request-scoped sessions, and Alembic migrations run and 
 from __future__ import annotations
 
 import functools
+import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from vre.config import Config
+
+log = logging.getLogger("vre.db")
 
 # Stable constraint names, so migrations written on SQLite apply the same on PostgreSQL.
 NAMING_CONVENTION = {
@@ -184,6 +187,43 @@ def run_migrations(context: Any, metadata: sa.MetaData) -> None:
         connection.commit()
 
 
+_AFTER_COMMIT = "vre.after_commit"  # waits for the transaction to commit
+_COMMITTED = "vre.committed"  # its transaction committed: runs once the session is closed
+_ON_ROLLBACK = "vre.on_rollback"
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` once the session's transaction has committed (and the session is
+    closed): what must happen only for a change that is kept, such as delivering its trace."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+def on_rollback(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` if the session's transaction rolls back: undoes what the transaction did
+    outside the database (a file it wrote), so a failed action leaves nothing behind."""
+    session.info.setdefault(_ON_ROLLBACK, []).append(action)
+
+
+def _committed(session: Session) -> None:
+    session.info.pop(_ON_ROLLBACK, None)
+    session.info.setdefault(_COMMITTED, []).extend(session.info.pop(_AFTER_COMMIT, []))
+
+
+def _rolled_back(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+    _run_all(session.info.pop(_ON_ROLLBACK, []))
+
+
+def _run_all(actions: list[Callable[[], None]]) -> None:
+    """Each action in turn; one that fails is logged and does not stop the others (the
+    transaction's outcome is decided already)."""
+    for action in actions:
+        try:
+            action()
+        except Exception:
+            log.exception("an after-transaction action failed")
+
+
 @dataclass
 class Database:
     """A service's engine and session factory, held by its app (no module-level state)."""
@@ -198,7 +238,10 @@ class Database:
         engine = create_engine(config, service)
         # Same pool; statements run outside a transaction (no BEGIN, no COMMIT).
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        return cls(engine, sessionmaker(engine, expire_on_commit=False), migrations,
+        sessions = sessionmaker(engine, expire_on_commit=False)
+        event.listen(sessions, "after_commit", _committed)
+        event.listen(sessions, "after_rollback", _rolled_back)
+        return cls(engine, sessions, migrations,
                    sessionmaker(autocommit, expire_on_commit=False))
 
     @contextmanager
@@ -210,9 +253,12 @@ class Database:
             session.commit()
         except BaseException:
             session.rollback()
+            _rolled_back(session)  # also when no statement had begun a transaction
             raise
         finally:
+            committed = session.info.pop(_COMMITTED, [])
             session.close()
+            _run_all(committed)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

@@ -1,5 +1,5 @@
 """Datasets from ingested studies: created, released, published and invalidated, each traced
-by the real tracer before it counts; grants decide what a workload mounts."""
+by the real tracer once it committed; grants decide what a workload mounts."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from dataset_service import datasets as ds
 from dataset_service.models import CatalogueGeneration, Dataset, Instance, Project, Series
 from tests.dataset_helpers import DATASET, create, grant
 from tests.helpers import auth
-from tracer.client import TracerClient
-from vre.service_auth import StaticToken
 
 
 def test_creating_a_dataset_traces_its_content_hash(platform, steward) -> None:
@@ -146,18 +144,6 @@ def test_an_invalidated_dataset_resolves_but_cannot_be_used(platform, steward,
     assert record["invalidation_reason"] == "a series was mislabelled"
     refused = grant(service, portal, "res-1", dataset["id"]).get_json()["error"]
     assert refused["details"]["refused"][dataset["id"]]["code"] == "dataset_invalidated"
-
-
-def test_no_action_without_its_trace(platform, steward, token) -> None:
-    service, _ = platform
-    service.extensions["dataset.tracer"] = TracerClient(
-        "http://127.0.0.1:9", StaticToken(token("service:dataset_service", "service")),
-        timeout=2)
-    response = service.test_client().post("/api/v1/datasets", headers=steward, json=DATASET)
-    assert response.status_code == 503
-    assert response.get_json()["error"]["code"] == "tracer_unavailable"
-    listing = service.test_client().get("/api/v1/datasets", headers=steward).get_json()
-    assert listing == [], "the untraced dataset was not created"
 
 
 @pytest.mark.parametrize("change,code,field", [
