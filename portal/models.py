@@ -178,3 +178,38 @@ class Quota(Base):
         sa.UniqueConstraint("scope", "subject", name="uq_quotas_scope_subject"),
         sa.CheckConstraint("scope IN ('user', 'project')", name="scope"),
     )
+
+
+WORKLOAD_STATES = ("starting", "running", "stopping", "stopped", "failed")
+ACTIVE_STATES = ("starting", "running", "stopping")
+
+
+class Workload(Base):
+    """One desktop or job as the compute agent knows it: who runs what, with which data, where
+    it stands, and the backend's state that lets a restarted agent re-attach to it."""
+
+    __tablename__ = "workloads"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(sa.String(36), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    application: Mapped[str] = mapped_column(sa.String(64))
+    flavor: Mapped[str] = mapped_column(sa.String(64))
+    state: Mapped[str] = mapped_column(sa.String(16), index=True, default="starting")
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    datasets: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    grant_id: Mapped[str | None] = mapped_column(sa.String(64))
+    spec: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    backend_state: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    exit_status: Mapped[int | None] = mapped_column(sa.Integer)
+    cpu_seconds: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    memory_peak_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (
+        sa.CheckConstraint("kind IN ('desktop', 'job')", name="kind"),
+        sa.CheckConstraint("state IN ('starting', 'running', 'stopping', 'stopped', 'failed')",
+                           name="state"),
+    )

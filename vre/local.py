@@ -150,7 +150,7 @@ def ensure_contract(config: Config) -> Config:
 
 
 def service_specs(config: Config) -> list[ProcessSpec]:
-    """The web services and the anchoring worker, in start order."""
+    """The web services, the anchoring worker and the compute agent, in start order."""
     specs = []
     for name in ("tracer", "dataset_service", "portal"):
         specs.append(ProcessSpec(
@@ -164,6 +164,13 @@ def service_specs(config: Config) -> list[ProcessSpec]:
                 name="anchor", argv=[sys.executable, "-m", "tracer", "worker"],
                 env=service_env(config, "tracer"), ready_check=status.is_file,
                 ready_timeout=60))
+    from portal.compute.agent import socket_path
+
+    agent_socket = socket_path(config)
+    agent_socket.unlink(missing_ok=True)
+    specs.append(ProcessSpec(
+        name="compute-agent", argv=[sys.executable, "-m", "portal.compute.agent"],
+        env=service_env(config, "portal"), ready_check=agent_socket.exists, ready_timeout=30))
     return specs
 
 

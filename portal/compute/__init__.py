@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,6 +183,30 @@ class ComputeBackend(ABC):
     @abstractmethod
     def capacity(self) -> Capacity:
         """What this backend can run now, and ever."""
+
+
+def spec_to_json(spec: WorkloadSpec) -> dict[str, Any]:
+    """A spec as the agent's API carries it (and the database keeps it, without the token)."""
+    data = asdict(spec)
+    data["environment"] = dict(spec.environment)
+    return data
+
+
+def spec_from_json(data: Mapping[str, Any]) -> WorkloadSpec:
+    """A spec from the agent's API, refused with `bad_spec` when a field is missing or wrong."""
+    try:
+        return WorkloadSpec(
+            workload_id=str(data["workload_id"]), owner=str(data["owner"]),
+            kind=data["kind"], application=str(data["application"]),
+            command=tuple(str(a) for a in data["command"]),
+            resources=Resources(**{**data["resources"],
+                                   "gpu_ids": tuple(data["resources"].get("gpu_ids", ()))}),
+            mounts=tuple(DatasetMount(**m) for m in data.get("mounts", ())),
+            environment={str(k): str(v) for k, v in dict(data.get("environment", {})).items()},
+            token=str(data.get("token", "")), image=str(data.get("image", "")),
+            clipboard_out=bool(data.get("clipboard_out", False)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ComputeError("bad_spec", f"the workload spec is incomplete or wrong: {exc}") from None
 
 
 def backend_for(config: Config) -> ComputeBackend:

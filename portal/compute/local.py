@@ -68,12 +68,17 @@ def ensure_workload_user(name: str) -> sandbox.HostUser:
 
 
 def _starttime(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot, which tells a pid reused apart."""
+    """A live process's start time in clock ticks since boot, which tells a pid reused apart;
+    None once it ended (a keeper this process started is reaped here)."""
+    if pid <= 0:
+        return None
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _children(pid: int) -> list[int]:

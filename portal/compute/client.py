@@ -1,0 +1,74 @@
+"""How web workers ask the compute agent: JSON over its Unix socket. Errors come back as
+`ComputeError` with the agent's code, so a route answers them like any refusal."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from portal.compute import ComputeError, WorkloadSpec, spec_to_json
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("compute-agent", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.path))
+        self.sock = sock
+
+
+class AgentClient:
+    """The compute agent's API, for the portal."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _call(self, method: str, url: str, body: Any = None) -> tuple[int, bytes, Any]:
+        connection = _UnixConnection(self.path, self.timeout)
+        try:
+            payload = None if body is None else json.dumps(body)
+            connection.request(method, url, body=payload,
+                               headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            return answer.status, answer.read(), answer.headers
+        except OSError as exc:
+            reason = f"the compute agent does not answer: {exc.strerror or exc}"
+            raise ComputeError("agent_unavailable", reason) from None
+        finally:
+            connection.close()
+
+    def _json(self, method: str, url: str, body: Any = None) -> dict[str, Any]:
+        status, data, _ = self._call(method, url, body)
+        answer = json.loads(data or b"{}")
+        if status >= 400:
+            raise ComputeError(answer.get("code", "agent_error"), answer.get("reason", ""))
+        return answer
+
+    def start(self, spec: WorkloadSpec, flavor: str, datasets: list[str],
+              grant_id: str | None = None) -> dict[str, Any]:
+        return self._json("POST", "/workloads", {"spec": spec_to_json(spec), "flavor": flavor,
+                                                  "datasets": datasets, "grant_id": grant_id})
+
+    def show(self, workload_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/workloads/{workload_id}")
+
+    def stop(self, workload_id: str, now: bool = False) -> dict[str, Any]:
+        return self._json("POST", f"/workloads/{workload_id}/stop" + ("?now=1" if now else ""))
+
+    def logs(self, workload_id: str, offset: int = 0) -> tuple[bytes, int]:
+        status, data, headers = self._call("GET", f"/workloads/{workload_id}/logs?offset={offset}")
+        if status >= 400:
+            answer = json.loads(data or b"{}")
+            raise ComputeError(answer.get("code", "agent_error"), answer.get("reason", ""))
+        return data, int(headers.get("X-Next-Offset", offset))
+
+    def capacity(self) -> dict[str, Any]:
+        return self._json("GET", "/capacity")

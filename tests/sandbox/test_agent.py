@@ -1,0 +1,133 @@
+"""The compute agent for real: a served agent on its Unix socket, starting real sandboxes,
+keeping their state in the portal's database, and re-adopting them after its own restart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from portal.compute import ComputeError, DatasetMount
+from portal.compute.agent import Agent, Served, socket_path
+from portal.compute.client import AgentClient
+from portal.compute.local import LocalBackend
+from portal.models import Workload
+from tests.sandbox.conftest import GRANTED, spec
+from vre.config import Config
+
+
+@pytest.fixture
+def agent_parts(config: Config, make_app: Callable[[str], Flask]) -> Iterator[tuple]:
+    tree = config.repository_path / "datasets" / "granted"
+    tree.mkdir(parents=True)
+    (tree / "slice.dcm").write_text("pixels")
+    db = make_app("portal").extensions["vre.db"]
+    ended: list[str] = []
+    agent = Agent(config, db, LocalBackend(config), on_exit=lambda row: ended.append(row.id))
+    path = socket_path(config)
+    served = agent.closed = Served(agent, path)
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    yield agent, AgentClient(path), db, ended
+    served.close()
+    for home in agent.backend.root.iterdir():
+        with contextlib.suppress(ComputeError):
+            agent.backend.stop(home.name, now=True)
+
+
+def wait_state(client: AgentClient, workload_id: str, states: set[str]) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shown = client.show(workload_id)
+        if shown["state"] in states:
+            return shown
+        time.sleep(0.1)
+    raise AssertionError(f"{workload_id} stayed {shown['state']}")
+
+
+def test_start_show_logs_stop_through_the_socket(agent_parts: tuple) -> None:
+    _agent, client, db, ended = agent_parts
+    workload = spec(["sh", "-c", "ls ~/datasets; echo started; sleep 300"], owner="u1")
+    started = client.start(workload, "small", ["granted"], grant_id="g1")
+    assert started["state"] == "running" and started["datasets"] == ["granted"]
+    deadline = time.monotonic() + 10
+    while b"started" not in client.logs(workload.workload_id)[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    data, offset = client.logs(workload.workload_id)
+    assert b"Chest-CT" in data and offset == len(data)
+    assert client.logs(workload.workload_id, offset)[0] == b""
+    stopped = client.stop(workload.workload_id)
+    assert stopped["state"] == "stopped" and stopped["reason"] == "stopped"
+    assert ended == [workload.workload_id]
+    with db.session() as session:
+        row = session.get(Workload, workload.workload_id)
+        assert row.state == "stopped" and row.ended_at is not None
+        assert "token" not in row.spec
+
+
+def test_a_workload_that_ends_by_itself_is_recorded(agent_parts: tuple) -> None:
+    _agent, client, _, ended = agent_parts
+    workload = spec(["sh", "-c", "exit 3"])
+    client.start(workload, "small", [])
+    shown = wait_state(client, workload.workload_id, {"stopped", "failed"})
+    assert shown["state"] == "failed" and shown["exit_status"] == 3
+    assert shown["reason"] == "exit status 3" and ended == [workload.workload_id]
+
+
+def test_a_refused_start_is_failed_with_its_reason(agent_parts: tuple) -> None:
+    _agent, client, _db, _ = agent_parts
+    outside = DatasetMount(dataset_id="x", name="x", version=1, content_hash="0" * 64,
+                           tree="datasets/../keys")
+    workload = spec(["true"], mounts=(outside,))
+    with pytest.raises(ComputeError) as refused:
+        client.start(workload, "small", ["x"])
+    assert refused.value.code == "mount_refused"
+    assert client.show(workload.workload_id)["state"] == "failed"
+    with pytest.raises(ComputeError) as unknown:
+        client.show("w-nothing")
+    assert unknown.value.code == "workload_unknown"
+    with pytest.raises(ComputeError) as bad:
+        client._json("POST", "/workloads", {"spec": {"kind": "desktop"}})
+    assert bad.value.code == "bad_spec"
+
+
+def test_a_restarted_agent_adopts_the_running_and_fails_the_vanished(
+        agent_parts: tuple, config: Config) -> None:
+    agent, client, db, _ = agent_parts
+    alive = spec(["sleep", "300"], mounts=(GRANTED,))
+    gone = spec(["sleep", "300"], mounts=(GRANTED,))
+    client.start(alive, "small", ["granted"])
+    state = client.start(gone, "small", ["granted"])
+    with db.session() as session:
+        keeper = session.get(Workload, gone.workload_id).backend_state["pid"]
+    agent.closed.close()  # the agent goes down: nothing watches the workloads meanwhile
+    os.killpg(keeper, signal.SIGKILL)  # the host lost it while no agent watched
+    time.sleep(0.2)
+    again = Agent(config, db, LocalBackend(config))
+    found = again.reattach()
+    assert found == {"adopted": [alive.workload_id], "vanished": [state["id"]]}
+    shown = again.show(gone.workload_id)
+    assert shown["state"] == "failed" and "vanished" in shown["reason"]
+    assert again.show(alive.workload_id)["state"] == "running"
+    again.stop(alive.workload_id, now=True)
+    assert again.show(alive.workload_id)["state"] == "stopped"
+
+
+def test_only_the_platform_account_may_open_the_agent(agent_parts: tuple, config: Config) -> None:
+    path: Path = socket_path(config)
+    assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0
+    probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+             "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+             "except OSError as e:\n    print(type(e).__name__)")
+    seen = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    assert seen.stdout.strip() == "PermissionError", seen
