@@ -140,6 +140,8 @@ class Config(BaseModel):
     anchor_mode: str = Field(
         "batch", pattern=r"^(batch|per-trace)$",
         description="per-trace also anchors every leaf hash in its own transaction.")
+    vnc_proxy_port: int = Field(8603, ge=1, le=65535,
+                                description="Port of the desktops' VNC WebSocket proxy.")
     compute_backend: str = Field(
         "local", pattern=r"^(local)$",
         description="Where desktops and jobs run: a bubblewrap sandbox on this machine (local).")

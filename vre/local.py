@@ -16,7 +16,7 @@ import requests
 from vre.config import Config, ConfigError, to_env
 from vre.db import Database, check_reachable
 from vre.services import SERVICES, derive_service_secret
-from vre.supervisor import ProcessSpec
+from vre.supervisor import ProcessSpec, port_in_use
 from vre.tokens import generate_signing_key
 
 if TYPE_CHECKING:
@@ -171,12 +171,17 @@ def service_specs(config: Config) -> list[ProcessSpec]:
     specs.append(ProcessSpec(
         name="compute-agent", argv=[sys.executable, "-m", "portal.compute.agent"],
         env=service_env(config, "portal"), ready_check=agent_socket.exists, ready_timeout=30))
+    specs.append(ProcessSpec(
+        name="vnc-proxy", argv=[sys.executable, "-m", "portal.vncproxy"],
+        env=service_env(config, "portal"), port=config.vnc_proxy_port,
+        ready_check=lambda: port_in_use(config.host, config.vnc_proxy_port), ready_timeout=30))
     return specs
 
 
 def ports_needed(config: Config) -> list[ProcessSpec]:
     """Every process that listens, for the port check before anything starts."""
     listening = [ProcessSpec(s.name, [], port=config.port_of(s.name)) for s in SERVICES]
+    listening.append(ProcessSpec("vnc-proxy", [], port=config.vnc_proxy_port))
     if uses_local_chain(config):
         listening.insert(0, ProcessSpec("chain", [], port=config.chain_port))
     return listening

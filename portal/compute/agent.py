@@ -132,7 +132,8 @@ class Agent:
             out = row_out(self._row(session, workload_id))
         if out["state"] in ACTIVE_STATES:
             out["progress"] = [asdict(p) for p in self.backend.progress(workload_id)]
-            out["vnc"] = self.backend.vnc_socket(workload_id) is not None
+            vnc = self.backend.vnc_socket(workload_id)
+            out["vnc_socket"] = str(vnc) if vnc else None
         return out
 
     def logs(self, workload_id: str, offset: int) -> tuple[bytes, int]:

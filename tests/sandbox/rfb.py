@@ -9,10 +9,35 @@ import struct
 import time
 
 
+class WebSocketStream:
+    """A WebSocket client connection seen as a byte stream, for RFB through the proxy."""
+
+    def __init__(self, connection: object) -> None:
+        self.connection = connection
+        self.buffer = b""
+        self.timeout: float | None = 10
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.timeout = seconds
+
+    def recv(self, size: int) -> bytes:
+        if not self.buffer:
+            try:
+                message = self.connection.recv(timeout=self.timeout)  # type: ignore[attr-defined]
+            except TimeoutError:
+                raise
+            self.buffer = message if isinstance(message, bytes) else message.encode()
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self.connection.send(data)  # type: ignore[attr-defined]
+
+
 class RfbClient:
     """One RFB connection over an already connected socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket | WebSocketStream) -> None:
         self.sock = sock
         self.width = self.height = 0
         self.name = ""

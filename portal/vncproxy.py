@@ -1,0 +1,191 @@
+"""The desktops' VNC proxy: the only way to a desktop's screen. A browser (noVNC) opens a
+WebSocket with a ticket the portal issued to the desktop's owner; the proxy checks it and
+relays bytes to that desktop's VNC socket, which nothing else may open.
+
+A ticket is a JWT signed by the portal for the audience `vre-vnc`: who (`sub`), which
+desktop (`wid`), valid for seconds and usable once. The desktop is looked up anew at every
+connection (still running, still its owner's), and each connection keeps its own target, so
+no connection can be steered to another desktop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from vre.tokens import TokenError, TokenIssuer, TokenValidator
+
+log = logging.getLogger("vre.vncproxy")
+TICKET_AUDIENCE = "vre-vnc"
+TICKET_SECONDS = 30
+MAX_TICKET_CHARS = 4096
+CHUNK = 1 << 16
+
+# Answers where a user's running desktop listens, or None when it is not theirs or not running.
+Locate = Callable[[str, str], Path | None]
+
+
+def issue_ticket(issuer: TokenIssuer, user_id: str, workload_id: str) -> str:
+    """A single-use ticket for one user to open one desktop, valid for a few seconds."""
+    token, _ = issuer.issue(user_id, [], ttl=TICKET_SECONDS, aud=TICKET_AUDIENCE,
+                            wid=workload_id)
+    return token
+
+
+class TicketBook:
+    """Tickets already used, kept until they expire, so a ticket opens one connection."""
+
+    def __init__(self) -> None:
+        self._used: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def use(self, jti: str, expires: float) -> bool:
+        """Record a ticket's use; False when it was used before."""
+        now = time.time()
+        with self._lock:
+            self._used = {k: v for k, v in self._used.items() if v > now}
+            if jti in self._used:
+                return False
+            self._used[jti] = expires
+            return True
+
+
+class Refusal(Exception):
+    """Why a connection is not let through: an HTTP status and a stable code."""
+
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+
+
+class VncProxy:
+    """Checks tickets and relays each admitted connection to its own desktop."""
+
+    def __init__(self, validator: TokenValidator, locate: Locate,
+                 allowed_origins: frozenset[str]) -> None:
+        self.validator = validator
+        self.locate = locate
+        self.allowed_origins = allowed_origins
+        self.tickets = TicketBook()
+
+    def admit(self, path: str, headers: Headers) -> Path:
+        """The VNC socket a request may reach, or a `Refusal`."""
+        origin = headers.get("Origin")
+        if origin is not None and origin not in self.allowed_origins:
+            raise Refusal(403, "origin_refused")
+        url = urlsplit(path)
+        if url.path != "/vnc":
+            raise Refusal(404, "not_found")
+        tickets = parse_qs(url.query).get("ticket", [])
+        if len(tickets) != 1 or not tickets[0] or len(tickets[0]) > MAX_TICKET_CHARS:
+            raise Refusal(401, "ticket_missing")
+        try:
+            principal = self.validator.validate(tickets[0])
+        except TokenError as exc:
+            raise Refusal(401, exc.code if exc.code == "token_expired" else "ticket_invalid") \
+                from None
+        claims = principal.claims
+        workload_id, jti = claims.get("wid"), claims.get("jti")
+        if not isinstance(workload_id, str) or not isinstance(jti, str):
+            raise Refusal(401, "ticket_invalid")
+        if not self.tickets.use(jti, float(claims["exp"])):
+            raise Refusal(401, "ticket_used")
+        target = self.locate(principal.subject, workload_id)
+        if target is None:
+            raise Refusal(403, "desktop_unavailable")
+        return target
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            connection.vnc_target = self.admit(request.path, request.headers)  # type: ignore[attr-defined]
+        except Refusal as refused:
+            log.info("vnc connection refused: %s", refused.code)
+            return connection.respond(refused.status, refused.code + "\n")
+        return None
+
+    async def _relay(self, connection: ServerConnection) -> None:
+        target: Path = connection.vnc_target  # type: ignore[attr-defined]
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(target))
+        except OSError:
+            await connection.close(1011, "desktop_unreachable")
+            return
+
+        async def upstream() -> None:
+            async for message in connection:
+                writer.write(message if isinstance(message, bytes) else message.encode())
+                await writer.drain()
+
+        async def downstream() -> None:
+            while data := await reader.read(CHUNK):
+                await connection.send(data)
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            writer.close()
+            await connection.close()
+
+    def serve(self, host: str, port: int) -> Server:
+        """A server for the proxy (start it with `async with`, or `serve_forever`)."""
+        return serve(self._relay, host, port, process_request=self._process_request,
+                     subprotocols=["binary"], max_size=1 << 20, compression=None)
+
+
+def agent_locator(config: object) -> Locate:
+    """Desktops as the compute agent knows them: the owner's, running, with a VNC socket."""
+    from portal.compute import ComputeError
+    from portal.compute.agent import socket_path
+    from portal.compute.client import AgentClient
+
+    agent = AgentClient(socket_path(config), timeout=10)  # type: ignore[arg-type]
+
+    def locate(user_id: str, workload_id: str) -> Path | None:
+        try:
+            shown = agent.show(workload_id)
+        except ComputeError:
+            return None
+        if shown.get("owner_id") != user_id or shown.get("kind") != "desktop":
+            return None
+        if shown.get("state") != "running" or not shown.get("vnc_socket"):
+            return None
+        return Path(shown["vnc_socket"])
+
+    return locate
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m portal.vncproxy`: the process `vre up` starts."""
+    from vre.config import load_config
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    config = load_config()
+    portal = urlsplit(config.url_of("portal"))
+    proxy = VncProxy(TokenValidator(config.issuer, TICKET_AUDIENCE, config.jwks),
+                     agent_locator(config), frozenset({f"{portal.scheme}://{portal.netloc}"}))
+
+    async def run() -> None:
+        async with proxy.serve(config.host, config.vnc_proxy_port) as server:
+            await server.serve_forever()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The VNC proxy for real: a served proxy, a desktop in a launched sandbox, and WebSocket
+clients that bring good, replayed, expired, foreign and forged tickets. Only the owner's
+fresh ticket reaches the screen, once."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from portal.compute.local import LocalBackend
+from portal.vncproxy import TICKET_AUDIENCE, VncProxy, issue_ticket
+from tests.conftest import ISSUER
+from tests.sandbox.rfb import RfbClient, WebSocketStream
+from tests.sandbox.test_desktop_vnc import start_desktop
+from vre.tokens import TokenIssuer, TokenValidator
+
+pytestmark = pytest.mark.skipif(not shutil.which("Xvnc"), reason="needs TigerVNC's Xvnc")
+ORIGIN = "http://portal.test"
+
+
+@pytest.fixture
+def desk(compute: LocalBackend, issuer_dir: Path) -> Iterator[tuple[str, str]]:
+    """A running desktop of alice's, behind a served proxy; answers (proxy URL, workload id)."""
+    workload_id = start_desktop(compute)
+    owners = {workload_id: "alice"}
+
+    def locate(user_id: str, wid: str) -> Path | None:
+        if owners.get(wid) != user_id or compute.poll(wid) is not None:
+            return None
+        return compute.vnc_socket(wid)
+
+    validator = TokenValidator(ISSUER, TICKET_AUDIENCE, (issuer_dir / "jwks.json").as_uri())
+    proxy = VncProxy(validator, locate, frozenset({ORIGIN}))
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict = {}
+
+    async def run() -> None:
+        async with proxy.serve("127.0.0.1", 0) as server:
+            holder["port"] = server.sockets[0].getsockname()[1]
+            holder["server"] = server
+            ready.set()
+            await server.serve_forever()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield f"ws://127.0.0.1:{holder['port']}/vnc", workload_id
+    loop.call_soon_threadsafe(holder["server"].close)
+    thread.join(timeout=10)
+
+
+def open_screen(url: str, ticket: str, origin: str = ORIGIN) -> RfbClient:
+    connection = connect(f"{url}?ticket={ticket}", origin=origin, subprotocols=["binary"],
+                         open_timeout=10)
+    client = RfbClient(WebSocketStream(connection))
+    client.handshake()
+    return client
+
+
+def refused(url: str, ticket: str, origin: str = ORIGIN) -> int:
+    with pytest.raises(InvalidStatus) as answer:
+        connect(f"{url}?ticket={ticket}", origin=origin, open_timeout=10)
+    return answer.value.response.status_code
+
+
+def test_the_owners_fresh_ticket_opens_the_screen_once(desk: tuple, issuer: TokenIssuer) -> None:
+    url, workload_id = desk
+    ticket = issue_ticket(issuer, "alice", workload_id)
+    client = open_screen(url, ticket)
+    assert client.width > 0 and client.height > 0
+    assert refused(url, ticket) == 401  # a ticket opens one connection
+
+
+def test_tickets_that_must_not_open_anything(desk: tuple, issuer: TokenIssuer,
+                                             rogue_issuer: TokenIssuer) -> None:
+    url, workload_id = desk
+    access_token, _ = issuer.issue("alice", ["researcher"])  # a normal token, not a ticket
+    expired, _ = issuer.issue("alice", [], ttl=1, aud=TICKET_AUDIENCE, wid=workload_id,
+                              iat=int(time.time()) - 120, nbf=int(time.time()) - 120,
+                              exp=int(time.time()) - 60)
+    assert refused(url, access_token) == 401
+    assert refused(url, expired) == 401
+    assert refused(url, issue_ticket(rogue_issuer, "alice", workload_id)) == 401
+    assert refused(url, issue_ticket(issuer, "bob", workload_id)) == 403
+    assert refused(url, issue_ticket(issuer, "alice", "w-other")) == 403
+    assert refused(url, "") == 401
+    assert refused(url, "x" * 5000) == 401
+    assert refused(url, issue_ticket(issuer, "alice", workload_id), origin="http://evil.test") \
+        == 403
+
+
+def test_a_stopped_desktop_cannot_be_opened(desk: tuple, issuer: TokenIssuer,
+                                            compute: LocalBackend) -> None:
+    url, workload_id = desk
+    compute.stop(workload_id, now=True)
+    assert refused(url, issue_ticket(issuer, "alice", workload_id)) == 403
