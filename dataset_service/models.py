@@ -8,7 +8,7 @@ from datetime import date, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from vre.db import NAMING_CONVENTION, utcnow
+from vre.db import NAMING_CONVENTION, UtcDateTime, utcnow
 from vre.outbox import outbox_table
 
 
@@ -31,7 +31,7 @@ class Project(Base):
     title: Mapped[str] = mapped_column(sa.String(200))
     description: Mapped[str] = mapped_column(sa.Text, default="")
     created_by: Mapped[str] = mapped_column(sa.String(64))
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # What a new dataset of this project gets unless its steward says otherwise.
     default_license_id: Mapped[str | None] = mapped_column(sa.String(64))
     default_license_url: Mapped[str | None] = mapped_column(sa.String(300))
@@ -85,7 +85,7 @@ class Study(Base):
     patient_sex: Mapped[str | None] = mapped_column(sa.String(1))
     patient_age: Mapped[int | None] = mapped_column(sa.Integer)
     ingest_id: Mapped[str] = mapped_column(sa.String(36), index=True)
-    ingested_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    ingested_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Series(Base):
@@ -131,8 +131,8 @@ class IngestRun(Base):
     project_id: Mapped[str] = mapped_column(sa.ForeignKey("projects.id"))
     source: Mapped[str] = mapped_column(sa.Text)
     started_by: Mapped[str] = mapped_column(sa.String(128))
-    started_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     state: Mapped[str] = mapped_column(sa.String(16), default="running")
     counts: Mapped[dict] = mapped_column(sa.JSON, default=dict)
 
@@ -173,11 +173,11 @@ class Dataset(Base):
     content_hash: Mapped[str] = mapped_column(sa.String(71))
     statistics: Mapped[dict] = mapped_column(sa.JSON, default=dict)
     created_by: Mapped[str] = mapped_column(sa.String(128))
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    modified_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    released_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    published_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    invalidated_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    invalidated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     invalidation_reason: Mapped[str | None] = mapped_column(sa.Text)
     previous_id: Mapped[str | None] = mapped_column(sa.String(36))
     next_id: Mapped[str | None] = mapped_column(sa.String(36))
@@ -206,7 +206,7 @@ class DatasetAccess(Base):
     dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("datasets.id"), primary_key=True)
     user_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     granted_by: Mapped[str] = mapped_column(sa.String(128))
-    granted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    granted_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class AccessRequest(Base):
@@ -220,9 +220,9 @@ class AccessRequest(Base):
     purpose: Mapped[str] = mapped_column(sa.Text)
     state: Mapped[str] = mapped_column(sa.String(16), default="pending")
     decided_by: Mapped[str | None] = mapped_column(sa.String(128))
-    decided_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     decision_note: Mapped[str | None] = mapped_column(sa.Text)
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Grant(Base):
@@ -238,8 +238,8 @@ class Grant(Base):
     tool: Mapped[str | None] = mapped_column(sa.String(128))
     image: Mapped[str | None] = mapped_column(sa.String(256))
     flavor: Mapped[str | None] = mapped_column(sa.String(64))
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    ended_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class RevokedUser(Base):
@@ -248,7 +248,7 @@ class RevokedUser(Base):
     __tablename__ = "revoked_users"
     user_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     revoked_by: Mapped[str] = mapped_column(sa.String(128))
-    revoked_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     reason: Mapped[str] = mapped_column(sa.Text, default="")
 
 
@@ -265,4 +265,4 @@ class CatalogueGeneration(Base):
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)  # always 1
     generation: Mapped[int] = mapped_column(sa.BigInteger)
-    changed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime)

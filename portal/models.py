@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from vre.db import NAMING_CONVENTION, utcnow
+from vre.db import NAMING_CONVENTION, UtcDateTime, utcnow
 from vre.outbox import outbox_table
 
 
@@ -41,8 +41,8 @@ class User(Base):
     roles: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     failed_logins: Mapped[int] = mapped_column(sa.Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # "local", or the issuer URL of the OIDC provider the account is mirrored from.
     identity_provider: Mapped[str] = mapped_column(sa.String(255), default="local",
                                                    server_default="local")
@@ -92,10 +92,10 @@ class ProviderSession(Base):
     user_id: Mapped[str] = mapped_column(
         sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     tokens: Mapped[str] = mapped_column(sa.Text)
-    access_expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
-    refresh_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
+    access_expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    refresh_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow,
                                                  onupdate=utcnow)
 
 
@@ -120,8 +120,8 @@ class Application(Base):
     # Run when a request names no command; empty means the image's own entrypoint.
     command: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow,
                                                  onupdate=utcnow)
 
     __table_args__ = (sa.CheckConstraint("kind IN ('desktop', 'batch')", name="kind"),)
@@ -145,8 +145,8 @@ class Flavor(Base):
     # Empty lists mean everyone; a user needs one of the roles AND one of the projects.
     allowed_roles: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     allowed_projects: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow,
                                                  onupdate=utcnow)
 
     __table_args__ = (
@@ -170,8 +170,8 @@ class Quota(Base):
     max_gpus: Mapped[int | None] = mapped_column(sa.Integer)
     cpu_hours_per_month: Mapped[float | None] = mapped_column(sa.Float)
     gpu_hours_per_month: Mapped[float | None] = mapped_column(sa.Float)
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow,
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow,
                                                  onupdate=utcnow)
 
     __table_args__ = (

@@ -7,7 +7,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from vre.db import NAMING_CONVENTION
+from vre.db import NAMING_CONVENTION, UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -33,7 +33,7 @@ class TraceRow(Base):
     )
     seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
     id: Mapped[str] = mapped_column(sa.String(36), unique=True)
-    recorded_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
     actor: Mapped[str] = mapped_column(sa.String(128))
     action: Mapped[str] = mapped_column(sa.String(32))
     update: Mapped[str | None] = mapped_column(sa.String(32))
@@ -55,7 +55,7 @@ class CheckpointRow(Base):
     __tablename__ = "checkpoints"
     tree_size: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
     root: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
-    timestamp: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    timestamp: Mapped[datetime] = mapped_column(UtcDateTime)
     signature: Mapped[bytes] = mapped_column(sa.LargeBinary(64))
     key_id: Mapped[str] = mapped_column(sa.String(16))
 
@@ -69,7 +69,7 @@ class AnchorRow(Base):
     chain_index: Mapped[int] = mapped_column(sa.BigInteger)
     tx_hash: Mapped[str] = mapped_column(sa.String(66))
     block_number: Mapped[int] = mapped_column(sa.BigInteger)
-    anchored_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    anchored_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class LeafAnchorRow(Base):

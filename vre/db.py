@@ -39,6 +39,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp column that is UTC with an explicit offset on every database: stored in UTC
+    (SQLite keeps no offset, PostgreSQL answers in the session's zone) and read back aware."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # the platform's naive times are UTC
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
 class DatabaseUnavailable(Exception):
     """The database cannot be reached; says where."""
 

@@ -24,7 +24,7 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 from vre.client import ServiceError, ServiceUnavailable
-from vre.db import Database, after_commit, on_rollback, utcnow
+from vre.db import Database, UtcDateTime, after_commit, on_rollback, utcnow
 from vre.web import config_of, db_of
 
 log = logging.getLogger("vre.outbox")
@@ -49,9 +49,9 @@ def outbox_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("position", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("trace_id", sa.String(36), nullable=False, unique=True),
         sa.Column("trace", sa.Text, nullable=False),  # JSON, as the tracer takes it
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False),
         # the next attempt; moved on by a lease while one is under way
-        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column("due_at", UtcDateTime, nullable=False, index=True),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("claim", sa.String(36)),  # the attempt under way
         sa.Column("last_error", sa.String(500)),

@@ -39,6 +39,7 @@ from dataset_service.search import (
     TextTerm,
     parse_text,
 )
+from vre.db import UtcDateTime
 
 TEXT_CONFIG = "english"
 # websearch_to_tsquery's and ts_rank's configuration and weights are constants, never input.
@@ -108,7 +109,7 @@ class CatalogueEntry(Base):
     keywords: Mapped[list] = mapped_column(sa.JSON)
     project: Mapped[str] = mapped_column(sa.String(200))
     license_id: Mapped[str] = mapped_column(sa.String(64))
-    published_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    published_at: Mapped[datetime] = mapped_column(UtcDateTime)
     subjects: Mapped[int] = mapped_column(sa.Integer)
     studies: Mapped[int] = mapped_column(sa.Integer)
     document: Mapped[str | None] = mapped_column(SearchVector)
