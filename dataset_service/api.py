@@ -117,7 +117,7 @@ def create_project(body: ProjectIn) -> ProjectOut:
 
 @bp.get("/projects")
 @endpoint("The projects the caller is a member of (every project, for administrators)",
-          response=ProjectOut, tags=["projects"])
+          response=list[ProjectOut], tags=["projects"])
 def list_projects() -> list[ProjectOut]:
     principal = current_principal()
     assert principal is not None
@@ -154,7 +154,7 @@ class MemberOut(BaseModel):
 
 @bp.get("/projects/<project_id>/members")
 @endpoint("Members of a project and their roles (its members and administrators)",
-          response=MemberOut, tags=["projects"])
+          response=list[MemberOut], tags=["projects"])
 def list_members(project_id: str) -> list[MemberOut]:
     with db_of().session() as session:
         project = find_project(session, project_id)

@@ -351,7 +351,7 @@ def get_dataset(dataset_id: str) -> DatasetOut:
 
 
 @bp.get("/datasets")
-@endpoint("Datasets the caller may see, newest first", response=DatasetOut, tags=["datasets"])
+@endpoint("Datasets the caller may see, newest first", response=list[DatasetOut], tags=["datasets"])
 def list_datasets() -> list[DatasetOut]:
     principal = caller()
     with db_of().session() as session:
@@ -582,7 +582,7 @@ def request_access(dataset_id: str, body: AccessRequestIn) -> AccessRequestOut:
 
 @bp.get("/datasets/<dataset_id>/requests")
 @endpoint("Access requests of a dataset (its stewards), or the caller's own",
-          response=AccessRequestOut, tags=["access"])
+          response=list[AccessRequestOut], tags=["access"])
 def list_requests(dataset_id: str) -> list[AccessRequestOut]:
     principal = caller()
     with db_of().session() as session:

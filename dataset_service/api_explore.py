@@ -152,7 +152,7 @@ class AccessLogEntry(BaseModel):
 
 @bp.get("/datasets/<dataset_id>/access-log")
 @endpoint("Who used the dataset, with which tool, image and flavor, and when; newest first",
-          query=PageQuery, response=AccessLogEntry, tags=["explore"])
+          query=PageQuery, response=list[AccessLogEntry], tags=["explore"])
 def access_log(dataset_id: str, query: PageQuery) -> list[AccessLogEntry]:
     with db_of().session() as session:
         dataset = load_dataset(session, dataset_id, caller(), Action.VIEW_ACCESS_LOG)
@@ -205,7 +205,7 @@ class RequestFilter(BaseModel):
 
 @bp.get("/requests")
 @endpoint("The caller's own access requests, or those waiting on their review",
-          query=RequestFilter, response=AccessRequestOut, tags=["access"])
+          query=RequestFilter, response=list[AccessRequestOut], tags=["access"])
 def list_my_requests(query: RequestFilter) -> list[AccessRequestOut]:
     principal = caller()
     with db_of().session() as session:
@@ -230,7 +230,7 @@ class AccessListEntry(BaseModel):
 
 
 @bp.get("/datasets/<dataset_id>/access")
-@endpoint("The dataset's access list (its stewards)", response=AccessListEntry,
+@endpoint("The dataset's access list (its stewards)", response=list[AccessListEntry],
           tags=["access"])
 def access_list(dataset_id: str) -> list[AccessListEntry]:
     with db_of().session() as session:

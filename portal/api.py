@@ -145,7 +145,7 @@ def me() -> Me:
 
 
 @bp.get("/api/v1/users")
-@endpoint("List users", response=UserOut, roles=["admin"], tags=["users"])
+@endpoint("List users", response=list[UserOut], roles=["admin"], tags=["users"])
 def list_users() -> list[UserOut]:
     with db_of().session() as session:
         users = session.scalars(sa.select(User).order_by(User.username)).all()

@@ -93,7 +93,7 @@ def _flavor_view(row: Flavor, principal: Principal, who: Requester,
 
 @bp.get("/flavors")
 @endpoint("Flavors the caller may use (administrators see all), each marked usable or not",
-          query=FlavorQuery, response=FlavorOut, tags=["catalogue"])
+          query=FlavorQuery, response=list[FlavorOut], tags=["catalogue"])
 def list_flavors(query: FlavorQuery) -> list[FlavorOut]:
     principal = _principal()
     who = Requester.of(principal.roles, _member_projects(principal, query.project))
@@ -142,7 +142,7 @@ class ApplicationQuery(BaseModel):
 
 @bp.get("/applications")
 @endpoint("Applications that can be started (administrators also see disabled ones)",
-          query=ApplicationQuery, response=ApplicationOut, tags=["catalogue"])
+          query=ApplicationQuery, response=list[ApplicationOut], tags=["catalogue"])
 def list_applications(query: ApplicationQuery) -> list[ApplicationOut]:
     admin = _is_admin(_principal())
     with db_of().session() as session:
@@ -190,7 +190,7 @@ class QuotaQuery(BaseModel):
 
 @bp.get("/quotas")
 @endpoint("Quotas: all of them for administrators, the one that applies to the caller for "
-          "others", query=QuotaQuery, response=QuotaOut, tags=["quotas"])
+          "others", query=QuotaQuery, response=list[QuotaOut], tags=["quotas"])
 def list_quotas(query: QuotaQuery) -> list[QuotaOut]:
     principal = _principal()
     with db_of().session() as session:

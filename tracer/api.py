@@ -81,7 +81,8 @@ class TraceFilter(BaseModel):
 
 
 @bp.post("/traces")
-@endpoint("Record one trace or a batch", body=TraceBatch, response=TraceOut, status=201,
+@endpoint("Record one trace or a batch", body=TraceBatch, response=TraceOut | TraceAckList,
+          status=201,
           roles=["service"], tags=["traces"])
 def record(body: TraceBatch) -> Any:
     batch = body.root if isinstance(body.root, list) else [body.root]

@@ -12,9 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from eth_account import Account
-
 from vre.config import Config, ConfigError
+from vre.imports import keeping_recursion_limit
+
+with keeping_recursion_limit():
+    from eth_account import Account
 
 __all__ = [
     "MAX_UINT64",

@@ -23,18 +23,6 @@ from importlib import resources
 from typing import Any
 
 import requests
-from eth_account import Account
-from eth_utils import keccak
-from web3 import Web3
-from web3.exceptions import (
-    BadFunctionCallOutput,
-    ContractLogicError,
-    ProviderConnectionError,
-    TransactionIndexingInProgress,
-    TransactionNotFound,
-    Web3Exception,
-    Web3RPCError,
-)
 
 from tracer.chain import (
     Anchor,
@@ -46,6 +34,21 @@ from tracer.chain import (
     validate_anchor_args,
     validate_leaf_args,
 )
+from vre.imports import keeping_recursion_limit
+
+with keeping_recursion_limit():
+    from eth_account import Account
+    from eth_utils import keccak
+    from web3 import Web3
+    from web3.exceptions import (
+        BadFunctionCallOutput,
+        ContractLogicError,
+        ProviderConnectionError,
+        TransactionIndexingInProgress,
+        TransactionNotFound,
+        Web3Exception,
+        Web3RPCError,
+    )
 
 __all__ = ["ARTIFACT_NAME", "JsonRpcChainClient", "load_artifact"]
 

@@ -4,14 +4,15 @@ token checked, responses serialised, and the OpenAPI document built from the sam
 from __future__ import annotations
 
 import functools
-import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from vre import jsonbody
 from vre.errors import ApiError, Forbidden
 from vre.tokens import Principal, bearer_token
 
@@ -26,7 +27,7 @@ class Operation:
     summary: str
     body: type[BaseModel] | None
     query: type[BaseModel] | None
-    response: type[BaseModel] | None
+    response: Any  # a model, or a type of them such as list[Model] or ModelA | ModelB
     status: int
     roles: tuple[str, ...] | str
     tags: tuple[str, ...]
@@ -48,22 +49,83 @@ def validation_error(exc: ValidationError, where: str = "body") -> ApiError:
     return ApiError(message, code=code, field=field, status=422)
 
 
+# What a caller sends must be storable on every database: integers fit PostgreSQL's BIGINT,
+# and text is UTF-8 without a NUL character (PostgreSQL refuses both); past that the driver fails.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def _unstorable(value: Any, loc: tuple[str, ...] = ()) -> tuple[tuple[str, ...], str] | None:
+    """Where, in a parsed body, query or path, the first value no database can store is, and
+    what is wrong with it (None: nowhere)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if INT_MIN <= value <= INT_MAX else (loc, "out_of_range")
+    if isinstance(value, str):
+        try:
+            value.encode()  # a lone surrogate is no UTF-8 text
+        except UnicodeEncodeError:
+            return loc, "invalid_character"
+        return (loc, "invalid_character") if "\x00" in value else None
+    if isinstance(value, BaseModel):
+        fields = type(value).model_fields
+        items = [((info.alias or name) if (info := fields.get(name)) else name, item)
+                 for name, item in value]
+    elif isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()]
+        items += [(str(k), k) for k in value if isinstance(k, str)]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return None
+    for key, item in items:
+        found = _unstorable(item, loc if key == "root" else (*loc, key))
+        if found is not None:
+            return found
+    return None
+
+
+_ODD_ESCAPE = re.compile(rb"\\u(0000|[dD][89a-fA-F])")  # a NUL or a surrogate
+_LONG_NUMBER = re.compile(rb"[0-9]{19}|[0-9][eE]\+?[0-9]")
+
+
+def _maybe_unstorable(raw: bytes) -> bool:
+    """Whether a JSON text can hold a value check_storable refuses: walking every value costs
+    more than parsing, and only an escaped NUL or surrogate, or a number long (or exponent)
+    enough to pass 64 bits, can make one."""
+    return bool(_ODD_ESCAPE.search(raw)) or bool(
+        _LONG_NUMBER.search(jsonbody.outside_strings(raw)))
+
+
+_UNSTORABLE = {"out_of_range": f"integer out of range [{INT_MIN}, {INT_MAX}]",
+               "invalid_character": "text must be UTF-8 without the NUL character"}
+
+
+def check_storable(parsed: Any, where: str) -> Any:
+    """Refuse (422, naming the field) a body, query or path with a value no database stores."""
+    found = _unstorable(parsed)
+    if found is not None:
+        loc, code = found
+        field = ".".join(loc) or None
+        raise ApiError(f"{where} field {field!r}: {_UNSTORABLE[code]}", code=code,
+                       field=field, status=422)
+    return parsed
+
+
 def parse_body(model: type[BaseModel]) -> BaseModel:
     """Parse the request body as JSON into the model, or raise a stable 4xx."""
     if not request.is_json:
         raise ApiError("request body must be application/json",
                        code="unsupported_media_type", status=415)
     raw = request.get_data(cache=True)
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(f"request body is not valid JSON: {exc}", code="malformed_json") from exc
+    data = jsonbody.loads(raw)
     # A model may parse its payload itself (e.g. "one item or a list" without union noise).
     parse = getattr(model, "parse_payload", model.model_validate)
     try:
-        return parse(data)
+        parsed = parse(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    return check_storable(parsed, "body") if _maybe_unstorable(raw) else parsed
 
 
 def parse_query(model: type[BaseModel]) -> BaseModel:
@@ -73,9 +135,10 @@ def parse_query(model: type[BaseModel]) -> BaseModel:
         values = request.args.getlist(key)
         data[key] = values if len(values) > 1 else values[0]
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc, where="query") from None
+    return check_storable(parsed, "query")
 
 
 def current_principal(required: bool = True) -> Principal | None:
@@ -102,7 +165,7 @@ def authorize(roles: tuple[str, ...] | str) -> Principal | None:
 
 def endpoint(
     summary: str, *, body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
-    response: type[BaseModel] | None = None, status: int = 200,
+    response: Any = None, status: int = 200,
     roles: Iterable[str] | str = ANY, tags: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a JSON endpoint: who may call it, what it takes and what it returns.
@@ -115,6 +178,7 @@ def endpoint(
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             authorize(allowed)
+            check_storable(kwargs, "path")
             if body is not None:
                 kwargs["body"] = parse_body(body)
             if query is not None:
@@ -154,16 +218,51 @@ _ERROR_SCHEMA = {
 }
 
 
+_REF = "#/components/schemas/{model}"
+
+
+def _present(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema: one that is sent has a value, so an optional field's null
+    arm (and its null default) is not part of it."""
+    schema = {k: v for k, v in schema.items() if not (k == "default" and v is None)}
+    arms = [arm for arm in schema.get("anyOf", ()) if arm != {"type": "null"}]
+    if "anyOf" in schema and len(arms) == 1:
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        return {**arms[0], **rest}
+    return schema
+
+
+def _bound_integers(node: Any) -> None:
+    """Say in the schema what the parser enforces: every integer fits in 64 bits."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            if "minimum" not in node and "exclusiveMinimum" not in node:
+                node["minimum"] = INT_MIN
+            if "maximum" not in node and "exclusiveMaximum" not in node:
+                node["maximum"] = INT_MAX
+        for value in node.values():
+            _bound_integers(value)
+    elif isinstance(node, list):
+        for value in node:
+            _bound_integers(value)
+
+
 def openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
     """Build OpenAPI 3.1 from the registered endpoints and their models."""
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
 
-    def ref(model: type[BaseModel]) -> dict[str, str]:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    def ref(kind: Any) -> dict[str, Any]:
+        """A model by reference to its component schema; any other type (list[Model], a
+        union) inline, its models among the components."""
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            schema = kind.model_json_schema(ref_template=_REF)
+            schemas.update(schema.pop("$defs", {}))
+            schemas[kind.__name__] = schema
+            return {"$ref": _REF.format(model=kind.__name__)}
+        schema = TypeAdapter(kind).json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-        return {"$ref": f"#/components/schemas/{model.__name__}"}
+        return schema
 
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         view = app.view_functions.get(rule.endpoint)
@@ -179,11 +278,13 @@ def openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
             params.append({"name": arg, "in": "path", "required": True,
                            "schema": {"type": "string"}})
         if op.query is not None:
+            query_schema = op.query.model_json_schema(ref_template=_REF)
+            schemas.update(query_schema.pop("$defs", {}))
             for name, info in op.query.model_fields.items():
-                params.append({"name": info.alias or name, "in": "query",
-                               "required": info.is_required(),
+                key = info.alias or name
+                params.append({"name": key, "in": "query", "required": info.is_required(),
                                "description": info.description or "",
-                               "schema": {"type": "string"}})
+                               "schema": _present(query_schema["properties"][key])})
         responses: dict[str, Any] = {
             str(op.status): {"description": "success", **(
                 {"content": {"application/json": {"schema": ref(op.response)}}}
@@ -205,6 +306,8 @@ def openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
                 "application/json": {"schema": ref(op.body)}}}
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = entry
+    _bound_integers(paths)
+    _bound_integers(schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},

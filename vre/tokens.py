@@ -3,6 +3,7 @@ expiry), and the token issuer the portal runs in one-machine mode."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from vre.errors import ApiError
+from vre.jsonbody import too_deep
 
 ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 
@@ -106,6 +108,8 @@ class TokenValidator:
     def validate(self, token: str | None) -> Principal:
         if not token:
             raise TokenError("a bearer token is required", code="token_missing")
+        if _header_too_deep(token):
+            raise TokenError("malformed token: its header nests too deep")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -128,6 +132,17 @@ class TokenValidator:
             client=claims.get("azp") or claims.get("client_id"),
             username=claims.get("preferred_username"), claims=claims,
         )
+
+
+def _header_too_deep(token: str) -> bool:
+    """The token's header is read before its signature is checked: refuse one nested deep
+    enough to exhaust the JSON parser (a JWT's header is one flat object)."""
+    head = token.partition(".")[0]
+    try:
+        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+    except ValueError:
+        return False  # not base64: the JWT library says it is malformed
+    return too_deep(raw)
 
 
 def bearer_token(authorization: str | None) -> str | None:

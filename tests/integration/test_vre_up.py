@@ -124,6 +124,18 @@ def test_vre_up_runs_the_platform_and_keeps_state(up_env: dict[str, str]) -> Non
         me = requests.get(platform.url("portal") + "/api/v1/me", timeout=5, headers={
             "Authorization": "Bearer " + user.json()["access_token"]})
         assert "admin" in me.json()["roles"]
+        # A body nested 100,000 deep is refused, and no served worker dies of it.
+        deep = b"[" * 100_000 + b"]" * 100_000
+        for service, path in (("portal", "/api/v1/tokens"),
+                              ("dataset_service", "/api/v1/projects")):
+            refused = requests.post(platform.url(service) + path, data=deep, timeout=10,
+                                    headers={"Content-Type": "application/json",
+                                             "Authorization": "Bearer "
+                                             + user.json()["access_token"]})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["code"] == "json_too_deep"
+        for service in ("portal", "dataset_service", "tracer"):
+            assert requests.get(platform.url(service) + "/healthz", timeout=5).status_code == 200
         status = subprocess.run([sys.executable, "-m", "vre", "status"], env=up_env,
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
