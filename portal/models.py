@@ -204,9 +204,9 @@ class Workload(Base):
     exit_status: Mapped[int | None] = mapped_column(sa.Integer)
     cpu_seconds: Mapped[float] = mapped_column(sa.Float, default=0.0)
     memory_peak_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         sa.CheckConstraint("kind IN ('desktop', 'job')", name="kind"),
