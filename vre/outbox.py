@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -231,7 +231,7 @@ class Outbox:
             ).all()
             positions = []
             for row in oldest:
-                if _aware(row.due_at) <= now:
+                if row.due_at <= now:
                     positions.append(row.position)
                 elif row.claim is None:
                     break  # backing off: what follows waits behind it
@@ -352,7 +352,7 @@ class Outbox:
             due = session.scalar(sa.select(sa.func.min(self.table.c.due_at)))
         if due is None:
             return None
-        return min(self.poll, max(0.01, (_aware(due) - utcnow()).total_seconds()))
+        return min(self.poll, max(0.01, (due - utcnow()).total_seconds()))
 
 
 def install_outbox(app: Flask, table: sa.Table, send: Send) -> Outbox:
@@ -368,11 +368,6 @@ def install_outbox(app: Flask, table: sa.Table, send: Send) -> Outbox:
 
 def outbox_of(app: Flask | None = None) -> Outbox:
     return (app or current_app).extensions["vre.outbox"]
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands timestamps back without their zone; they are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _forget(session: Session, pending: list[str]) -> list[str]:
