@@ -188,10 +188,24 @@ def record_trace(session: Session, actor: str, action: str, datasets: list[Datas
         "details": {k: v for k, v in details.items() if v is not None}}))
 
 
-def _out(dataset: Dataset) -> DatasetOut:
-    pid = f"{config_of().pid_base}/{dataset.id}"
-    return DatasetOut.model_validate({**{c.key: getattr(dataset, c.key) for c in
-                                         sa.inspect(Dataset).mapper.column_attrs}, "pid": pid})
+def _out(dataset: Dataset, exact: bool = True) -> DatasetOut:
+    """The record; with its statistics suppressed of small cells unless `exact` (see
+    `exact_statistics`)."""
+    config = config_of()
+    values = {c.key: getattr(dataset, c.key) for c in sa.inspect(Dataset).mapper.column_attrs}
+    if not exact:
+        values["statistics"] = ds.public_statistics(dataset.statistics or {},
+                                                    config.small_cell_threshold)
+    return DatasetOut.model_validate({**values, "pid": f"{config.pid_base}/{dataset.id}"})
+
+
+def exact_statistics(session: Session, principal: Principal | None, dataset: Dataset) -> bool:
+    """Exact counts go to those who may see the studies themselves; anyone else reads the
+    public, small-cell suppressed, statistics."""
+    if principal is None or principal.is_service:
+        return False
+    return bool(decide(ds.actor_of(session, principal), ds.facts_of(session, dataset),
+                       Action.VIEW_STUDIES))
 
 
 def _refuse(decision: Decision, dataset_id: str) -> None:
@@ -345,9 +359,10 @@ def invalidate(dataset_id: str, body: InvalidateIn) -> DatasetOut:
 @endpoint("One dataset's record (published ones are public)", response=DatasetOut,
           roles=PUBLIC, tags=["datasets"])
 def get_dataset(dataset_id: str) -> DatasetOut:
+    principal = current_principal(required=False)
     with db_of().reading() as session:
-        return _out(load_dataset(session, dataset_id, current_principal(required=False),
-                          Action.VIEW_METADATA))
+        dataset = load_dataset(session, dataset_id, principal, Action.VIEW_METADATA)
+        return _out(dataset, exact_statistics(session, principal, dataset))
 
 
 @bp.get("/datasets")
@@ -358,7 +373,13 @@ def list_datasets() -> list[DatasetOut]:
         actor = ds.actor_of(session, principal)
         rows = session.scalars(sa.select(Dataset).order_by(Dataset.created_at.desc())
                                .limit(1000))
-        return [_out(d) for d in rows if visible_to(actor, ds.facts_of(session, d))]
+        shown = []
+        for dataset in rows:
+            facts = ds.facts_of(session, dataset)
+            if visible_to(actor, facts):
+                exact = bool(decide(actor, facts, Action.VIEW_STUDIES))
+                shown.append(_out(dataset, exact))
+        return shown
 
 
 @bp.get("/datasets/<dataset_id>/metadata")
@@ -386,8 +407,11 @@ def metadata(dataset_id: str) -> Response:
 def landing(dataset_id: str) -> Response:
     def produce() -> tuple[LandingOut, bool]:
         dataset, record = _metadata_of(session, dataset_id)
-        # a public record reads the same for everyone; others depend on who asks
-        return (LandingOut(dataset=_out(dataset), schemaorg=fair.schema_org(record)),
+        # a public record reads the same for everyone (its statistics suppressed of small
+        # cells, as its FAIR metadata are); others depend on who asks
+        exact = not dataset.record_is_public and exact_statistics(
+            session, current_principal(required=False), dataset)
+        return (LandingOut(dataset=_out(dataset, exact), schemaorg=fair.schema_org(record)),
                 dataset.record_is_public)
 
     with db_of().reading() as session:

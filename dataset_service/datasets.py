@@ -117,6 +117,43 @@ def compute_statistics(session: Session, study_ids: Sequence[str]) -> dict[str, 
     }
 
 
+# Counts of people (or their series) in public statistics: a category or an age bin.
+_CATEGORY_CELLS = ("modalities", "body_parts", "manufacturers", "sex", "diagnoses")
+
+
+def public_statistics(stats: dict[str, Any], threshold: int) -> dict[str, Any]:
+    """Statistics as anyone may read them (statistical disclosure control): a count below
+    `threshold` reads "< N"; where that hides one cell only, the next smallest reads "≥ N"
+    (the public total would give the hidden one away); exact extreme ages become the bounds
+    of their age bins. Totals stay exact: they are the dataset's size."""
+    shown = dict(stats)
+    for key in _CATEGORY_CELLS:
+        if key in stats:
+            cells = _suppressed(list((stats[key] or {}).values()), threshold)
+            shown[key] = dict(zip((stats[key] or {}).keys(), cells, strict=True))
+    bins = stats.get("age_histogram") or []
+    if "age_histogram" in stats:
+        counts = _suppressed([n for _lo, _hi, n in bins], threshold)
+        shown["age_histogram"] = [[lo, hi, n] for (lo, hi, _), n in zip(bins, counts,
+                                                                         strict=True)]
+    if bins:
+        shown["age_min"], shown["age_max"] = bins[0][0], bins[-1][1]
+    elif "age_min" in stats:
+        shown["age_min"] = shown["age_max"] = None
+    shown["suppressed_below"] = threshold
+    return shown
+
+
+def _suppressed(counts: list[int], threshold: int) -> list[int | str]:
+    small = [i for i, n in enumerate(counts) if n < threshold]
+    cells: list[int | str] = [f"< {threshold}" if i in small else n
+                              for i, n in enumerate(counts)]
+    if len(small) == 1 and len(counts) > 1:
+        others = [i for i in range(len(counts)) if i not in small]
+        cells[min(others, key=lambda i: counts[i])] = f"≥ {threshold}"
+    return cells
+
+
 def actor_for(session: Session, user_id: str, roles: frozenset[str]) -> Actor:
     """The policy's view of a user: platform roles, project roles, revocation."""
     project_roles = {project: role for project, role in session.execute(sa.select(
@@ -198,7 +235,7 @@ def ensure_tree(session: Session, repository: Repository, dataset: Dataset) -> s
 def fair_record(config: Config, session: Session, dataset: Dataset) -> fair.DatasetRecord:
     """The one record every public metadata format is rendered from."""
     project = session.get(Project, dataset.project_id)
-    stats = dataset.statistics or {}
+    stats = public_statistics(dataset.statistics or {}, config.small_cell_threshold)
     pid = f"{config.pid_base}/{dataset.id}"
 
     def link(other: str | None) -> str | None:

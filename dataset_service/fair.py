@@ -48,6 +48,9 @@ PREFIXES = {"dcat": DCAT, "dct": DCTERMS, "dcatap": DCATAP, "adms": ADMS, "foaf"
 FORMAT_URL = "{base}/api/v1/datasets/{id}/metadata?format={name}"
 
 
+# A count in public statistics: a number, or a suppressed small cell ("< 5", "≥ 5").
+Count = int | str
+
 @dataclass(frozen=True, kw_only=True)
 class Person:
     """An author; `orcid` is the bare iD or its https://orcid.org/ URL."""
@@ -77,21 +80,22 @@ class Contact:
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetStatistics:
-    """Aggregate counts over a dataset's DICOM headers: never anything about one person."""
+    """Aggregate counts over a dataset's DICOM headers: never anything about one person. A
+    count is a number, or a suppressed small cell as its text ("< 5", "≥ 5")."""
 
     subjects: int = 0
     studies: int = 0
     series: int = 0
     instances: int = 0
     size_bytes: int = 0
-    modalities: Mapping[str, int] = field(default_factory=dict)
-    body_parts: Mapping[str, int] = field(default_factory=dict)
-    manufacturers: Mapping[str, int] = field(default_factory=dict)
-    sex: Mapping[str, int] = field(default_factory=dict)
-    age_histogram: Sequence[tuple[int, int, int]] = ()  # (bin start, bin end, count), years
+    modalities: Mapping[str, Count] = field(default_factory=dict)
+    body_parts: Mapping[str, Count] = field(default_factory=dict)
+    manufacturers: Mapping[str, Count] = field(default_factory=dict)
+    sex: Mapping[str, Count] = field(default_factory=dict)
+    age_histogram: Sequence[tuple[int, int, Count]] = ()  # (bin start, bin end, count), years
     age_min: int | None = None
     age_max: int | None = None
-    diagnoses: Mapping[str, int] = field(default_factory=dict)
+    diagnoses: Mapping[str, Count] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,8 +174,12 @@ def _compact(value: Any) -> Any:
     return value
 
 
-def _counts(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{name} ({n})" for name, n in sorted(counts.items(), key=lambda c: -c[1]))
+def _counts(counts: Mapping[str, Count]) -> str:
+    """Largest first; suppressed cells (text) after the counts shown."""
+    def largest(cell: tuple[str, Count]) -> int:
+        return -cell[1] if isinstance(cell[1], int) else 0
+
+    return ", ".join(f"{name} ({n})" for name, n in sorted(counts.items(), key=largest))
 
 
 def _human_bytes(size: int) -> str:

@@ -26,6 +26,28 @@ class TreeFile:
     sha256: str
 
 
+# Blobs and dataset trees are read by the platform and the workloads it starts (the owner and
+# the repository's group), never by other local accounts, and written by no one.
+BLOB_MODE = 0o440
+TREE_DIR_MODE = 0o550
+SHARED_DIR_MODE = 0o750
+
+
+def make_shared_dirs(path: Path) -> None:
+    """`mkdir -p` whose every new folder gets SHARED_DIR_MODE, whatever the process's umask
+    (the platform runs with a private one), so the repository's group can reach the blobs."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        os.chmod(folder, SHARED_DIR_MODE)
+
+
 class Repository:
     """Files stored once by SHA-256, read-only; never served over any API."""
 
@@ -48,7 +70,7 @@ class Repository:
         final = self.blob_path(sha256)
         if final.is_file():
             return False
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_shared_dirs(final.parent)
         with self.locked():  # its copy in the staging area is not debris meanwhile
             return self._store(source, final)
 
@@ -59,7 +81,7 @@ class Repository:
                 shutil.copyfileobj(src, out, 1024 * 1024)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o444)
+            os.chmod(tmp, BLOB_MODE)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -79,7 +101,7 @@ class Repository:
         # The blob's folder now, while other files are being read, rather than when the
         # blob is named: an empty folder is no blob, and costs as much to make as a file.
         if not final.parent.is_dir():
-            final.parent.mkdir(parents=True, exist_ok=True)
+            make_shared_dirs(final.parent)
         try:
             fd, tmp = tempfile.mkstemp(dir=area)
         except FileNotFoundError:
@@ -88,7 +110,7 @@ class Repository:
         try:
             with os.fdopen(fd, "wb") as out:
                 _copy_into(out, source)
-                os.fchmod(out.fileno(), 0o444)
+                os.fchmod(out.fileno(), BLOB_MODE)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -255,7 +277,7 @@ class Repository:
                     os.unlink(tmp)
                 else:
                     if not final.parent.is_dir():
-                        final.parent.mkdir(parents=True, exist_ok=True)
+                        make_shared_dirs(final.parent)
                     os.replace(tmp, final)
                     written.append(sha256)
                 moving.pop()
@@ -284,7 +306,7 @@ class Repository:
         final = self.tree_path(dataset_id)
         if final.is_dir():
             return final
-        self.trees.mkdir(parents=True, exist_ok=True)
+        make_shared_dirs(self.trees)
         building = Path(tempfile.mkdtemp(dir=self.trees, prefix=f".{dataset_id}."))
         try:
             for item in files:
@@ -294,9 +316,9 @@ class Repository:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.link(self.blob_path(item.sha256), target)
             (building / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
-            os.chmod(building / "index.json", 0o444)
+            os.chmod(building / "index.json", BLOB_MODE)
             for directory, _subdirs, _files in os.walk(building):
-                os.chmod(directory, 0o555)
+                os.chmod(directory, TREE_DIR_MODE)
             os.replace(building, final)
         except BaseException:
             _remove_tree(building)
@@ -358,5 +380,5 @@ def _remove_tree(path: Path) -> None:
     if not path.exists():
         return
     for directory, _subdirs, _files in os.walk(path):
-        os.chmod(directory, 0o755)
+        os.chmod(directory, 0o700)
     shutil.rmtree(path, ignore_errors=True)

@@ -38,6 +38,13 @@ def tracer(app: Flask | None = None) -> TracerClient:
                         pool=app.extensions["portal.http"])
 
 
+def public_tracer() -> TracerClient:
+    """The tracer as an anonymous reader: what the public may read of a history, as the
+    tracer's own disclosure rules extract it."""
+    return TracerClient(config_of().url_of("tracer"), None,
+                        pool=current_app.extensions["portal.http"])
+
+
 def trace_verifier() -> TraceVerifier:
     """Checks traces against the chain, not against the tracer's word."""
     chain = current_app.extensions.get("portal.chain")

@@ -105,15 +105,38 @@ def history(dataset_id: str) -> Any:
             return redirect(url_for("pages.signin", next=request.path))
         with asked_of_policy(dataset):
             clients.datasets().access_log(dataset_id, per_page=1)
+        whole = True
+    else:
+        whole = _may_see_who(dataset_id)
     try:
+        # The whole traces are what is verified; the public extract, as the tracer's own
+        # disclosure rules make it for anyone, is what others are shown of them.
         traces = list(clients.tracer().query(dataset=dataset_id))
+        shown = traces if whole else list(clients.public_tracer().query(dataset=dataset_id))
     except TracerError as exc:
         raise Refused(dataset, exc.code, "the audit ledger cannot be read right now",
                       503) from None
     checks = clients.trace_verifier().check(traces)
-    traces.reverse()  # newest first
-    return render_template("history.html", dataset=dataset, traces=traces, checks=checks,
-                           names=usernames({t["actor"] for t in traces}))
+    verified = {t["id"] for t in traces}
+    shown = [t for t in reversed(shown) if t["id"] in verified]  # newest first
+    return render_template("history.html", dataset=dataset, traces=shown, checks=checks,
+                           whole=whole,
+                           names=usernames({t["actor"] for t in shown}) if whole else {})
+
+
+def _may_see_who(dataset_id: str) -> bool:
+    """Whether the visitor may see who acted on a published dataset and why: its stewards,
+    administrators and auditors (the dataset policy's VIEW_ACCESS_LOG); anyone else sees
+    the public extract."""
+    if not current_user.is_authenticated:
+        return False
+    try:
+        clients.datasets().access_log(dataset_id, per_page=1)
+    except DatasetError as exc:
+        if exc.status in (401, 403, 404):
+            return False
+        raise
+    return True
 
 
 def usernames(user_ids: set[str]) -> dict[str, str]:

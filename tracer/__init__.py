@@ -26,7 +26,9 @@ def create_app(config: Config | None = None) -> Flask:
     key_path = config.tracer_key_path
     if not key_path.is_file():
         raise ConfigError("VRE_TRACER_KEY_FILE", f"checkpoint signing key not found at {key_path}")
-    app.extensions["tracer.public_key"] = CheckpointSigner.from_file(key_path).public
+    signer = CheckpointSigner.from_file(key_path)
+    app.extensions["tracer.public_key"] = signer.public
+    app.extensions["tracer.pseudonym_key"] = signer.derived_secret("public-history-pseudonyms")
     app.extensions["tracer.tree"] = LogTree()
     app.register_blueprint(api.bp)
     return app

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app
 from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter
 
-from tracer import ledger, policy, store
+from tracer import disclosure, ledger, policy, store
 from tracer.checkpoints import key_id, public_key_b64
 from tracer.ledger import LogTree, SignedCheckpoint
 from tracer.schema import Action, TraceIn
@@ -46,10 +46,20 @@ class TraceOut(BaseModel):
     datasets: list[dict[str, Any]]
     details: dict[str, Any]
     leaf_hash: str
+    redacted: bool = Field(False, description="a public extract: the actor is a pseudonym, "
+                           "datasets that are not public and personal details are left out; "
+                           "leaf_hash and the proofs are the whole trace's")
 
     @classmethod
     def of(cls, stored: store.StoredTrace) -> TraceOut:
         return cls(leaf_hash=stored.leaf_hash.hex(), **stored.record)
+
+    @classmethod
+    def public(cls, stored: store.StoredTrace, public: set[str], context: str) -> TraceOut:
+        """The trace as a public history shows it (see tracer.disclosure)."""
+        key = current_app.extensions["tracer.pseudonym_key"]
+        return cls(leaf_hash=stored.leaf_hash.hex(), redacted=True,
+                   **disclosure.public_view(stored.record, public, context, key))
 
 
 class TraceAck(BaseModel):
@@ -105,6 +115,7 @@ def record(body: TraceBatch) -> Any:
           response=TraceList, roles=PUBLIC, tags=["traces"])
 def list_traces(query: TraceFilter) -> TraceList:
     principal = current_principal(required=False)
+    public_history = False
     with db_of().session() as session:
         if not policy.may_read_all(principal):
             if query.dataset is not None:
@@ -112,6 +123,10 @@ def list_traces(query: TraceFilter) -> TraceList:
                 if not policy.may_read_dataset_history(principal, public):
                     raise Forbidden("this dataset's history is not public",
                                     code="history_not_public", field="dataset")
+                if query.actor is not None:  # would tell whether that person acted on it
+                    raise Forbidden("a public history is not searched by person",
+                                    code="actor_filter_not_public", field="actor")
+                public_history = True
             elif principal is not None and query.actor in (None, principal.subject):
                 query = query.model_copy(update={"actor": principal.subject})
             else:
@@ -119,8 +134,16 @@ def list_traces(query: TraceFilter) -> TraceList:
         found = store.query(session, store.TraceQuery(
             dataset=query.dataset, actor=query.actor, action=query.action, since=query.since,
             until=query.until, after_seq=query.after, limit=query.limit))
+        if public_history:
+            named = {d["id"] for s in found for d in s.record["datasets"]}
+            public_ids = store.public_datasets(session, sorted(named))
     next_after = found[-1].seq if len(found) == query.limit else None
-    return TraceList(traces=[TraceOut.of(s) for s in found], next_after=next_after)
+    if public_history:
+        assert query.dataset is not None
+        traces = [TraceOut.public(s, public_ids, query.dataset) for s in found]
+    else:
+        traces = [TraceOut.of(s) for s in found]
+    return TraceList(traces=traces, next_after=next_after)
 
 
 def readable_trace(trace_id: str) -> TraceOut:
@@ -135,11 +158,13 @@ def readable_trace(trace_id: str) -> TraceOut:
         if stored is None:
             raise NotFound(f"no trace with id {trace_id!r}", field="trace_id")
         ids = [d["id"] for d in stored.record["datasets"]]
-        public = bool(store.public_datasets(session, ids))
-    if not policy.may_read_trace(principal, stored.record["actor"], public):
+        public = store.public_datasets(session, ids)
+    if not policy.may_read_trace(principal, stored.record["actor"], bool(public)):
         # Same answer as a missing trace: do not reveal that it exists.
         raise NotFound(f"no trace with id {trace_id!r}", field="trace_id")
-    return TraceOut.of(stored)
+    if policy.sees_whole_trace(principal, stored.record["actor"]):
+        return TraceOut.of(stored)
+    return TraceOut.public(stored, public, disclosure.history_context(stored.record, public))
 
 
 @bp.get("/traces/<trace_id>")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,6 +91,14 @@ class CheckpointSigner:
 
     def sign(self, checkpoint: Checkpoint) -> bytes:
         return self._key.sign(checkpoint.note())
+
+    def derived_secret(self, purpose: str) -> bytes:
+        """A secret for one purpose, derived from the private key (so it lives as long as
+        the tracer's identity and needs no other secret kept beside it)."""
+        raw = self._key.private_bytes(serialization.Encoding.Raw,
+                                      serialization.PrivateFormat.Raw,
+                                      serialization.NoEncryption())
+        return hmac.new(raw, purpose.encode(), hashlib.sha256).digest()
 
 
 def verify_checkpoint(checkpoint: Checkpoint, signature: bytes,

@@ -102,6 +102,10 @@ def _plain(trace: dict[str, Any] | BaseModel) -> dict[str, Any]:
     return trace
 
 
+# What the tracer answers beside a trace's record: not part of what was hashed.
+_NOT_HASHED = frozenset({"leaf_hash", "redacted"})
+
+
 @dataclass(frozen=True)
 class TraceCheck:
     """Whether a trace is proven to be in the log whose root is anchored on the chain."""
@@ -135,7 +139,10 @@ class TraceVerifier:
     def _check_one(self, trace: dict[str, Any], anchor: Anchor) -> TraceCheck:
         if trace["seq"] >= anchor.tree_size:
             return TraceCheck(False, "not anchored yet", anchor.index, anchor.tree_size)
-        record = {k: v for k, v in trace.items() if k != "leaf_hash"}
+        if trace.get("redacted"):
+            return TraceCheck(False, "a public extract cannot be re-hashed; verify the whole "
+                              "trace", anchor.index, anchor.tree_size)
+        record = {k: v for k, v in trace.items() if k not in _NOT_HASHED}
         _, leaf = trace_leaf(record)
         try:
             proof = self.tracer.proof(trace["id"], tree_size=anchor.tree_size)

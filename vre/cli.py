@@ -31,7 +31,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from tracer.chain import ChainError
     from vre import local
 
-    config = local.ensure_secrets(_config(args))
+    config = _config(args)
+    local.private_home(config)
+    config = local.ensure_secrets(config)
     supervisor = Supervisor(config.home)
     stopping = False
 
@@ -63,6 +65,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if stopping:
         supervisor.stop_all()
         return 0
+    if started.demo is not None:
+        started = local.publish_demo(config, started)
     local.print_banner(config, started, sys.stdout)
     died = supervisor.watch(lambda: stopping)
     supervisor.stop_all()
@@ -148,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Files the platform creates (databases, logs, keys) are readable by it alone.
+    from vre.local import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

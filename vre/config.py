@@ -137,6 +137,9 @@ class Config(BaseModel):
                            description="Organisation named as publisher in dataset metadata.")
     pid_base_url: str | None = Field(
         None, description="Base of persistent identifiers (default: portal URL + /pid).")
+    small_cell_threshold: int = Field(
+        5, ge=1, le=1000, description="Public statistics of a dataset show a count of people "
+        "(or series) below this as '< N' (small-cell suppression); 1 shows every count.")
     anchor_mode: str = Field(
         "batch", pattern=r"^(batch|per-trace)$",
         description="per-trace also anchors every leaf hash in its own transaction.")

@@ -7,9 +7,9 @@ import json
 import os
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import requests
 
@@ -30,6 +30,30 @@ class FirstStart:
     admin_password: str | None
     demo_dir: Path | None
     demo: IngestReport | None = None
+    demo_dataset: dict[str, Any] | None = None
+    demo_dataset_problem: str | None = None
+
+
+# What the platform writes is its own: folders 0700, files 0600 (databases, logs, keys,
+# secrets, the chain's state). The repository sets its own, group-readable, modes.
+PRIVATE_UMASK = 0o077
+PRIVATE_FOLDERS = ("db", "logs", "keys", "secrets", "run", "chain")
+
+
+def private_home(config: Config) -> None:
+    """Make the data directory the platform's alone before anything is written in it: a
+    private umask for this process and every process it starts, the directory 0700, and
+    what an earlier start left in its private folders tightened to 0700/0600."""
+    os.umask(PRIVATE_UMASK)
+    config.home.mkdir(parents=True, exist_ok=True)
+    config.home.chmod(0o700)
+    for name in PRIVATE_FOLDERS:
+        for folder, _subfolders, files in os.walk(config.home / name):
+            os.chmod(folder, 0o700)
+            for file in files:
+                path = os.path.join(folder, file)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o600)
 
 
 def ensure_secrets(config: Config) -> Config:
@@ -91,6 +115,26 @@ def first_start(config: Config, *, admin: bool = True) -> FirstStart:
         db.engine.dispose()
     demo = load_demo(config, admin_id) if config.demo_data and admin_id else None
     return FirstStart(password, demo_folder(config) if demo else None, demo)
+
+
+def publish_demo(config: Config, started: FirstStart) -> FirstStart:
+    """Once the services run after the demo studies came in: publish the demo dataset as the
+    administrator (its project's steward), so the public catalogue is not empty. A refusal
+    is reported, not fatal: the platform runs without it."""
+    from dataset_service.bootstrap import publish_demo as publish
+    from dataset_service.client import DatasetClient
+    from vre.client import ServiceError
+    from vre.service_auth import IssuedToken
+
+    password = started.admin_password or config.admin_password
+    if password is None:
+        return replace(started, demo_dataset_problem="the administrator's password is unknown")
+    tokens = IssuedToken.for_user(config.url_of("portal"), config.admin_user, password)
+    try:
+        record = publish(DatasetClient(config.url_of("dataset_service"), tokens))
+    except (ServiceError, PermissionError, requests.RequestException) as exc:
+        return replace(started, demo_dataset_problem=str(exc))
+    return replace(started, demo_dataset=record)
 
 
 def service_env(config: Config, service_name: str) -> dict[str, str]:
@@ -201,4 +245,9 @@ def print_banner(config: Config, started: FirstStart, out: IO[str]) -> None:
         print(f"  demo data: {started.demo.studies_ingested} studies "
               f"({started.demo.files_ingested} DICOM files) ingested into project 'demo' "
               f"from {started.demo_dir}", file=out)
+    if started.demo_dataset is not None:
+        print(f"  demo dataset published: {config.url_of('portal')}/datasets/"
+              f"{started.demo_dataset['id']}", file=out)
+    elif started.demo_dataset_problem:
+        print(f"  demo dataset not published: {started.demo_dataset_problem}", file=out)
     print("Press Ctrl-C to stop.", file=out, flush=True)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
+from dataset_service.bootstrap import DEMO_DATASET
 from tests.helpers import auth, free_port
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ class Platform:
     def api(self, method: str, path: str, **body: Any) -> dict[str, Any]:
         """Call the dataset service as the administrator; the JSON answer."""
         response = requests.request(method, self.dataset_service + path, timeout=30,
-                                    headers=auth(self.admin_token()), json=body)
+                                    headers=auth(self.admin_token()),
+                                    json=None if method == "GET" else body)
         assert response.ok, f"{method} {path}: {response.status_code} {response.text[:500]}"
         return dict(response.json())
 
@@ -138,17 +140,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 @pytest.fixture(scope="session")
 def published(platform: Platform) -> dict[str, Any]:
-    """A published dataset of the demo project's knee MR studies, made through the API."""
-    created = platform.api("POST", "/api/v1/datasets", project="demo",
-                           name="Knee MR (demo)", version="1.0",
-                           description="Synthetic knee MR studies.\n\n"
-                                       "Generated for trying the platform out.",
-                           query={"modality": "MR", "body_part": "KNEE"}, keywords=["MRI", "knee"],
-                           license_id="CC-BY-4.0", contact_name="Demo Steward",
-                           contact_email="demo.steward@example.org",
-                           authors=[{"name": "Demo Steward"}])
-    platform.api("POST", f"/api/v1/datasets/{created['id']}/release")
-    return platform.api("POST", f"/api/v1/datasets/{created['id']}/publish")
+    """The demo dataset of the demo project's knee MR studies, published by the first start."""
+    found = platform.api("GET", "/api/v1/catalogue?q=knee")["results"]
+    assert [d["name"] for d in found] == [DEMO_DATASET["name"]], found
+    return platform.api("GET", f"/api/v1/datasets/{found[0]['id']}")
 
 
 # -- the browser ----------------------------------------------------------------------------

@@ -141,6 +141,8 @@ def test_vre_up_runs_the_platform_and_keeps_state(up_env: dict[str, str]) -> Non
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("ready") == 3
         assert (Path(up_env["VRE_HOME"]) / "import" / "demo" / "clinical.csv").is_file()
+        assert_files_are_private(Path(up_env["VRE_HOME"]))
+        assert_the_demo_is_published(platform)
         pids = platform.child_pids()
     finally:
         code = platform.stop()
@@ -155,6 +157,42 @@ def test_vre_up_runs_the_platform_and_keeps_state(up_env: dict[str, str]) -> Non
         assert user.status_code == 200, "the administrator survives a restart"
     finally:
         assert again.stop() == 0
+
+
+def assert_files_are_private(home: Path) -> None:
+    """After a real first start: the data directory is the platform's alone, and blobs are
+    readable by its group (the workloads it starts) but not by every local account."""
+    assert home.stat().st_mode & 0o777 == 0o700
+    private = [p for name in ("db", "logs", "keys", "secrets", "run", "chain")
+               for p in (home / name).rglob("*")]
+    assert any(p.suffix == ".log" for p in private) and any(p.suffix == ".pem" for p in private)
+    loose = {str(p.relative_to(home)): oct(p.stat().st_mode & 0o777) for p in private
+             if p.stat().st_mode & 0o077}
+    assert not loose, f"readable beyond the platform: {loose}"
+    blobs = [p for p in (home / "repository" / "blobs").rglob("*") if p.is_file()]
+    assert blobs, "the demo studies are in the repository"
+    for path in [*blobs, *(p.parent for p in blobs)]:
+        mode = path.stat().st_mode
+        assert mode & 0o007 == 0, f"{path.relative_to(home)} is open to every account"
+        assert mode & 0o040, f"{path.relative_to(home)} is not readable by the group"
+        assert mode & 0o222 == 0 or path.is_dir(), "blobs are read-only"
+
+
+def assert_the_demo_is_published(platform: Platform) -> None:
+    """A newcomer's first look: the catalogue lists the demo dataset, its landing page and
+    its history are there, without signing in."""
+    banner = "".join(platform.banner)
+    assert "demo dataset published" in banner, banner
+    found = requests.get(platform.url("dataset_service") + "/api/v1/catalogue", timeout=10)
+    assert found.status_code == 200 and found.json()["total"] >= 1, found.text
+    dataset = found.json()["results"][0]
+    portal = platform.url("portal")
+    catalogue = requests.get(portal + "/catalogue", timeout=10)
+    assert catalogue.status_code == 200 and dataset["name"] in catalogue.text
+    landing = requests.get(f"{portal}/datasets/{dataset['id']}", timeout=10)
+    assert landing.status_code == 200 and "What it holds" in landing.text
+    history = requests.get(f"{portal}/datasets/{dataset['id']}/history", timeout=30)
+    assert history.status_code == 200 and "PUBLISH" in history.text
 
 
 def run_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

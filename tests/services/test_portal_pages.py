@@ -98,6 +98,27 @@ def test_the_history_marks_traces_verified_against_the_chain(site, steward) -> N
     assert html.count("✓ verified") == 3, "create, release and publish, each proven"
 
 
+def test_a_public_history_names_no_researcher_and_no_purpose(site, steward) -> None:
+    dataset = published(site, steward)
+    asker = signed_in(site["portal"], "someone")
+    assert post(asker, f"/datasets/{dataset['id']}/request-access",
+                purpose="thesis on the nodules of my own clinic").status_code == 302
+    assert site["anchorer"].step().anchored
+    path = f"/datasets/{dataset['id']}/history"
+    for visitor in (site["portal"].test_client(), signed_in(site["portal"], "res-1")):
+        page = visitor.get(path)
+        html = page.get_data(as_text=True)
+        assert page.status_code == 200 and "ACCESS_REQUESTED" in html
+        assert "thesis on the nodules" not in html, "a stated purpose is not public"
+        assert ">someone<" not in html and ">steward-1<" not in html, "nor who acted"
+        assert html.count("person-") == 4, "each trace names its actor by a pseudonym"
+        assert html.count("✓ verified") == 4, "what is shown is still proven"
+    stewards = signed_in(site["portal"], "steward-1").get(path).get_data(as_text=True)
+    assert ">someone<" in stewards and "thesis on the nodules" in stewards, \
+        "the dataset's stewards see who and why"
+    assert "person-" not in stewards
+
+
 def test_history_of_unpublished_data_needs_the_policy(site, steward) -> None:
     dataset = create(site["datasets"], steward)
     assert site["portal"].test_client().get(

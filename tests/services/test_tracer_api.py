@@ -139,6 +139,53 @@ def test_reading_follows_role_and_dataset_visibility(tracer: Flask, service: dic
     assert client.get(f"/api/v1/traces/{mine['id']}").status_code == 200
 
 
+def test_a_public_history_shows_what_and_when_but_not_who_or_why(
+        tracer: Flask, service: dict, token: Callable[..., str]) -> None:
+    client = tracer.test_client()
+    client.post("/api/v1/traces", headers=service, json=[
+        trace(actor="steward-1"),
+        trace(actor="steward-1", action="UPDATE_DATASET", details={"update": "PUBLISH"}),
+        trace(actor="alice", action="ACCESS_REQUESTED",
+              details={"purpose": "alice's thesis on rare nodules", "request_id": "req-1"}),
+        trace(actor="alice", action="USE_DATASETS", details={"workload_id": "desk-1"},
+              datasets=[{"id": "ds-1", "hash": HASH}, {"id": "ds-private", "hash": HASH}]),
+        trace(actor="steward-1", action="UPDATE_DATASET",
+              details={"update": "INVALIDATE", "reason": "labels were wrong"})])
+    for caller in ({}, auth(token("mallory", "researcher"))):
+        page = client.get("/api/v1/traces?dataset=ds-1", headers=caller)
+        assert page.status_code == 200
+        shown = page.get_json()["traces"]
+        body = page.get_data(as_text=True)
+        for secret in ("alice", "steward-1", "thesis", "req-1", "desk-1", "ds-private"):
+            assert secret not in body, f"{secret!r} shows in a public history"
+        assert [t["action"] for t in shown] == ["CREATE_DATASET", "UPDATE_DATASET",
+                                                "ACCESS_REQUESTED", "USE_DATASETS",
+                                                "UPDATE_DATASET"]
+        assert all(t["redacted"] and t["time"] for t in shown)
+        assert shown[-1]["details"] == {"update": "INVALIDATE", "reason": "labels were wrong"}
+        assert [d["id"] for d in shown[3]["datasets"]] == ["ds-1"]
+        # one person, one stable pseudonym throughout the history; two people, two
+        who = [t["actor"] for t in shown]
+        assert who[0] == who[1] == who[4] != who[2] == who[3]
+        # the same trace alone reads the same, and its proof still names its whole leaf
+        one = client.get(f"/api/v1/traces/{shown[3]['id']}", headers=caller).get_json()
+        assert one == shown[3]
+    again = client.get("/api/v1/traces?dataset=ds-1").get_json()["traces"]
+    assert [t["actor"] for t in again] == who, "pseudonyms are stable"
+    probe = client.get("/api/v1/traces?dataset=ds-1&actor=alice")
+    assert probe.status_code == 403 and probe.get_json()["error"]["code"] == \
+        "actor_filter_not_public", "nobody learns whether a person acted on it"
+    # the person themselves, auditors and services read the whole trace
+    own = client.get(f"/api/v1/traces/{shown[2]['id']}",
+                     headers=auth(token("alice", "researcher"))).get_json()
+    assert own["actor"] == "alice" and own["details"]["purpose"].startswith("alice's")
+    whole = client.get("/api/v1/traces?dataset=ds-1",
+                       headers=auth(token("carol", "auditor"))).get_json()["traces"]
+    assert whole[3]["actor"] == "alice" and not whole[3]["redacted"]
+    assert [d["id"] for d in whole[3]["datasets"]] == ["ds-1", "ds-private"]
+    assert [t["leaf_hash"] for t in whole] == [t["leaf_hash"] for t in shown]
+
+
 def test_listing_paginates_by_cursor(tracer: Flask, service: dict,
                                      token: Callable[..., str]) -> None:
     client = tracer.test_client()
