@@ -191,8 +191,15 @@ def assert_the_demo_is_published(platform: Platform) -> None:
     assert catalogue.status_code == 200 and dataset["name"] in catalogue.text
     landing = requests.get(f"{portal}/datasets/{dataset['id']}", timeout=10)
     assert landing.status_code == 200 and "What it holds" in landing.text
-    history = requests.get(f"{portal}/datasets/{dataset['id']}/history", timeout=30)
-    assert history.status_code == 200 and "PUBLISH" in history.text
+    # Traces reach the ledger from the outbox just after their action commits.
+    deadline = time.monotonic() + 60
+    while True:
+        history = requests.get(f"{portal}/datasets/{dataset['id']}/history", timeout=30)
+        assert history.status_code == 200, history.text
+        if "PUBLISH" in history.text or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "PUBLISH" in history.text and "person-" in history.text
 
 
 def run_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
