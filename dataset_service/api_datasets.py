@@ -151,10 +151,14 @@ class GrantIn(BaseModel):
 
 
 class Mount(BaseModel):
+    """One granted dataset: what it is, and its tree, which each compute backend maps to what
+    it mounts (a bind of the folder here, a volume subPath on a cluster)."""
+
     dataset_id: str
     name: str
-    source: str = Field(description="host directory holding this dataset's files only")
-    target: str = Field(description="where the workload sees it")
+    version: str
+    content_hash: str
+    tree: str = Field(description="the dataset's own tree, relative to the repository root")
     read_only: Literal[True] = True
 
 
@@ -513,9 +517,10 @@ def create_grant(body: GrantIn) -> GrantOut:
         mounts = []
         for dataset_id in wanted:
             dataset = rows[dataset_id]
-            source = ds.ensure_tree(session, repository, dataset)
-            mounts.append(Mount(dataset_id=dataset.id, name=dataset.name, source=source,
-                                target=f"/data/{dataset.id}"))
+            ds.ensure_tree(session, repository, dataset)
+            mounts.append(Mount(dataset_id=dataset.id, name=dataset.name,
+                                version=dataset.version, content_hash=dataset.content_hash,
+                                tree=repository.tree_name(dataset.id)))
         grant = Grant(user_id=body.user_id, workload_id=body.workload_id,
                       purpose=body.purpose, dataset_ids=wanted, tool=body.tool,
                       image=body.image, flavor=body.flavor)

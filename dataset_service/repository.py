@@ -298,6 +298,10 @@ class Repository:
     def tree_path(self, dataset_id: str) -> Path:
         return self.trees / dataset_id
 
+    def tree_name(self, dataset_id: str) -> str:
+        """A dataset's tree relative to the repository root, as grants name it."""
+        return self.tree_path(dataset_id).relative_to(self.root).as_posix()
+
     def build_tree(self, dataset_id: str, files: Iterable[TreeFile],
                    index: dict[str, Any]) -> Path:
         """Lay out a dataset's own directory of hard links plus its index, read-only.

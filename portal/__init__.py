@@ -13,6 +13,7 @@ from flask_login import LoginManager
 from portal import (
     api,
     api_admin,
+    api_desktops,
     clients,
     fragments,
     pagecache,
@@ -89,6 +90,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(pages_catalogue.bp)
     app.register_blueprint(pages_datasets.bp)
     app.register_blueprint(api_admin.bp)
+    app.register_blueprint(api_desktops.bp)
     app.register_blueprint(pages_admin.bp)
     install_outbox(app, trace_outbox, lambda traces, timeout: clients.tracer(app)
                    .record_many(traces, timeout=timeout))

@@ -30,6 +30,14 @@ def datasets(as_user: bool = True) -> DatasetClient:
                          pool=current_app.extensions["portal.http"])
 
 
+def datasets_as_portal(app: Flask | None = None) -> DatasetClient:
+    """The dataset service as the portal service (grants, memberships), for calls the portal
+    makes on someone's behalf after its own checks."""
+    app = app or current_app
+    return DatasetClient(config_of(app).url_of("dataset_service"),
+                         app.extensions["portal.service_token"], pool=app.extensions["portal.http"])
+
+
 def tracer(app: Flask | None = None) -> TracerClient:
     """The tracer as the portal service: reads only after the dataset policy allowed them;
     writes from the portal's outbox (the app given outside a request)."""
@@ -75,9 +83,7 @@ def sync_memberships(user_id: str, groups: list[str]) -> list[str]:
     wanted = project_roles(groups)
     if not wanted:
         return []
-    client = DatasetClient(config_of().url_of("dataset_service"),
-                           current_app.extensions["portal.service_token"],
-                           pool=current_app.extensions["portal.http"])
+    client = datasets_as_portal()
     joined = []
     for project, role in sorted(wanted.items()):
         try:

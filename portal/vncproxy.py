@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +42,22 @@ def issue_ticket(issuer: TokenIssuer, user_id: str, workload_id: str) -> str:
     token, _ = issuer.issue(user_id, [], ttl=TICKET_SECONDS, aud=TICKET_AUDIENCE,
                             wid=workload_id)
     return token
+
+
+def connect_unix(path: Path) -> socket.socket:
+    """A connected Unix socket, reached through its folder's descriptor so that a deep data
+    directory never meets the kernel's 108-byte limit on socket paths."""
+    folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(f"/proc/self/fd/{folder}/{path.name}")
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.close(folder)
+    sock.setblocking(False)
+    return sock
 
 
 class TicketBook:
@@ -117,7 +135,7 @@ class VncProxy:
     async def _relay(self, connection: ServerConnection) -> None:
         target: Path = connection.vnc_target  # type: ignore[attr-defined]
         try:
-            reader, writer = await asyncio.open_unix_connection(str(target))
+            reader, writer = await asyncio.open_unix_connection(sock=connect_unix(target))
         except OSError:
             await connection.close(1011, "desktop_unreachable")
             return
@@ -145,7 +163,13 @@ class VncProxy:
     def serve(self, host: str, port: int) -> Server:
         """A server for the proxy (start it with `async with`, or `serve_forever`)."""
         return serve(self._relay, host, port, process_request=self._process_request,
-                     subprotocols=["binary"], max_size=1 << 20, compression=None)
+                     select_subprotocol=_binary_if_offered, max_size=1 << 20,
+                     compression=None)
+
+
+def _binary_if_offered(connection: ServerConnection, offered: list[str]) -> str | None:
+    """noVNC offers the `binary` subprotocol; a client that offers none is served as well."""
+    return "binary" if "binary" in offered else None
 
 
 def agent_locator(config: object) -> Locate:

@@ -190,7 +190,7 @@ class Supervisor:
 
 def _port_key(name: str) -> str:
     return {"portal": "PORTAL_PORT", "dataset_service": "DATASET_PORT",
-            "tracer": "TRACER_PORT"}.get(name, f"{name.upper()}_PORT")
+            "tracer": "TRACER_PORT"}.get(name, f"{name.upper().replace('-', '_')}_PORT")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class DatasetMount:
 
     dataset_id: str
     name: str
-    version: int
+    version: str
     content_hash: str
     tree: str
 

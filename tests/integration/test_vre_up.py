@@ -31,7 +31,7 @@ def vre_env(home: Path, backend: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
     env.update(VRE_HOME=str(home), VRE_PORTAL_PORT=str(free_port()),
                VRE_DATASET_PORT=str(free_port()), VRE_TRACER_PORT=str(free_port()),
-               VRE_CHAIN_PORT=str(free_port()),
+               VRE_CHAIN_PORT=str(free_port()), VRE_VNC_PROXY_PORT=str(free_port()),
                VRE_ADMIN_PASSWORD=ADMIN_PASSWORD, VRE_LOG_LEVEL="WARNING")
     if backend == "postgresql":
         prefix = f"up{os.getpid()}_{int(time.time() * 1000) % 10**8}_"

@@ -53,7 +53,7 @@ def compute(sandbox_config: Config) -> Iterator[LocalBackend]:
             backend.stop(home.name, now=True)
 
 
-GRANTED = DatasetMount(dataset_id="granted", name="Chest CT", version=1,
+GRANTED = DatasetMount(dataset_id="granted", name="Chest CT", version="1.0",
                        content_hash="0" * 64, tree="datasets/granted")
 SMALL = Resources(cpus=1, memory_mib=512, pids=256, max_runtime_seconds=120)
 

@@ -85,7 +85,7 @@ def test_a_workload_that_ends_by_itself_is_recorded(agent_parts: tuple) -> None:
 
 def test_a_refused_start_is_failed_with_its_reason(agent_parts: tuple) -> None:
     _agent, client, _db, _ = agent_parts
-    outside = DatasetMount(dataset_id="x", name="x", version=1, content_hash="0" * 64,
+    outside = DatasetMount(dataset_id="x", name="x", version="1.0", content_hash="0" * 64,
                            tree="datasets/../keys")
     workload = spec(["true"], mounts=(outside,))
     with pytest.raises(ComputeError) as refused:

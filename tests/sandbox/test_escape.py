@@ -156,7 +156,8 @@ def test_persistent_folder_is_the_owners_and_lasts(run: Run, sandbox_home: Path)
 
 def test_a_mount_outside_the_repository_is_refused(compute: LocalBackend) -> None:
     for tree in ("../keys", "datasets/../../keys", "/etc", "datasets/missing", "keys"):
-        bad = DatasetMount(dataset_id="x", name="x", version=1, content_hash="0" * 64, tree=tree)
+        bad = DatasetMount(dataset_id="x", name="x", version="1.0", content_hash="0" * 64,
+                           tree=tree)
         with pytest.raises(ComputeError) as refused:
             compute.start(spec(["true"], mounts=(bad,)))
         assert refused.value.code == "mount_refused"

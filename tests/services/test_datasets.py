@@ -4,7 +4,6 @@ by the real tracer once it committed; grants decide what a workload mounts."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -69,15 +68,18 @@ def test_a_landing_is_shown_to_whom_the_record_is(platform, steward, token) -> N
     assert client.get("/api/v1/datasets/no-such-id/landing").status_code == 404
 
 
-def test_a_grant_mounts_exactly_the_dataset_read_only(platform, steward, portal) -> None:
+def test_a_grant_mounts_exactly_the_dataset_read_only(platform, steward, portal,
+                                                     config) -> None:
     service, auditor = platform
     dataset = create(service, steward)
     service.test_client().post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
     response = grant(service, portal, "res-1", dataset["id"])
     assert response.status_code == 201, response.get_json()
     mount = response.get_json()["mounts"][0]
-    assert mount["read_only"] is True and mount["target"] == f"/data/{dataset['id']}"
-    tree = Path(mount["source"])
+    assert mount["read_only"] is True and mount["tree"] == f"datasets/{dataset['id']}"
+    assert mount["version"] == dataset["version"]
+    assert mount["content_hash"] == dataset["content_hash"]
+    tree = config.repository_path / mount["tree"]
     files = [p for p in tree.rglob("*.dcm")]
     assert len(files) == dataset["statistics"]["instances"]
     assert (tree / "index.json").is_file()

@@ -1,0 +1,98 @@
+"""The desktops API: start a desktop with chosen datasets, follow it, open its screen through
+the VNC proxy with a single-use ticket, and stop it. Owners see their own desktops; an
+administrator sees and stops any."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app
+from pydantic import BaseModel, ConfigDict, Field
+
+from portal import desktops
+from portal.clients import datasets_as_portal
+from portal.compute import ComputeError
+from portal.vncproxy import TICKET_SECONDS, issue_ticket
+from vre.api import current_principal, endpoint
+from vre.db import utcnow
+from vre.errors import ApiError, Conflict
+from vre.tokens import Principal
+from vre.web import config_of, db_of
+
+bp = Blueprint("portal_desktops_api", __name__, url_prefix="/api/v1")
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class DesktopIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    application: str = Field("desktop", pattern=_ID)
+    flavor: str = Field(pattern=_ID)
+    datasets: list[str] = Field(min_length=1, max_length=50)
+    project: list[str] = Field(default_factory=list, max_length=20)
+
+
+class TicketOut(BaseModel):
+    url: str = Field(description="WebSocket URL of the VNC proxy with the ticket; usable once")
+    expires_in: int
+
+
+def _principal() -> Principal:
+    principal = current_principal()
+    assert principal is not None
+    return principal
+
+
+@bp.post("/desktops")
+@endpoint("Start a desktop with the granted datasets mounted read-only", body=DesktopIn,
+          status=201, tags=["desktops"])
+def start_desktop(body: DesktopIn) -> dict[str, Any]:
+    ask = desktops.DesktopRequest(application=body.application, flavor=body.flavor,
+                                  datasets=tuple(dict.fromkeys(body.datasets)),
+                                  projects=tuple(body.project))
+    with db_of().session() as session:
+        return desktops.start(session, _principal(), ask, datasets_as_portal(), utcnow())
+
+
+@bp.get("/desktops")
+@endpoint("Your desktops (an administrator's: everyone's)", tags=["desktops"])
+def list_desktops() -> dict[str, Any]:
+    with db_of().session() as session:
+        return {"desktops": desktops.listing(session, _principal())}
+
+
+@bp.get("/desktops/<desktop_id>")
+@endpoint("One desktop, with its start-up progress", tags=["desktops"])
+def show_desktop(desktop_id: str) -> dict[str, Any]:
+    with db_of().session() as session:
+        desktops.visible(session, _principal(), desktop_id)
+    try:
+        shown = desktops.agent().show(desktop_id)
+    except ComputeError as exc:
+        raise ApiError(exc.reason, code=exc.code, status=503) from None
+    shown.pop("vnc_socket", None)
+    return shown
+
+
+@bp.delete("/desktops/<desktop_id>")
+@endpoint("Stop a desktop; its grant ends with it", tags=["desktops"])
+def stop_desktop(desktop_id: str) -> dict[str, Any]:
+    with db_of().session() as session:
+        return desktops.stop(session, _principal(), desktop_id, datasets_as_portal())
+
+
+@bp.post("/desktops/<desktop_id>/ticket")
+@endpoint("A single-use ticket that opens the desktop's screen through the VNC proxy",
+          response=TicketOut, tags=["desktops"])
+def desktop_ticket(desktop_id: str) -> TicketOut:
+    principal = _principal()
+    with db_of().session() as session:
+        row = desktops.visible(session, principal, desktop_id)
+        if row.owner_id != principal.subject:
+            raise Conflict("only the desktop's owner may open it", code="not_the_owner")
+        if row.state != "running":
+            raise Conflict(f"the desktop is {row.state}", code="desktop_not_running")
+    config = config_of()
+    ticket = issue_ticket(current_app.extensions["vre.issuer"], principal.subject, desktop_id)
+    return TicketOut(url=f"ws://{config.host}:{config.vnc_proxy_port}/vnc?ticket={ticket}",
+                     expires_in=TICKET_SECONDS)

@@ -1,0 +1,215 @@
+"""Desktops: deciding whether one may start (application, flavor, quotas, what the backend
+can run, datasets still granted), asking the dataset service for the grant, minting the
+desktop's own token, and handing the whole spec to the compute agent; and ending one, which
+ends its grant with it. Web workers run this; only the agent touches sandboxes."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailable
+from portal import catalogues
+from portal.compute import ComputeError, DatasetMount, Resources, WorkloadSpec
+from portal.compute.agent import socket_path
+from portal.compute.client import AgentClient
+from portal.compute.local import SESSION
+from portal.models import ACTIVE_STATES, Flavor, Workload
+from portal.quotas import Account, HostCapacity, Requester, Usage, decide
+from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
+from vre.tokens import Principal, TokenIssuer
+from vre.web import config_of
+
+# What code in a desktop may do with its token: read the data it was granted and submit jobs.
+WORKLOAD_SCOPE = "workload jobs:submit"
+WORKLOAD_ROLES = ["researcher"]
+AGENT_STATUS = {"agent_unavailable": 503, "exceeds_host": 422, "mount_refused": 409,
+                "bad_environment": 422, "workload_exists": 409, "workload_unknown": 404}
+
+
+@dataclass(frozen=True)
+class DesktopRequest:
+    """What a researcher asks for."""
+
+    application: str
+    flavor: str
+    datasets: tuple[str, ...]
+    projects: tuple[str, ...] = ()
+
+
+def agent() -> AgentClient:
+    return AgentClient(socket_path(config_of()))
+
+
+def _agent_error(exc: ComputeError) -> ApiError:
+    return ApiError(exc.reason, code=exc.code, status=AGENT_STATUS.get(exc.code, 502))
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def usage_of(session: Session, owner_id: str, now: datetime) -> Usage:
+    """What a user runs now and has used this month, from the workloads the agent recorded."""
+    flavors = {f.name: f for f in catalogues.flavors(session)}
+    since = month_start(now)
+    desktops = jobs = gpus = 0
+    cpu_hours = gpu_hours = 0.0
+    rows = session.scalars(sa.select(Workload).where(
+        Workload.owner_id == owner_id,
+        sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at >= since)))
+    for row in rows:
+        flavor = flavors.get(row.flavor)
+        active = row.state in ACTIVE_STATES
+        if active:
+            desktops += row.kind == "desktop"
+            jobs += row.kind == "job"
+            gpus += flavor.gpus if flavor else 0
+        if flavor and row.started_at:
+            began = max(_aware(row.started_at), since)
+            ended = now if active or row.ended_at is None else _aware(row.ended_at)
+            hours = max(0.0, (ended - began).total_seconds() / 3600)
+            cpu_hours += hours * flavor.cpus
+            gpu_hours += hours * flavor.gpus
+    return Usage(desktops=desktops, jobs=jobs, gpus=gpus, cpu_hours=cpu_hours,
+                 gpu_hours=gpu_hours)
+
+
+def _aware(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def decide_start(session: Session, principal: Principal, ask: DesktopRequest,
+                 host: HostCapacity, now: datetime) -> Flavor:
+    """The flavor to start with, or the refusal (flavor, allowed, quota, capacity)."""
+    application = catalogues.application(session, ask.application)
+    if application.kind != "desktop" or not application.enabled:
+        raise ApiError(f"application {ask.application!r} is not a desktop that may start",
+                       code="application_unavailable", status=422, field="application")
+    row = session.get(Flavor, ask.flavor)
+    spec = catalogues.spec_of(row) if row is not None else None
+    quota = catalogues.effective_quota(session, "user", principal.subject)
+    account = Account("user", principal.subject, catalogues.limits_of(quota),
+                      usage_of(session, principal.subject, now))
+    decide("desktop", spec, Requester.of(principal.roles, ask.projects), [account], host,
+           flavor_name=ask.flavor).raise_if_refused()
+    assert row is not None
+    return row
+
+
+def host_of(client: AgentClient) -> HostCapacity:
+    """The largest workload the backend could ever run."""
+    try:
+        capacity = client.capacity()
+    except ComputeError as exc:
+        raise _agent_error(exc) from None
+    return HostCapacity(cpus=capacity["total_cpus"], memory_mib=capacity["total_memory_mib"],
+                        gpus=capacity["total_gpus"])
+
+
+def workload_token(issuer: TokenIssuer, owner_id: str, workload_id: str,
+                   datasets: list[str], ttl: int) -> str:
+    """The desktop's own token: its owner, itself, its datasets, job submission; short-lived."""
+    token, _ = issuer.issue(owner_id, WORKLOAD_ROLES, client="workload", ttl=ttl,
+                            scope=WORKLOAD_SCOPE, wid=workload_id, datasets=datasets)
+    return token
+
+
+def start(session: Session, principal: Principal, ask: DesktopRequest,
+          datasets_service: DatasetClient, now: datetime) -> dict[str, Any]:
+    """Start a desktop for the principal; nothing stays granted or running on a refusal."""
+    if principal.is_service:
+        raise Forbidden("desktops are started by people", code="not_a_person")
+    client = agent()
+    flavor = decide_start(session, principal, ask, host_of(client), now)
+    config = config_of()
+    workload_id = "d" + uuid.uuid4().hex[:16]
+    try:
+        grant = datasets_service.create_grant({
+            "user_id": principal.subject, "user_roles": sorted(principal.roles),
+            "workload_id": workload_id, "purpose": "desktop", "datasets": list(ask.datasets),
+            "tool": ask.application, "flavor": flavor.name,
+            "image": catalogues.application(session, ask.application).image})
+    except DatasetUnavailable:
+        raise ServiceUnavailable("the dataset service does not answer; try again",
+                                 code="datasets_unavailable") from None
+    except DatasetError as exc:
+        raise ApiError(exc.message, code=exc.code or "grant_refused", status=exc.status,
+                       details=exc.details) from None
+    mounts = tuple(DatasetMount(dataset_id=m["dataset_id"], name=m["name"],
+                                version=str(m["version"]), content_hash=m["content_hash"],
+                                tree=m["tree"]) for m in grant["mounts"])
+    spec = WorkloadSpec(
+        workload_id=workload_id, owner=principal.subject, kind="desktop",
+        application=ask.application, command=(str(SESSION / "desktop-session"),),
+        resources=Resources(cpus=flavor.cpus, memory_mib=flavor.memory_mib, gpus=flavor.gpus,
+                            max_runtime_seconds=flavor.max_runtime_minutes * 60),
+        mounts=mounts,
+        token=workload_token(current_app.extensions["vre.issuer"], principal.subject,
+                             workload_id, list(ask.datasets), config.token_ttl_seconds))
+    try:
+        return client.start(spec, flavor.name, list(ask.datasets), grant_id=grant["id"])
+    except ComputeError as exc:
+        _end_grant(datasets_service, grant["id"])
+        raise _agent_error(exc) from None
+
+
+def _end_grant(datasets_service: DatasetClient, grant_id: str | None) -> None:
+    if not grant_id:
+        return
+    try:
+        datasets_service.end_grant(grant_id)
+    except DatasetError as exc:
+        if exc.status != 404:
+            raise
+
+
+def visible(session: Session, principal: Principal, workload_id: str) -> Workload:
+    """A desktop its owner (or an administrator) may see; any other reads as not found."""
+    row = session.get(Workload, workload_id)
+    if row is None or row.kind != "desktop" or (
+            row.owner_id != principal.subject and not principal.has_any("admin")):
+        raise NotFound(f"no desktop {workload_id!r}", field="desktop_id")
+    return row
+
+
+def stop(session: Session, principal: Principal, workload_id: str,
+         datasets_service: DatasetClient) -> dict[str, Any]:
+    """End a desktop and its grant."""
+    row = visible(session, principal, workload_id)
+    grant_id = row.grant_id
+    try:
+        shown = agent().stop(workload_id)
+    except ComputeError as exc:
+        raise _agent_error(exc) from None
+    _end_grant(datasets_service, grant_id)
+    return shown
+
+
+def retire_ended(session: Session, datasets_service: DatasetClient,
+                 workload_id: str) -> None:
+    """End the grant of a desktop that ended by itself (the agent's after-exit work)."""
+    row = session.get(Workload, workload_id)
+    if row is not None and row.state not in ACTIVE_STATES:
+        _end_grant(datasets_service, row.grant_id)
+
+
+def listing(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """The principal's desktops, newest first (an administrator's: everyone's)."""
+    from portal.compute.agent import row_out
+
+    query = sa.select(Workload).where(Workload.kind == "desktop")
+    if not principal.has_any("admin"):
+        query = query.where(Workload.owner_id == principal.subject)
+    since = datetime.now().astimezone() - timedelta(days=30)
+    rows = session.scalars(query.order_by(Workload.created_at.desc()).limit(200))
+    return [row_out(r) for r in rows if r.state in ACTIVE_STATES or r.created_at is None
+            or _aware(r.created_at) >= since]
