@@ -9,7 +9,7 @@ from flask_login import current_user
 
 from dataset_service.client import DatasetClient, DatasetError
 from portal.identity import access_token, identity_of
-from tracer.chain import chain_client, contract_address
+from tracer.chain_config import chain_client, contract_address
 from tracer.client import TracerClient, TraceVerifier
 from vre.client import connection_pool
 from vre.service_auth import StaticToken

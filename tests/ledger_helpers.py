@@ -28,7 +28,14 @@ from tracer.cli import run_verify
 from tracer.client import TracerClient
 from tracer.devnode import ANVIL_CHAIN_ID, ANVIL_DEV_ADDRESS, ANVIL_DEV_PRIVATE_KEY
 from tracer.merkle import leaf_hash
-from tracer.models import AnchorRow, CheckpointRow, LogHead, TraceDataset, TraceRow
+from tracer.models import (
+    AnchorRow,
+    CheckpointRow,
+    LogHead,
+    PublishedDataset,
+    TraceDataset,
+    TraceRow,
+)
 from tracer.schema import canonical_json
 from tracer.verify import VerifyReport
 from vre.config import Config
@@ -300,3 +307,28 @@ class TracerProcess:
     def close(self) -> None:
         self.kill()
         self._log.close()
+
+
+def edit_column(db: Database, seq: int, **values: Any) -> None:
+    """Rewrite lookup columns of one stored trace and nothing else (the body stays hashed)."""
+    with db.session() as session:
+        assert session.execute(sa.update(TraceRow).where(TraceRow.seq == seq)
+                               .values(**values)).rowcount == 1
+
+
+def unlink_dataset(db: Database, seq: int) -> None:
+    """Drop a trace's rows from the dataset index, hiding it from that dataset's history."""
+    with db.session() as session:
+        assert session.execute(sa.delete(TraceDataset).where(TraceDataset.seq == seq)).rowcount
+
+
+def link_dataset(db: Database, seq: int, dataset_id: str) -> None:
+    """Add a dataset index row the trace at `seq` (if any) does not name."""
+    with db.session() as session:
+        session.add(TraceDataset(dataset_id=dataset_id, seq=seq))
+
+
+def publish_history(db: Database, dataset_id: str, seq: int) -> None:
+    """Mark a dataset's history public without any PUBLISH trace behind it."""
+    with db.session() as session:
+        session.add(PublishedDataset(dataset_id=dataset_id, seq=seq))

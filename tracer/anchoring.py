@@ -81,6 +81,9 @@ class Anchorer:
         self._checked = False
         self._last_checkpoint_at = 0.0
         self._chain_was_down = False
+        # A development node killed mid-interval restarts from its last dump, without the
+        # newest blocks: after every outage (and at start) the chain is asked what it holds.
+        self._recount = True
 
     def check_chain(self) -> None:
         """Once per run, before the first anchor: our contract, and a history that matches."""
@@ -131,10 +134,15 @@ class Anchorer:
         elif outage is None and self._chain_was_down:
             log.info("chain is back", extra={"event": "chain_up"})
         self._chain_was_down = outage is not None
+        self._recount = self._recount or outage is not None
 
     def _anchor_latest_checkpoint(self) -> int | None:
         with self.db.session() as session:
             anchored = session.scalar(sa.select(sa.func.max(AnchorRow.tree_size))) or 0
+            if self._recount and anchored:
+                on_chain = self.chain.latest_anchor()
+                anchored = min(anchored, on_chain.tree_size if on_chain else 0)
+                self._recount = False
             pending = session.scalar(
                 sa.select(CheckpointRow).where(CheckpointRow.tree_size > anchored)
                 .order_by(CheckpointRow.tree_size.desc()).limit(1))
@@ -153,8 +161,9 @@ class Anchorer:
             receipt = self.chain.anchor(size, root)
             tx_hash, block, index = receipt.tx_hash, receipt.block_number, receipt.index
         with self.db.session() as session:
-            session.add(AnchorRow(tree_size=size, root=root, chain_index=index, tx_hash=tx_hash,
-                                  block_number=block, anchored_at=utcnow()))
+            # merge: a checkpoint the chain lost and got again keeps one row, the newer one.
+            session.merge(AnchorRow(tree_size=size, root=root, chain_index=index,
+                                    tx_hash=tx_hash, block_number=block, anchored_at=utcnow()))
         log.info("anchored", extra={"event": "anchored", "tree_size": size, "tx": tx_hash})
         return size
 

@@ -38,6 +38,7 @@ _TRACE_LIST = TypeAdapter(list[TraceIn])
 
 
 class TraceOut(BaseModel):
+    prev: str | None = Field(None, description="leaf hash of the trace before it (hex)")
     seq: int = Field(description="position (leaf index) in the log")
     id: str
     time: str

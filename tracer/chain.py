@@ -3,20 +3,14 @@
 The tracer talks to the chain only through :class:`ChainClient`, so the transport (plain JSON-RPC
 against Besu or anvil today: :mod:`tracer.chain_jsonrpc`) can be swapped without touching the
 ledger code, in the way JupyterHub's ``Spawner`` separates what a spawner must do from how.
+Which implementation, node and contract a process uses comes from :mod:`tracer.chain_config`;
+this module imports neither, so implementations can import it.
 """
 
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass
-from pathlib import Path
-
-from vre.config import Config, ConfigError
-from vre.imports import keeping_recursion_limit
-
-with keeping_recursion_limit():
-    from eth_account import Account
 
 __all__ = [
     "MAX_UINT64",
@@ -27,9 +21,6 @@ __all__ = [
     "ChainError",
     "ChainUnavailable",
     "ContractMismatch",
-    "chain_client",
-    "contract_address",
-    "contract_file",
 ]
 
 ROOT_SIZE = 32
@@ -179,30 +170,3 @@ def validate_leaf_args(index: int, leaf_hash: bytes) -> None:
 def _validate_hash(name: str, value: bytes) -> None:
     if not isinstance(value, (bytes, bytearray)) or len(value) != ROOT_SIZE:
         raise ValueError(f"{name} must be {ROOT_SIZE} raw bytes")
-
-
-# -- from configuration ----------------------------------------------------------------------
-
-def contract_file(config: Config) -> Path:
-    return config.home / "chain" / "contract.json"
-
-
-def contract_address(config: Config) -> str | None:
-    """The anchor contract: configured, or the one `vre up` deployed on this machine."""
-    if config.chain_contract:
-        return config.chain_contract
-    path = contract_file(config)
-    if path.is_file():
-        return json.loads(path.read_text())["address"]
-    return None
-
-
-def chain_client(config: Config, address: str | None, *, writer: bool = False) -> ChainClient:
-    from tracer.chain_jsonrpc import JsonRpcChainClient
-
-    key = config.chain_private_key
-    if key is None:
-        if writer:
-            raise ConfigError("VRE_CHAIN_PRIVATE_KEY", "is required to send transactions")
-        key = Account.create().key  # reading needs no account of ours
-    return JsonRpcChainClient(config.chain_rpc_url, key, address)

@@ -7,6 +7,10 @@ could be refused or charge the account), a gas limit from ``eth_estimateGas`` wi
 account's pending nonce, and the chain id the node reports. web3.py's default middleware (gas
 price strategy, ENS, buffered gas estimates) is switched off for the same reason.
 
+A node is reached over HTTP (``http(s)://`` URLs: Besu) or over its IPC socket (a filesystem path:
+the one-machine development node, whose socket sits in an owner-only directory so that no other
+local user can reach it).
+
 The ABI and code come from the committed artifact ``tracer/contracts/TraceAnchor.json``, so no
 Solidity compiler is needed at run time.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -49,8 +54,10 @@ with keeping_recursion_limit():
         Web3Exception,
         Web3RPCError,
     )
+    from web3.providers.base import JSONBaseProvider
+    from web3.types import RPCEndpoint, RPCResponse
 
-__all__ = ["ARTIFACT_NAME", "JsonRpcChainClient", "load_artifact"]
+__all__ = ["ARTIFACT_NAME", "JsonRpcChainClient", "UnixSocketProvider", "load_artifact"]
 
 ARTIFACT_NAME = "TraceAnchor.json"
 
@@ -69,14 +76,53 @@ def _hex(value: bytes) -> str:
     return "0x" + bytes(value).hex()
 
 
-class JsonRpcChainClient(ChainClient):
-    """:class:`~tracer.chain.ChainClient` speaking JSON-RPC over HTTP to one node.
+class UnixSocketProvider(JSONBaseProvider):
+    """JSON-RPC over a node's IPC socket, one connection per request.
 
-    ``url`` is the node's HTTP endpoint; ``private_key`` the tracer account's key (hex string or
-    32 bytes; it is only used to sign locally and never sent); ``address`` an already deployed
-    contract (it is *not* checked here: call :meth:`check_contract` at start-up). ``timeout``
-    bounds each HTTP request so a dead node is reported within seconds; ``receipt_timeout``
-    bounds the wait for a transaction to be mined.
+    web3's own IPCProvider keeps one socket and, once the node behind it restarts, spins on the
+    dead socket until its timeout and then reports a generic error; here a node that is gone is
+    an :class:`OSError` at once (mapped to :class:`ChainUnavailable`), and a restarted one is
+    simply reached again.
+    """
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__()
+        self.path = path
+        self.timeout = timeout
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        request = self.encode_rpc_request(method, params)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+            sock.sendall(request + b"\n")
+            raw = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError(f"the node at {self.path} closed the connection")
+                raw += chunk
+                if raw.rstrip().endswith((b"}", b"]")):
+                    try:
+                        return self.decode_rpc_response(raw)
+                    except ValueError:
+                        continue  # a brace inside a longer answer: read on
+
+    def is_connected(self, show_traceback: bool = False) -> bool:
+        try:
+            return "result" in self.make_request(RPCEndpoint("eth_chainId"), [])
+        except (OSError, ValueError):
+            return False
+
+
+class JsonRpcChainClient(ChainClient):
+    """:class:`~tracer.chain.ChainClient` speaking JSON-RPC to one node.
+
+    ``url`` is the node's HTTP endpoint or the path of its IPC socket; ``private_key`` the
+    tracer account's key (hex string or 32 bytes; it is only used to sign locally and never
+    sent); ``address`` an already deployed contract (it is *not* checked here: call
+    :meth:`check_contract` at start-up). ``timeout`` bounds each request so a dead node is
+    reported within seconds; ``receipt_timeout`` bounds the wait for a transaction to be mined.
     """
 
     def __init__(
@@ -93,13 +139,17 @@ class JsonRpcChainClient(ChainClient):
         self.receipt_timeout = receipt_timeout
         self.gas_margin = gas_margin
         self._local_account = Account.from_key(private_key)
-        provider = Web3.HTTPProvider(
-            url,
-            request_kwargs={"timeout": timeout},
-            # web3's default retries with backoff on connection errors would turn "node down"
-            # into a long stall; the caller decides whether and when to retry.
-            exception_retry_configuration=None,
-        )
+        provider: JSONBaseProvider
+        if url.startswith(("http://", "https://")):
+            provider = Web3.HTTPProvider(
+                url,
+                request_kwargs={"timeout": timeout},
+                # web3's default retries with backoff on connection errors would turn "node
+                # down" into a long stall; the caller decides whether and when to retry.
+                exception_retry_configuration=None,
+            )
+        else:
+            provider = UnixSocketProvider(url, timeout)
         self._w3 = Web3(provider, middleware=[])
         artifact = load_artifact()
         self._abi = artifact["abi"]

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tracer.chain import ChainClient, ChainError, chain_client, contract_address, contract_file
+from tracer.chain import ChainClient, ChainError
+from tracer.chain_config import chain_client, contract_address, contract_file
 from tracer.checkpoints import Checkpoint, CheckpointError, load_public_key, verify_checkpoint
 from tracer.client import TracerClient, TracerError, TraceVerifier
 from tracer.verify import ExpectedRoot, LogVerifier, VerifyReport
@@ -71,16 +72,26 @@ def run_verify(tracer: TracerClient, chain: ChainClient) -> VerifyReport:
 
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
-    address = args.contract or contract_address(config)
-    if address is None:
-        print("vre-trace: no anchor contract configured (VRE_CHAIN_CONTRACT)", file=sys.stderr)
-        return 2
-    tracer = TracerClient(args.tracer or config.url_of("tracer"), tokens(config, args))
-    chain = chain_client(config, address)
-    if args.strict_owner:
-        chain.check_contract(address)
     started = time.perf_counter()
-    report = run_verify(tracer, chain)
+    if args.direct_home:
+        # Straight from the database and the chain: needs no running service.
+        from tracer.audit import chain_for, verify_database
+
+        with chain_for(config, args.contract, as_tracer=args.strict_owner) as chain:
+            if args.strict_owner:
+                chain.check_contract(chain.address or "")
+            report = verify_database(config, chain)
+    else:
+        address = args.contract or contract_address(config)
+        if address is None:
+            print("vre-trace: no anchor contract configured (VRE_CHAIN_CONTRACT)",
+                  file=sys.stderr)
+            return 2
+        tracer = TracerClient(args.tracer or config.url_of("tracer"), tokens(config, args))
+        chain = chain_client(config, address, writer=args.strict_owner)
+        if args.strict_owner:
+            chain.check_contract(address)
+        report = run_verify(tracer, chain)
     elapsed = time.perf_counter() - started
     rate = report.leaves / elapsed if elapsed else 0.0
     print(f"log size {report.log_size}, anchored {report.anchored_size}, "
@@ -206,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check the whole log against the chain")
     with_auth(verify)
+    verify.add_argument("--home", dest="direct_home", metavar="DIR",
+                        help="read the log straight from this data directory's database and "
+                        "chain, with no service running; also checks the columns and index "
+                        "the log's queries answer from")
     verify.add_argument("--strict-owner", action="store_true",
                         help="also require the contract to be owned by our configured key")
     verify.set_defaults(func=cmd_verify)
@@ -227,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides: dict[str, Any] = {"home": Path(args.home)} if args.home else {}
+        home = getattr(args, "direct_home", None) or args.home
+        overrides: dict[str, Any] = {"home": Path(home)} if home else {}
         config = load_config(**overrides)
         return args.func(args, config)
     except ConfigError as exc:

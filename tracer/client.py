@@ -142,7 +142,10 @@ class TraceVerifier:
         if trace.get("redacted"):
             return TraceCheck(False, "a public extract cannot be re-hashed; verify the whole "
                               "trace", anchor.index, anchor.tree_size)
-        record = {k: v for k, v in trace.items() if k not in _NOT_HASHED}
+        # The hashed record is the trace as served, less what is not hashed (and an empty
+        # link to its predecessor: traces written before links existed have none).
+        record = {k: v for k, v in trace.items()
+                  if k not in _NOT_HASHED and not (k == "prev" and v is None)}
         _, leaf = trace_leaf(record)
         try:
             proof = self.tracer.proof(trace["id"], tree_size=anchor.tree_size)

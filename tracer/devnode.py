@@ -5,9 +5,15 @@ whose platform package ships the static binary). The node runs free gas (gas pri
 fee 0), like the production Besu network, so legacy transactions with ``gasPrice=0`` from any
 account are accepted.
 
-Development only: :data:`ANVIL_DEV_PRIVATE_KEY` is anvil's well-known first dev account, derived
-from the public "test test ... junk" mnemonic. Anyone can sign with it; never use it on a real
-network.
+The platform's own node (:func:`private_node_argv`) creates no accounts and is reachable only
+through its IPC socket: it runs in a network namespace of its own (bubblewrap), so its HTTP port
+exists for nobody, and the socket sits in an owner-only directory. Any process that can reach a
+development node can rewrite its state (``anvil_setStorageAt``, impersonation), so reaching it
+must be the privilege, not merely holding a key.
+
+Tests: :data:`ANVIL_DEV_PRIVATE_KEY` is anvil's well-known first dev account, derived from the
+public "test test ... junk" mnemonic. Anyone can sign with it; it serves throwaway test nodes
+(:func:`running_anvil`) only, never the platform's chain.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from pathlib import Path
 
 __all__ = [
     "ANVIL_CHAIN_ID", "ANVIL_DEV_ADDRESS", "ANVIL_DEV_PRIVATE_KEY", "ANVIL_DEV_PRIVATE_KEYS",
-    "AnvilNotFound", "anvil_argv", "anvil_path", "free_port", "running_anvil",
+    "AnvilNotFound", "anvil_argv", "anvil_path", "free_port", "private_node_argv",
+    "running_anvil",
 ]
 
 ANVIL_CHAIN_ID = 1337
@@ -113,11 +120,29 @@ def anvil_argv(port: int, state_file: Path | None = None) -> list[str]:
         "--gas-price", "0",
         "--base-fee", "0",
         "--no-priority-fee",
+        # No dev accounts: nothing the node would sign for whoever asks (eth_sendTransaction).
+        "--accounts", "0",
         "--quiet",
     ]
     if state_file is not None:
         argv += ["--state", str(state_file)]
     return argv
+
+
+def private_node_argv(ipc_path: Path, state_file: Path, port: int = 8545) -> list[str]:
+    """The platform's node: anvil in a network namespace of its own (only loopback, so its
+    HTTP port is unreachable from the host), answering on the IPC socket at ``ipc_path``.
+
+    The socket's directory must be owner-only (0700): that is what keeps other local users
+    off the chain. The state is dumped every second and on exit, and loaded on start.
+    """
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise AnvilNotFound("bubblewrap (bwrap) is needed to run the local chain node privately: "
+                            "install it (apt-get install bubblewrap), or set VRE_CHAIN_URL to "
+                            "an external node")
+    return [bwrap, "--dev-bind", "/", "/", "--unshare-net", "--die-with-parent", "--",
+            *anvil_argv(port, state_file), "--state-interval", "1", "--ipc", str(ipc_path)]
 
 
 def free_port() -> int:

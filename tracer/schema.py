@@ -112,12 +112,15 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def trace_record(trace: TraceIn, trace_id: uuid.UUID, moment: datetime,
-                 seq: int) -> dict[str, Any]:
+def trace_record(trace: TraceIn, trace_id: uuid.UUID, moment: datetime, seq: int,
+                 prev: bytes | None = None) -> dict[str, Any]:
     """The exact record that is hashed into the log (nulls dropped, so it stays small).
 
-    It names its own position: a leaf moved, dropped or swapped no longer matches its place."""
-    return {
+    It names its own position: a leaf moved, dropped or swapped no longer matches its place.
+    It names the leaf hash of the trace before it (`prev`): a trace edited and re-hashed in
+    place breaks the link its successor holds, so verification names that very trace."""
+    record: dict[str, Any] = {} if prev is None else {"prev": prev.hex()}
+    return record | {
         "seq": seq,
         "id": str(trace_id),
         "time": format_time(moment),
@@ -132,3 +135,16 @@ def trace_leaf(record: dict[str, Any]) -> tuple[bytes, bytes]:
     """(canonical bytes, RFC 6962 leaf hash) of a trace record."""
     body = canonical_json(record)
     return body, leaf_hash(body)
+
+
+def lookup_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """What the log's queries filter on, taken from the hashed record itself: the store
+    writes exactly this beside the body and verification recomputes it, so an edit to a
+    lookup column is caught like an edit to the trace."""
+    return {"id": record["id"], "actor": record["actor"], "action": record["action"],
+            "update": record["details"].get("update")}
+
+
+def dataset_links(record: dict[str, Any]) -> list[str]:
+    """The datasets a trace names, once each, in order: its rows in the dataset index."""
+    return list(dict.fromkeys(d["id"] for d in record["datasets"]))

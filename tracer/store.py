@@ -15,7 +15,15 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from tracer.models import LogHead, PublishedDataset, TraceDataset, TraceRow
-from tracer.schema import Action, DatasetUpdate, TraceIn, trace_leaf, trace_record
+from tracer.schema import (
+    Action,
+    DatasetUpdate,
+    TraceIn,
+    dataset_links,
+    lookup_columns,
+    trace_leaf,
+    trace_record,
+)
 from vre.db import bulk_insert, utcnow
 from vre.errors import Conflict
 
@@ -91,18 +99,23 @@ def _known_ids(session: Session, ids: list[str]) -> list[str]:
 def _insert(session: Session, traces: list[tuple[str, TraceIn]], first: int,
             now: datetime) -> list[StoredTrace]:
     """Write new traces at seq `first` on (the caller holds the log's write lock)."""
+    # Each trace names its predecessor's leaf; the previous batch's last row is read under
+    # the log's write lock, so no other batch can slip in between.
+    prev = session.scalar(sa.select(TraceRow.leaf_hash).where(TraceRow.seq == first - 1)) \
+        if first else None
     rows, links, out = [], [], []
     for offset, (trace_id, trace) in enumerate(traces):
         seq = first + offset
-        record = trace_record(trace, uuid.UUID(trace_id), now, seq)
+        record = trace_record(trace, uuid.UUID(trace_id), now, seq,
+                              bytes(prev) if prev is not None else None)
         body, leaf = trace_leaf(record)
-        rows.append({"seq": seq, "id": trace_id, "recorded_at": now,
-                     "actor": trace.actor, "action": trace.action.value,
-                     "update": trace.details.update.value if trace.details.update else None,
+        # The lookup columns come from the hashed record, so verification can recompute them.
+        rows.append({"seq": seq, "recorded_at": now, **lookup_columns(record),
                      "body": body, "leaf_hash": leaf})
         links.extend({"dataset_id": dataset_id, "seq": seq}
-                     for dataset_id in dict.fromkeys(d.id for d in trace.datasets))
+                     for dataset_id in dataset_links(record))
         out.append(StoredTrace(seq, record, leaf))
+        prev = leaf
     bulk_insert(session, TraceRow.__table__, rows)
     bulk_insert(session, TraceDataset.__table__, links)
     _record_publications(session, [(first + offset, t) for offset, (_, t) in
@@ -112,8 +125,11 @@ def _insert(session: Session, traces: list[tuple[str, TraceIn]], first: int,
 
 def _record_publications(session: Session, appended: list[tuple[int, TraceIn]]) -> None:
     """Remember datasets whose PUBLISH trace just entered the log (their history is public)."""
-    published = {d.id: seq for seq, trace in appended
-                 if trace.details.update == DatasetUpdate.PUBLISH for d in trace.datasets}
+    published: dict[str, int] = {}
+    for seq, trace in appended:
+        if trace.details.update == DatasetUpdate.PUBLISH:
+            for d in trace.datasets:
+                published.setdefault(d.id, seq)  # the first publication is the one kept
     if not published:
         return
     known = set(session.scalars(sa.select(PublishedDataset.dataset_id).where(
@@ -132,7 +148,7 @@ def public_datasets(session: Session, dataset_ids: Sequence[str]) -> set[str]:
 
 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "time"}
+    return {k: v for k, v in record.items() if k not in ("time", "prev")}
 
 
 def entries(session: Session, start: int, limit: int) -> list[tuple[int, bytes, bytes]]:

@@ -1,19 +1,25 @@
 """Full verification of the log without trusting the tracer's database: every entry must sit
-at its position, hash to its leaf, and the roots recomputed from all leaves must equal the
-roots anchored on the chain (and those in the tracer's signed checkpoints)."""
+at its position, hash to its leaf, name its predecessor's leaf, and the roots recomputed from
+all leaves must equal the roots anchored on the chain (and those in the tracer's signed
+checkpoints). Read from the database, the columns and the index the log's queries answer from
+must also be exactly what the hashed traces say."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tracer.merkle import MerkleTree
+from tracer.schema import dataset_links, lookup_columns
 
-# Canonical records have sorted keys, so "seq" is always followed by "time"; a string value
-# cannot contain this byte sequence because its quotes would be escaped.
-_SEQ = re.compile(rb'"seq":(\d+),"time":"')
+# Canonical records have sorted keys, so "seq" is always followed by "time" (and preceded by
+# "prev" where the trace names its predecessor); a string value cannot contain this byte
+# sequence because its quotes would be escaped.
+_SEQ = re.compile(rb'(?:"prev":"([0-9a-f]{64})",)?"seq":(\d+),"time":"')
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class LogVerifier:
         self._verified_size = 0
         self._size = 0
         self._pending: list[bytes] = []
+        self._last_leaf: bytes | None = None
+        self._linked = False  # once traces name their predecessor, every later one must
 
     def feed(self, seq: int, body: bytes, stored_leaf: bytes) -> bool:
         """Check one entry; False once a divergence is found (then stop feeding)."""
@@ -76,13 +84,28 @@ class LogVerifier:
             return self._fail(position, f"entry {position} is missing (the next stored "
                                         f"entry is {seq}): deleted or reordered")
         match = _SEQ.search(body)
-        if match is None or int(match.group(1)) != position:
-            named = match.group(1).decode() if match else "none"
+        if match is None or int(match.group(2)) != position:
+            named = match.group(2).decode() if match else "none"
             return self._fail(position, f"the trace stored at {position} names position "
                                         f"{named}: moved or swapped")
         leaf = hashlib.sha256(b"\x00" + body).digest()
         if leaf != stored_leaf:
             return self._fail(position, "the stored trace does not hash to its leaf: edited")
+        prev = match.group(1)
+        if prev is not None:
+            if self._last_leaf is None or bytes.fromhex(prev.decode()) != self._last_leaf:
+                if self._last_leaf is None:
+                    return self._fail(position, "the first trace names a predecessor")
+                # The successor still holds the leaf its predecessor had when it was written.
+                return self._fail(position - 1, (
+                    f"the trace stored at {position - 1} is not the one trace {position} "
+                    f"follows: edited, and its leaf hash recomputed to hide it"))
+            self._linked = True
+        elif self._linked:
+            return self._fail(position, f"the trace stored at {position} does not name its "
+                                        f"predecessor as every trace since the first link "
+                                        f"does: edited")
+        self._last_leaf = leaf
         # Leaves are hashed into the tree in bulk, at each size that has a root to check.
         self._pending.append(leaf)
         self._size += 1
@@ -126,6 +149,57 @@ class LogVerifier:
                 f"yet (they verify against the log only)")
         return self.report
 
+    def fail(self, seq: int, reason: str) -> bool:
+        """Record a divergence found outside the entries themselves (in the index)."""
+        return self._fail(seq, reason)
+
     def _fail(self, seq: int, reason: str) -> bool:
-        self.report.divergence = Divergence(seq, reason)
+        if self.report.divergence is None:
+            self.report.divergence = Divergence(seq, reason)
         return False
+
+
+@dataclass(frozen=True)
+class IndexedEntry:
+    """A stored trace with what the log's queries read beside it: its lookup columns
+    (id, actor, action, update, recorded_at as the record's time) and its dataset index rows."""
+
+    seq: int
+    body: bytes
+    leaf_hash: bytes
+    columns: dict[str, Any]
+    datasets: list[str]
+
+
+def index_divergence(entry: IndexedEntry) -> str | None:
+    """Why the lookup columns or dataset links of an entry are not what its hashed record says
+    (None when they are). Called once the entry itself verified."""
+    record = json.loads(entry.body)
+    expected = {**lookup_columns(record), "recorded_at": record["time"]}
+    for name, value in expected.items():
+        if entry.columns.get(name) != value:
+            return (f"its {name} column says {entry.columns.get(name)!r} but the hashed trace "
+                    f"says {value!r}: the lookup column was edited, so queries by it would lie")
+    named = dataset_links(record)
+    if sorted(entry.datasets) != sorted(named):
+        return (f"the dataset index lists {sorted(entry.datasets)} but the hashed trace names "
+                f"{named}: the index was edited, so a dataset's history would lie")
+    return None
+
+
+def publication_divergence(first_publish: dict[str, int],
+                           published: dict[str, int]) -> Divergence | None:
+    """The table of public histories must hold exactly the datasets whose PUBLISH trace is in
+    the log, each at its first such trace: a row added there would make a private history
+    public, a row removed would hide a public one."""
+    for dataset_id in sorted(set(first_publish) | set(published),
+                             key=lambda d: min(first_publish.get(d, 2**63),
+                                               published.get(d, 2**63))):
+        want, have = first_publish.get(dataset_id), published.get(dataset_id)
+        if want != have:
+            seq = want if want is not None else have
+            assert seq is not None
+            return Divergence(seq, f"dataset {dataset_id!r} is listed as published at "
+                                   f"{have} but its first PUBLISH trace is at {want}: the "
+                                   f"published-datasets table was edited")
+    return None

@@ -68,11 +68,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if started.demo is not None:
         started = local.publish_demo(config, started)
     local.print_banner(config, started, sys.stdout)
-    died = supervisor.watch(lambda: stopping)
+    # A process that dies is restarted with back-off; the others keep serving meanwhile.
+    supervisor.watch(lambda: stopping,
+                     lambda event: print(f"vre: {event}", file=sys.stderr, flush=True))
     supervisor.stop_all()
-    if died is not None:
-        return _fail(f"{died.spec.name} stopped unexpectedly with status "
-                     f"{died.process.returncode}; all processes stopped (log: {died.log_path})")
     print("VRE stopped.", flush=True)
     return 0
 
@@ -85,9 +84,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"VRE is not running (data directory {config.home})")
         return 3
     print(f"VRE supervisor pid {state['pid']}, data directory {state['home']}")
-    print(f"{'process':<18}{'pid':>8}  health")
+    print(f"{'process':<18}{'pid':>8}{'restarts':>10}  health")
     for st in statuses:
-        print(f"{st.name:<18}{st.pid:>8}  {st.health}")
+        print(f"{st.name:<18}{st.pid:>8}{st.restarts:>10}  {st.health}")
     return 0 if all(s.health in ("ready", "running") for s in statuses) else 1
 
 

@@ -108,7 +108,8 @@ class Config(BaseModel):
     ledger_origin: str = Field("vre-ledger", pattern=r"^[A-Za-z0-9._/-]{1,100}$",
                                description="Name of the log in its signed checkpoints.")
     chain_url: str | None = Field(None, description="JSON-RPC URL of the chain node.")
-    chain_port: int = Field(8645, ge=1, le=65535, description="Port of the local chain node.")
+    chain_port: int = Field(8645, ge=1, le=65535, description="Port of the local chain node "
+                            "inside its own network namespace (it is reached by IPC socket).")
     chain_contract: str | None = Field(
         None, pattern=r"^0x[0-9a-fA-F]{40}$", description="Address of the anchor contract.")
     chain_private_key: str | None = Field(
@@ -287,7 +288,8 @@ class Config(BaseModel):
 
     @property
     def chain_rpc_url(self) -> str:
-        return self.chain_url or f"http://{self.host}:{self.chain_port}"
+        """The chain node: its URL, or the local node's IPC socket (in an owner-only folder)."""
+        return self.chain_url or str(self.home / "chain" / "ipc" / "node.ipc")
 
     @property
     def signing_key_path(self) -> Path:

@@ -16,7 +16,7 @@ import requests
 from vre.config import Config, ConfigError, to_env
 from vre.db import Database, check_reachable
 from vre.services import SERVICES, derive_service_secret
-from vre.supervisor import ProcessSpec, port_in_use
+from vre.supervisor import Probe, ProcessSpec, port_in_use
 from vre.tokens import generate_signing_key
 
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ def ensure_secrets(config: Config) -> Config:
         from tracer.checkpoints import CheckpointSigner
 
         CheckpointSigner.generate(config.tracer_key_path)
+    if uses_local_chain(config):
+        from tracer.chain_config import ensure_chain_key
+
+        ensure_chain_key(config)  # the anchor contract's owner: ours alone, never a dev account
     return config.model_copy(update={"secret_key": root})
 
 
@@ -154,33 +158,30 @@ def uses_local_chain(config: Config) -> bool:
 
 
 def chain_spec(config: Config) -> ProcessSpec:
-    """The local Ethereum development node, its state kept in the data directory."""
-    from tracer.devnode import anvil_argv
+    """The local Ethereum development node, its state kept in the data directory, reachable
+    only through its IPC socket in an owner-only folder (see tracer.devnode)."""
+    from tracer.devnode import AnvilNotFound, private_node_argv
 
     state = config.home / "chain" / "anvil-state.json"
-    state.parent.mkdir(parents=True, exist_ok=True)
-    argv = [*anvil_argv(config.chain_port, state), "--state-interval", "1"]
-    return ProcessSpec("chain", argv, ready_check=lambda: _chain_answers(config),
-                       ready_timeout=30, port=config.chain_port)
-
-
-def _chain_answers(config: Config) -> bool:
+    socket_path = Path(config.chain_rpc_url)
     try:
-        response = requests.post(config.chain_rpc_url, timeout=1, json={
-            "jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
-        return response.ok and "result" in response.json()
-    except (requests.RequestException, ValueError):
-        return False
+        argv = private_node_argv(socket_path, state, config.chain_port)
+    except AnvilNotFound as exc:
+        raise ConfigError("VRE_CHAIN_URL", str(exc)) from None
+
+    def private_folder() -> None:
+        # Made owner-only before the node creates its socket there, on every (re)start.
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.parent.chmod(0o700)
+
+    return ProcessSpec("chain", argv, ready_timeout=30, before_start=private_folder,
+                       probe=Probe("jsonrpc", str(socket_path)))
 
 
 def ensure_contract(config: Config) -> Config:
     """On the local chain: deploy the anchor contract on first start, reuse it afterwards."""
-    from tracer.chain import chain_client, contract_address, contract_file
-    from tracer.devnode import ANVIL_DEV_PRIVATE_KEY
+    from tracer.chain_config import chain_client, contract_address, contract_file
 
-    if uses_local_chain(config) and config.chain_private_key is None:
-        # The development node's well-known account: fine on a private local chain only.
-        config = config.model_copy(update={"chain_private_key": ANVIL_DEV_PRIVATE_KEY})
     address = contract_address(config)
     if address is None:
         if not uses_local_chain(config):
@@ -206,8 +207,8 @@ def service_specs(config: Config) -> list[ProcessSpec]:
             status.unlink(missing_ok=True)
             specs.append(ProcessSpec(
                 name="anchor", argv=[sys.executable, "-m", "tracer", "worker"],
-                env=service_env(config, "tracer"), ready_check=status.is_file,
-                ready_timeout=60))
+                env=service_env(config, "tracer"), ready_timeout=60,
+                probe=Probe("heartbeat", str(status), max_age=30)))
     from portal.compute.agent import socket_path
 
     agent_socket = socket_path(config)
@@ -226,8 +227,7 @@ def ports_needed(config: Config) -> list[ProcessSpec]:
     """Every process that listens, for the port check before anything starts."""
     listening = [ProcessSpec(s.name, [], port=config.port_of(s.name)) for s in SERVICES]
     listening.append(ProcessSpec("vnc-proxy", [], port=config.vnc_proxy_port))
-    if uses_local_chain(config):
-        listening.insert(0, ProcessSpec("chain", [], port=config.chain_port))
+    # The local chain node listens in a network namespace of its own: no port here.
     return listening
 
 

@@ -1,5 +1,6 @@
 """Runs the platform's processes on one machine: starts them in order, waits until each is
-ready, watches them, and stops them all together, leaving nothing half-started."""
+ready, restarts one that dies (with back-off, so the others keep serving), and stops them all
+together, leaving nothing half-started."""
 
 from __future__ import annotations
 
@@ -20,10 +21,71 @@ from typing import IO, Any
 import requests
 
 _PR_SET_PDEATHSIG = 1
+#: A restarted process waits this long, doubled after each death that follows soon after its
+#: start, up to RESTART_MAX; one that ran for STABLE_SECONDS starts again from the first delay.
+RESTART_FIRST = 0.5
+RESTART_MAX = 30.0
+STABLE_SECONDS = 60.0
 
 
 class SupervisorError(Exception):
     """Something stopped the platform from starting or running; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How to ask a process whether it answers, not merely whether it exists: kept in the state
+    file, so `vre status` asks the very question the supervisor asked at start.
+
+    ``http``: a GET of ``target`` answers 200. ``jsonrpc``: the JSON-RPC node on the IPC socket
+    ``target`` answers ``eth_chainId``. ``heartbeat``: the file ``target`` was written within
+    ``max_age`` seconds (a worker that rewrites it after every step).
+    """
+
+    kind: str
+    target: str
+    max_age: float = 30.0
+
+    def ask(self, timeout: float = 2.0) -> str | None:
+        """None when the process answers, else why not (one short phrase)."""
+        if self.kind == "http":
+            try:
+                response = requests.get(self.target, timeout=timeout)
+            except requests.RequestException:
+                return "not answering"
+            if response.status_code == 200:
+                return None
+            try:
+                return f"not ready ({response.json().get('reason', response.status_code)})"
+            except ValueError:
+                return f"not ready ({response.status_code})"
+        if self.kind == "jsonrpc":
+            return _ask_jsonrpc(self.target, timeout)
+        try:
+            age = time.time() - Path(self.target).stat().st_mtime
+        except OSError:
+            return "not ready (no heartbeat yet)"
+        return None if age <= self.max_age else f"not answering (silent for {age:.0f} s)"
+
+
+def _ask_jsonrpc(path: str, timeout: float) -> str | None:
+    request = b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}\n'
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(request)
+            answer = b""
+            while not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        return None if b'"result"' in answer else "not answering (no chain id)"
+    except TimeoutError:
+        return "not answering"
+    except OSError as exc:
+        return f"not answering ({exc.strerror or exc})"
 
 
 @dataclass(frozen=True)
@@ -37,6 +99,14 @@ class ProcessSpec:
     ready_check: Callable[[], bool] | None = field(default=None, compare=False)
     ready_timeout: float = 60.0
     port: int | None = None
+    probe: Probe | None = None  # how it shows it answers (default: ready_url)
+    before_start: Callable[[], None] | None = field(default=None, compare=False)
+
+    @property
+    def health_probe(self) -> Probe | None:
+        if self.probe is not None:
+            return self.probe
+        return Probe("http", self.ready_url) if self.ready_url else None
 
 
 @dataclass
@@ -44,6 +114,10 @@ class Running:
     spec: ProcessSpec
     process: subprocess.Popen[bytes]
     log_path: Path
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    quick_deaths: int = 0
+    restart_at: float | None = None
 
 
 def _die_with_parent() -> None:
@@ -110,16 +184,20 @@ class Supervisor:
 
     def start(self, spec: ProcessSpec) -> None:
         """Start one process and wait until it is ready; on failure, stop everything."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                spec.argv, env={**os.environ, **spec.env}, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
-        running = Running(spec, process, log_path)
+        running = Running(spec, self._spawn(spec, log_path), log_path)
         self.running.append(running)
         self._write_state()
         self._wait_ready(running)
+
+    def _spawn(self, spec: ProcessSpec, log_path: Path) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if spec.before_start is not None:
+            spec.before_start()
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                spec.argv, env={**os.environ, **spec.env}, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
 
     def _wait_ready(self, running: Running) -> None:
         spec = running.spec
@@ -141,21 +219,46 @@ class Supervisor:
     def _is_ready(spec: ProcessSpec) -> bool:
         if spec.ready_check is not None:
             return spec.ready_check()
-        if spec.ready_url is None:
-            return True
-        try:
-            return requests.get(spec.ready_url, timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        probe = spec.health_probe
+        return probe is None or probe.ask(timeout=1) is None
 
-    def watch(self, stop_requested: Callable[[], bool]) -> Running | None:
-        """Block until asked to stop (None) or until a process dies (that process)."""
+    def watch(self, stop_requested: Callable[[], bool],
+              on_event: Callable[[str], None] | None = None) -> None:
+        """Keep every process running until asked to stop: one that dies is started again
+        after a back-off (doubling while it keeps dying soon after its start), while the
+        others go on serving. `on_event` hears each death and restart, in one line."""
         while not stop_requested():
-            for running in self.running:
-                if running.process.poll() is not None:
-                    return running
-            time.sleep(0.2)
-        return None
+            self.tend(on_event)
+            time.sleep(0.1)
+
+    def tend(self, on_event: Callable[[str], None] | None = None) -> None:
+        """One round of watching: note the processes that died, restart those whose turn came."""
+        now = time.monotonic()
+        for running in self.running:
+            if running.restart_at is None:
+                code = running.process.poll()
+                if code is None:
+                    continue
+                quick = now - running.started < STABLE_SECONDS
+                running.quick_deaths = running.quick_deaths + 1 if quick else 1
+                delay = min(RESTART_MAX, RESTART_FIRST * 2 ** (running.quick_deaths - 1))
+                running.restart_at = now + delay
+                if on_event is not None:
+                    on_event(f"{running.spec.name} exited with status {code}; restarting in "
+                             f"{delay:g} s (log: {running.log_path})")
+            elif now >= running.restart_at:
+                try:
+                    running.process = self._spawn(running.spec, running.log_path)
+                except (OSError, SupervisorError) as exc:
+                    running.restart_at = now + RESTART_MAX
+                    if on_event is not None:
+                        on_event(f"{running.spec.name} could not be restarted: {exc}")
+                    continue
+                running.started, running.restart_at = now, None
+                running.restarts += 1
+                self._write_state()
+                if on_event is not None:
+                    on_event(f"{running.spec.name} restarted (pid {running.process.pid})")
 
     def stop_all(self, grace: float = 10.0) -> None:
         """Stop in reverse start order: SIGTERM, then SIGKILL after the grace period."""
@@ -181,11 +284,18 @@ class Supervisor:
         state = {"pid": os.getpid(), "home": str(self.home), "started_at": time.time(),
                  "processes": [{"name": r.spec.name, "pid": r.process.pid,
                                 "ready_url": r.spec.ready_url, "port": r.spec.port,
+                                "probe": _probe_state(r.spec.health_probe),
+                                "restarts": r.restarts,
                                 "log": str(r.log_path)} for r in self.running]}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.run_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.run_dir / "state.json")
+
+
+def _probe_state(probe: Probe | None) -> dict[str, Any] | None:
+    return None if probe is None else {"kind": probe.kind, "target": probe.target,
+                                       "max_age": probe.max_age}
 
 
 def _port_key(name: str) -> str:
@@ -199,6 +309,7 @@ class ProcessStatus:
     pid: int
     alive: bool
     health: str
+    restarts: int = 0
 
 
 def read_status(home: Path) -> tuple[dict[str, Any] | None, list[ProcessStatus]]:
@@ -214,17 +325,25 @@ def read_status(home: Path) -> tuple[dict[str, Any] | None, list[ProcessStatus]]
     for proc in state["processes"]:
         alive = _alive(proc["pid"])
         health = "stopped"
-        if alive:
-            health = "running"
-            if proc.get("ready_url"):
-                try:
-                    resp = requests.get(proc["ready_url"], timeout=2)
-                    health = "ready" if resp.status_code == 200 else \
-                        f"not ready ({resp.json().get('reason', resp.status_code)})"
-                except (requests.RequestException, ValueError):
-                    health = "not answering"
-        statuses.append(ProcessStatus(proc["name"], proc["pid"], alive, health))
+        if alive and _frozen(proc["pid"]):
+            health = "not answering (stopped by a signal)"
+        elif alive:
+            found = proc.get("probe") or (
+                {"kind": "http", "target": proc["ready_url"]} if proc.get("ready_url") else None)
+            health = "running" if found is None else Probe(**found).ask() or "ready"
+        statuses.append(ProcessStatus(proc["name"], proc["pid"], alive, health,
+                                      proc.get("restarts", 0)))
     return state, statuses
+
+
+def _frozen(pid: int) -> bool:
+    """Stopped (SIGSTOP) or traced: alive, and answering nothing."""
+    try:
+        # The state follows the command name, which is in parentheses and may hold spaces.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] in ("T", "t")
 
 
 def _alive(pid: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,18 @@ from tests.ledger_helpers import (
     delete_trace,
     deploy_raw,
     edit_actor,
+    edit_column,
     leaf_events,
+    link_dataset,
     log_head,
     next_leaf_index,
+    publish_history,
     stored_rows,
     swap_traces,
     trace,
     tracer_database,
     truncate,
+    unlink_dataset,
 )
 from tracer import anchoring, cli, store
 from tracer.anchoring import AnchorPolicy, HistoryMismatch
@@ -45,7 +50,7 @@ from tracer.devnode import ANVIL_DEV_PRIVATE_KEYS, free_port, running_anvil
 from tracer.models import AnchorRow, LeafAnchorRow
 from tracer.schema import TraceIn
 from tracer.verify import VerifyReport
-from vre.config import Config
+from vre.config import Config, to_env
 from vre.db import Database
 
 pytestmark = pytest.mark.integration
@@ -188,15 +193,21 @@ def test_editing_a_stored_trace_is_caught_at_its_seq(anchored: Ledger) -> None:
     caught(anchored, 13, "edited")
 
 
-def test_editing_a_trace_and_its_leaf_hash_is_caught_by_the_next_anchored_root(
-        anchored: Ledger) -> None:
+def test_editing_a_trace_and_its_leaf_hash_is_caught_at_its_seq(anchored: Ledger) -> None:
     edit_actor(anchored.db, 13, "someone-else", recompute_leaf=True)
-    # Every entry hashes to its stored leaf now; the root at 16 no longer matches the chain,
-    # so the report names the first seq after the last root that still verified (11).
-    report = caught(anchored, 11, "root", "tree size 16")
-    assert report.divergence is not None and report.divergence.seq <= 13
-    assert report.roots_checked == 2
+    # Every entry hashes to its stored leaf now, but trace 14 still names the leaf trace 13
+    # had: the report names 13 itself, not the start of the anchored range (11).
+    caught(anchored, 13, "recomputed")
     anchorer_refuses(anchored, "differs")
+
+
+def test_editing_the_newest_trace_and_its_leaf_hash_is_caught_by_the_anchored_root(
+        anchored: Ledger) -> None:
+    # No later trace names the newest one: only the root anchored at 25 can tell, so the
+    # report names the first seq after the last root that still verified.
+    edit_actor(anchored.db, 24, "someone-else", recompute_leaf=True)
+    report = caught(anchored, 16, "root", "tree size 25", "16..24")
+    assert report.roots_checked == 3
 
 
 def test_deleting_a_trace_is_caught_at_its_seq(anchored: Ledger) -> None:
@@ -253,6 +264,68 @@ def test_vre_trace_verify_exits_0_then_1_naming_the_first_bad_seq(
     assert cli.main(argv) == 1
     out = capsys.readouterr().out
     assert "FAILED: first bad sequence number 9:" in out
+
+
+# -- 2b. the same insider, verified with the platform down ----------------------------------------
+
+def verify_offline(ledger: Ledger, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`vre-trace verify --home`: the database and the chain, and no tracer (its URL leads
+    nowhere), as an operator runs it when the platform refuses to start."""
+    for key in list(os.environ):
+        if key.startswith("VRE_"):
+            monkeypatch.delenv(key)
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    env = to_env(ledger.config.model_copy(update={"chain_url": ledger.chain_url,
+                                                  "tracer_url": nowhere}))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code = cli.main(["verify", "--home", str(ledger.config.home), "--contract", ledger.contract])
+    return code, capsys.readouterr().out
+
+
+TAMPERING: dict[str, tuple[Callable[[Database], None], int, str]] = {
+    "a re-hashed edit": (lambda db: edit_actor(db, 5, "someone-else", recompute_leaf=True), 5,
+                         "recomputed"),
+    "a deleted row": (lambda db: delete_trace(db, 13), 13, "missing"),
+    "a swapped pair": (lambda db: swap_traces(db, 6, 19), 6, "swapped"),
+    "an edited actor column": (lambda db: edit_column(db, 9, actor="user-1"), 9,
+                               "actor column"),
+    "an edited action column": (lambda db: edit_column(db, 10, action="CREATE_DATASET"), 10,
+                                "action column"),
+    "an edited time column": (
+        lambda db: edit_column(db, 12, recorded_at=datetime(2020, 1, 1, tzinfo=UTC)), 12,
+        "recorded_at column"),
+    "a trace taken out of its dataset's history": (lambda db: unlink_dataset(db, 7), 7,
+                                                   "dataset index"),
+    "a trace put into another dataset's history": (
+        lambda db: link_dataset(db, 8, "ds-private"), 8, "dataset index"),
+    "an index row for a trace not in the log": (lambda db: link_dataset(db, 40, "ds-1"), 40,
+                                                "does not hold"),
+    "a private history made public": (lambda db: publish_history(db, "ds-private", 3), 3,
+                                      "published"),
+}
+
+
+def test_an_untouched_log_verifies_with_the_platform_down(
+        anchored: Ledger, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = verify_offline(anchored, monkeypatch, capsys)
+    assert code == 0, out
+    assert "log size 25, anchored 25, verified 25 leaves and 4 roots" in out
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+def test_tampering_is_named_at_its_seq_with_the_platform_down(
+        anchored: Ledger, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tampering: str) -> None:
+    tamper, seq, word = TAMPERING[tampering]
+    tamper(anchored.db)
+    code, out = verify_offline(anchored, monkeypatch, capsys)
+    assert code == 1, out
+    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
+    assert failed and failed[0].startswith(f"FAILED: first bad sequence number {seq}:"), out
+    assert word in failed[0], out
 
 
 # -- 3. the chain goes away ----------------------------------------------------------------------

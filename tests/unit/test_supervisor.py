@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,5 +57,47 @@ def test_status_reports_running_processes(tmp_path: Path) -> None:
         state, statuses = read_status(tmp_path)
         assert state is not None
         assert [(s.name, s.health) for s in statuses] == [("web", "ready")]
+    finally:
+        sup.stop_all()
+
+
+def test_a_process_that_dies_is_restarted_with_back_off_while_the_others_keep_running(
+        tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    sup.start(http_server(free_port()))
+    web = sup.running[0].process
+    sup.start(ProcessSpec("flaky", [sys.executable, "-c", "import time; time.sleep(0.1)"]))
+    events: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while sup.running[1].restarts < 3 and time.monotonic() < deadline:
+            sup.tend(events.append)
+            time.sleep(0.05)
+        assert sup.running[1].restarts == 3, events
+        # Each quick death doubles the wait before the next start.
+        delays = [e.split("restarting in ")[1].split(" s")[0] for e in events if "in " in e]
+        assert delays == ["0.5", "1", "2"], events
+        assert web.poll() is None and sup.running[0].process is web, "the others go on"
+        state, statuses = read_status(tmp_path)
+        assert state is not None
+        assert [(s.name, s.restarts) for s in statuses] == [("web", 0), ("flaky", 3)]
+    finally:
+        sup.stop_all()
+
+
+def test_status_shows_a_frozen_process_as_not_answering(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    sup.start(http_server(free_port()))
+    pid = sup.running[0].process.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _, statuses = read_status(tmp_path)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Alive, yet unhealthy: seen stopped, or asked and silent.
+        assert [(s.name, s.alive) for s in statuses] == [("web", True)]
+        assert statuses[0].health.startswith("not answering"), statuses
+        assert [s.health for s in read_status(tmp_path)[1]] == ["ready"]
     finally:
         sup.stop_all()
