@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ def make_shared_dirs(path: Path) -> None:
             folder.mkdir()
         except FileExistsError:
             continue
-        os.chmod(folder, SHARED_DIR_MODE)
+        # Keep the set-group-id bit a folder inherits (a repository shared with the
+        # workloads' group), so what is stored below keeps that group too.
+        os.chmod(folder, SHARED_DIR_MODE | (folder.stat().st_mode & stat.S_ISGID))
 
 
 class Repository:

@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -137,6 +138,19 @@ def runtime_folders() -> tuple[tuple[str, ...], tuple[str, ...], str]:
     return unique, path, ":".join(dict.fromkeys(sources))
 
 
+def share_repository(root: Path, gid: int) -> None:
+    """Give the repository to the workloads' group: every folder and file takes the group,
+    and folders the set-group-id bit, so what is stored later keeps it. Modes stay as the
+    repository set them (group-readable, never world-readable)."""
+    if not root.is_dir() or (root.stat().st_gid == gid and root.stat().st_mode & stat.S_ISGID):
+        return
+    for folder, _dirs, files in os.walk(root):
+        os.chown(folder, -1, gid)
+        os.chmod(folder, os.stat(folder).st_mode & 0o7777 | stat.S_ISGID)
+        for name in files:
+            os.chown(os.path.join(folder, name), -1, gid, follow_symlinks=False)
+
+
 class LocalBackend(ComputeBackend):
     """Workloads in bubblewrap sandboxes on this machine, limited through cgroup v1."""
 
@@ -149,6 +163,8 @@ class LocalBackend(ComputeBackend):
         self.bwrap = shutil.which("bwrap")
         self.limits = cgroups.available()
         self.gpus = _host_gpus()
+        if os.geteuid() == 0:
+            share_repository(self.repository, self.user.gid)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.workspaces.mkdir(parents=True, exist_ok=True, mode=0o700)
 

@@ -4,6 +4,7 @@ flavor. Each probe prints what it saw; the test reads the workload's log."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -255,3 +256,30 @@ print(json.dumps({n: importlib.util.find_spec(n) is not None for n in names}))
 """)
     assert seen["batch_tools"] and seen["pydicom"]
     assert not seen["dataset_service"] and not seen["tracer"]
+
+
+def test_a_tree_the_repository_stored_is_readable_inside_and_nowhere_else(
+        sandbox_config, sandbox_home: Path, tmp_path: Path) -> None:
+    from dataset_service.repository import Repository, TreeFile
+
+    repository = Repository(sandbox_home / "repository")
+    source = tmp_path / "slice.dcm"
+    source.write_bytes(b"stored pixels")
+    digest = hashlib.sha256(b"stored pixels").hexdigest()
+    repository.store(source, digest)
+    repository.build_tree("stored", [TreeFile("s/1/1/0001.dcm", digest)], {"files": 1})
+    backend = LocalBackend(sandbox_config)  # gives the repository to the workloads' group
+    later = tmp_path / "later.dcm"
+    later.write_bytes(b"later pixels")
+    later_digest = hashlib.sha256(b"later pixels").hexdigest()
+    repository.store(later, later_digest)
+    assert repository.blob_path(later_digest).stat().st_gid == backend.user.gid
+    assert repository.blob_path(digest).stat().st_mode & 0o007 == 0  # no other account
+    stored = DatasetMount(dataset_id="stored", name="Stored", version="1.0",
+                          content_hash="0" * 64, tree="datasets/stored")
+    workload = spec(python("import os\nprint(open(os.path.expanduser("
+                           "'~/datasets/Stored/s/1/1/0001.dcm')).read())"), mounts=(stored,))
+    backend.start(workload)
+    exited = wait_exit(backend, workload.workload_id)
+    log, _ = backend.logs(workload.workload_id)
+    assert exited.status == 0 and b"stored pixels" in log, log
