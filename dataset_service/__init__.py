@@ -14,10 +14,12 @@ from dataset_service import api, api_catalogue, api_datasets, api_explore, api_i
 from dataset_service.dicom import DeidPolicy
 from dataset_service.dropfolders import check_import_root
 from dataset_service.ingest import Ingestor
-from dataset_service.models import trace_outbox
+from dataset_service.models import RevokedUser, trace_outbox
 from dataset_service.repository import Repository
 from tracer.client import TracerClient, checked_trace
+from vre import revocation
 from vre.config import Config, ConfigError, load_config
+from vre.db import Database
 from vre.outbox import install_outbox, outbox_of
 from vre.service_auth import IssuedToken
 from vre.services import service
@@ -40,15 +42,27 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api_explore.bp)
     api_catalogue.install(app, config)
     app.register_blueprint(api_catalogue.bp)
+    tokens = IssuedToken.for_service(
+        config.url_of("portal"), SERVICE.name, config.service_secret or ""
+    )
     # Every dataset action is traced through the tracer's client, as this service itself:
     # written to the outbox with the action, sent after commit.
-    app.extensions["dataset.tracer"] = TracerClient(
-        config.url_of("tracer"),
-        IssuedToken.for_service(config.url_of("portal"), SERVICE.name, config.service_secret or ""),
-    )
+    app.extensions["dataset.tracer"] = TracerClient(config.url_of("tracer"), tokens)
     install_outbox(app, trace_outbox, lambda traces, timeout: app.extensions[
         "dataset.tracer"].record_many(traces, timeout=timeout))
+    revocation.install(app, _revoked_people(app.extensions["vre.db"]), tokens)
     return app
+
+
+def _revoked_people(db: Database) -> revocation.Loader:
+    """This service's own revocations: the people whose access an administrator withdrew."""
+
+    def load() -> revocation.Revocations:
+        with db.reading() as session:
+            people = frozenset(session.scalars(sa.select(RevokedUser.user_id)))
+        return revocation.Revocations(people=people)
+
+    return load
 
 
 def _install_ingestion(app: Flask, config: Config) -> None:

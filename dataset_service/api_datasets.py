@@ -4,6 +4,7 @@ transaction), FAIR metadata, access lists, and the grants that decide what a wor
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from vre.api import PUBLIC, current_principal, endpoint
 from vre.db import utcnow
 from vre.errors import ApiError, NotFound, Unprocessable
 from vre.outbox import outbox_of
+from vre.revocation import revocations_of
 from vre.tokens import Principal
 from vre.web import config_of, db_of
 
@@ -544,19 +546,47 @@ def end_grant(grant_id: str) -> dict[str, Any]:
         return {"id": grant.id, "ended_at": grant.ended_at.isoformat()}
 
 
+def _revocable(user_id: str) -> str:
+    if not re.fullmatch(_ID, user_id):
+        raise Unprocessable(f"{user_id[:64]!r} is not a user id", field="user_id")
+    return user_id
+
+
 @bp.put("/revoked-users/<user_id>")
-@endpoint("Withdraw a user's access: every later grant for them is refused", body=RevokeIn,
-          roles=["admin", "service"], tags=["grants"])
+@endpoint("Withdraw a user's access: from now on they may only read public metadata",
+          body=RevokeIn, roles=["admin", "service"], tags=["grants"])
 def revoke_user(user_id: str, body: RevokeIn) -> dict[str, Any]:
     principal = caller()
+    user_id = _revocable(user_id)
     with db_of().session() as session:
         if session.get(RevokedUser, user_id) is None:
             session.add(RevokedUser(user_id=user_id, revoked_by=principal.subject,
                                     reason=body.reason))
+            session.flush()
+            record_trace(principal.subject, "USER_REVOKED", [],
+                         {"subject_user": user_id, "reason": body.reason or None})
         active = list(session.scalars(sa.select(Grant.workload_id).where(
             Grant.user_id == user_id, Grant.ended_at.is_(None))))
+    revocations_of(current_app).invalidate()
     # The caller (the portal) stops these workloads; the next grant is refused anyway.
     return {"user_id": user_id, "revoked": True, "active_workloads": active}
+
+
+@bp.delete("/revoked-users/<user_id>")
+@endpoint("Give a revoked user their access back", roles=["admin", "service"],
+          tags=["grants"])
+def restore_user(user_id: str) -> dict[str, Any]:
+    principal = caller()
+    user_id = _revocable(user_id)
+    with db_of().session() as session:
+        row = session.get(RevokedUser, user_id)
+        if row is None:
+            raise NotFound(f"{user_id!r} is not revoked", code="not_revoked", field="user_id")
+        session.delete(row)
+        session.flush()
+        record_trace(principal.subject, "USER_RESTORED", [], {"subject_user": user_id})
+    revocations_of(current_app).invalidate()
+    return {"user_id": user_id, "revoked": False}
 
 
 # -- access requests -------------------------------------------------------------------------

@@ -149,3 +149,6 @@ class DatasetClient(ServiceClient):
 
     def revoke_user(self, user_id: str, reason: str = "") -> dict[str, Any]:
         return self._call("PUT", f"/api/v1/revoked-users/{user_id}", json={"reason": reason})
+
+    def restore_user(self, user_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/api/v1/revoked-users/{user_id}")

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, render_template
+from flask import session as browser
 from flask_login import LoginManager
 
 from portal import (
@@ -26,6 +27,8 @@ from portal import (
 from portal.identity import install_identity
 from portal.models import User, trace_outbox
 from portal.ratelimit import SignInLimiter, install_limiter
+from portal.revocations import SESSION_HANDLE, browser_session_holds, own_revocations
+from vre import revocation
 from vre.config import Config, ConfigError, load_config
 from vre.errors import ApiError
 from vre.outbox import install_outbox
@@ -70,9 +73,11 @@ def create_app(config: Config | None = None) -> Flask:
         with db_of(app).session() as session:
             user = session.get(User, remembered.split(".", 1)[0])
             # A disabled account's open sessions end at their next request, and so do those
-            # signed in with a password that has been changed since.
+            # signed in with a password that has been changed since, and those signed out
+            # (whose record is gone, whatever the cookie still says).
             if user is None or not user.active or \
-                    not hmac.compare_digest(user.get_id(), remembered):
+                    not hmac.compare_digest(user.get_id(), remembered) or \
+                    not browser_session_holds(session, browser.get(SESSION_HANDLE), user.id):
                 return None
             return user
 
@@ -85,6 +90,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     clients.install(app)
+    revocation.install(app, own_revocations(db_of(app)), app.extensions["portal.service_token"])
     fragments.install(app)
     pagecache.install(app, config.page_cache_seconds)
     app.register_blueprint(pages_catalogue.bp)

@@ -1,11 +1,14 @@
-"""Local accounts: argon2 password hashes, checks with lock-out, password change, accounts
-created by administrators, and the first administrator."""
+"""Local accounts: argon2 password hashes, password checks that tell nobody which accounts
+exist, password change, accounts created by administrators, and the first administrator.
+
+There is no account lock-out: anyone could lock anyone out with a few wrong passwords.
+Sign-in is throttled by client address, and by address and name together, instead
+(portal.ratelimit)."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from datetime import timedelta
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -14,22 +17,21 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
 
 from portal.models import ROLES, User
-from vre.db import utcnow
+from portal.revocations import end_tokens_of
 from vre.errors import ApiError, Conflict
 
-MAX_FAILED_LOGINS = 5
-LOCKOUT = timedelta(minutes=15)
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
 USERNAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,63}$"
 
 _hasher = PasswordHasher()
-# Compared against when the user does not exist, so timing does not reveal which names exist.
+# Compared against when the account does not exist or may not sign in, so that neither the
+# answer nor its time tells those apart from a wrong password.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
 
 
 class SignInError(ApiError):
-    """Signing in failed (wrong password, locked, refused by the provider); safe to show."""
+    """Signing in failed (wrong name or password, refused by the provider); safe to show."""
 
     def __init__(self, message: str, code: str, status: int = 401) -> None:
         super().__init__(message, code=code, status=status)
@@ -71,43 +73,27 @@ def check_password_policy(password: str, username: str, field: str = "new_passwo
                        field=field, status=422)
 
 
-def _is_locked(user: User) -> bool:
-    now = utcnow()
-    locked_until = user.locked_until
-    if locked_until is not None and locked_until.tzinfo is None:
-        locked_until = locked_until.replace(tzinfo=now.tzinfo)
-    return locked_until is not None and locked_until > now
-
-
 def authenticate(session: Session, username: str, password: str) -> User:
-    """The user whose password this is; counts failures and locks the account after several.
+    """The user whose password this is. An unknown name, an account without a password here,
+    a disabled account and a wrong password all get the same answer after the same work (one
+    argon2 check), so that no answer confirms a name or a disabled account's password.
 
     A correct password under an old hash is rehashed with argon2 on the way."""
     user = session.scalar(sa.select(User).where(User.username == username,
                                                 User.identity_provider == "local"))
-    if user is None or user.password_hash is None:
+    if user is None or user.password_hash is None or not user.active:
         verify_password(_DUMMY_HASH, password)
         raise SignInError("wrong user name or password", "invalid_credentials")
-    if _is_locked(user):
-        raise SignInError("account locked after repeated failures; try again later",
-                          "account_locked")
     if not verify_password(user.password_hash, password):
-        user.failed_logins += 1
-        if user.failed_logins >= MAX_FAILED_LOGINS:
-            user.locked_until = utcnow() + LOCKOUT
-            user.failed_logins = 0
         raise SignInError("wrong user name or password", "invalid_credentials")
-    if not user.active:
-        raise SignInError("account disabled", "account_disabled", status=403)
-    user.failed_logins = 0
-    user.locked_until = None
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return user
 
 
 def change_password(session: Session, user_id: str, current: str, new: str) -> User:
-    """Set a new password after checking the current one (a failure counts toward lock-out)."""
+    """Set a new password after checking the current one; every token the account holds
+    from before is refused from now on."""
     user = session.get(User, user_id)
     if user is None or user.password_hash is None:
         raise SignInError("this account has no password here", "no_local_password", status=409)
@@ -122,6 +108,7 @@ def change_password(session: Session, user_id: str, current: str, new: str) -> U
         raise ApiError("the new password must differ from the current one",
                        code="weak_password", field="new_password", status=422)
     user.password_hash = hash_password(new)
+    end_tokens_of(user)
     return user
 
 

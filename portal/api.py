@@ -1,25 +1,32 @@
-"""The portal's JSON API: tokens (the one-machine issuer), its public keys, and users."""
+"""The portal's JSON API: tokens (the one-machine issuer) and their revocation, its public
+keys, and users."""
 
 from __future__ import annotations
 
 import hmac
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from portal.accounts import USERNAME_PATTERN, SignInError, authenticate, create_account
+from portal.accounts import USERNAME_PATTERN, authenticate, create_account
 from portal.identity import identity_of
 from portal.models import User
 from portal.ratelimit import limiter_of
+from portal.revocations import changed, revoke_token, revoke_workload
 from vre.api import PUBLIC, current_principal, endpoint
-from vre.errors import ApiError, Conflict, Forbidden, NotFound
+from vre.db import utcnow
+from vre.errors import ApiError, Conflict, Forbidden, NotFound, Unprocessable
 from vre.services import SERVICES, derive_service_secret
-from vre.tokens import TokenIssuer
+from vre.tokens import TokenError, TokenIssuer
 from vre.web import config_of, db_of
 
 bp = Blueprint("portal_api", __name__)
+
+WORKLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 
 
 class TokenRequest(BaseModel):
@@ -82,6 +89,7 @@ def issuer() -> TokenIssuer:
 
 
 def _service_token(body: TokenRequest) -> TokenResponse:
+    limiter_of(current_app).check_client(request.remote_addr, body.client_id)
     names = {s.name for s in SERVICES if s.name != "portal"}
     secret = config_of().secret_key or ""
     expected = derive_service_secret(secret, body.client_id or "")
@@ -100,11 +108,7 @@ def _user_token(body: TokenRequest) -> TokenResponse:
                        field="username" if not body.username else "password", status=422)
     limiter_of(current_app).check(request.remote_addr, body.username)
     with db_of().session() as session:
-        try:
-            user = authenticate(session, body.username, body.password)
-        except SignInError:
-            session.commit()  # keep the failure count
-            raise
+        user = authenticate(session, body.username, body.password)
         token, ttl = issuer().issue(user.id, list(user.roles), client="vre-cli",
                                     preferred_username=user.username)
     return TokenResponse(access_token=token, expires_in=ttl)
@@ -117,6 +121,71 @@ def create_token(body: TokenRequest) -> TokenResponse:
     if body.grant_type == "client_credentials":
         return _service_token(body)
     return _user_token(body)
+
+
+class TokenRevocation(BaseModel):
+    """A token to refuse from now on (RFC 7009 in spirit): whoever holds it may revoke it."""
+
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=8192)
+
+
+class TokenRevoked(BaseModel):
+    revoked: bool
+
+
+@bp.post("/api/v1/tokens/revoke")
+@endpoint("Revoke an access token before it expires", body=TokenRevocation,
+          response=TokenRevoked, roles=PUBLIC, tags=["tokens"])
+def revoke_access_token(body: TokenRevocation) -> TokenRevoked:
+    try:
+        claims = current_app.extensions["vre.validator"].validate(body.token).claims
+    except TokenError as exc:
+        if exc.code in ("token_revoked", "token_expired"):
+            return TokenRevoked(revoked=True)  # refused already
+        raise
+    if not claims.get("jti"):
+        raise Unprocessable("this token has no id (jti) to revoke it by",
+                            code="token_not_revocable", field="token")
+    with db_of().session() as session:
+        revoke_token(session, str(claims["jti"])[:64],
+                     datetime.fromtimestamp(float(claims["exp"]), UTC))
+    changed(current_app)
+    return TokenRevoked(revoked=True)
+
+
+class WorkloadRevocation(BaseModel):
+    """Refuse the tokens of a stopped workload until the last of them has expired."""
+
+    model_config = ConfigDict(extra="forbid")
+    until: datetime = Field(description="When the workload's last token expires (UTC).")
+
+
+class WorkloadRevoked(BaseModel):
+    workload_id: str
+    until: datetime
+
+
+MAX_WORKLOAD_REVOCATION = timedelta(days=31)
+
+
+@bp.put("/api/v1/revoked-workloads/<workload_id>")
+@endpoint("Revoke every token of a workload (its wid claim), as its desktop or job stops",
+          body=WorkloadRevocation, response=WorkloadRevoked, roles=["service", "admin"],
+          tags=["tokens"])
+def revoke_workload_tokens(workload_id: str, body: WorkloadRevocation) -> WorkloadRevoked:
+    if not WORKLOAD_ID.fullmatch(workload_id):
+        raise Unprocessable(f"{workload_id[:64]!r} is not a workload id", field="workload_id")
+    until = body.until if body.until.tzinfo else body.until.replace(tzinfo=UTC)
+    now = utcnow()
+    if not now < until <= now + MAX_WORKLOAD_REVOCATION:
+        raise Unprocessable("until must lie in the future, within 31 days",
+                            code="validation_error", field="until")
+    with db_of().session() as session:
+        row = revoke_workload(session, workload_id, until)
+        out = WorkloadRevoked(workload_id=row.workload_id, until=row.until)
+    changed(current_app)
+    return out
 
 
 @bp.get("/.well-known/jwks.json")

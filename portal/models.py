@@ -40,8 +40,8 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
     roles: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
-    failed_logins: Mapped[int] = mapped_column(sa.Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Tokens issued before this moment are refused (a changed password, a disabled account).
+    tokens_not_before: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # "local", or the issuer URL of the OIDC provider the account is mirrored from.
     identity_provider: Mapped[str] = mapped_column(sa.String(255), default="local",
@@ -68,6 +68,11 @@ class User(Base):
     @property
     def is_anonymous(self) -> bool:
         return False
+
+    @property
+    def token_subject(self) -> str:
+        """The `sub` of this person's tokens: the provider's for a mirrored account."""
+        return self.external_subject or self.id
 
     def get_id(self) -> str:
         """What a browser session remembers of its user: the id and, for a local account, a
@@ -97,6 +102,40 @@ class ProviderSession(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow,
                                                  onupdate=utcnow)
+
+
+class BrowserSession(Base):
+    """A signed-in browser session, kept here so that signing out ends it: the cookie holds a
+    random handle, `id` is its SHA-256, and a cookie whose row is gone signs in nobody."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RevokedToken(Base):
+    """An access token refused before it expires (by its `jti`); kept until it would have."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    revoked_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class RevokedWorkload(Base):
+    """A stopped workload (desktop or job): tokens carrying its id (`wid`) are refused until
+    `until`, when the last of them has expired."""
+
+    __tablename__ = "revoked_workloads"
+
+    workload_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    until: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    revoked_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 APPLICATION_KINDS = ("desktop", "batch")

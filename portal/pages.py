@@ -12,6 +12,8 @@ from portal import clients
 from portal.accounts import SignInError, change_password
 from portal.identity import SignedIn, identity_of
 from portal.ratelimit import limiter_of
+from portal.revocations import SESSION_HANDLE, close_browser_session, open_browser_session
+from portal.revocations import changed as revocations_changed
 from vre.client import ServiceError
 from vre.errors import ApiError
 from vre.web import db_of
@@ -30,6 +32,9 @@ def _safe_next(target: str | None) -> str:
 def _start_session(result: SignedIn, next_url: str | None) -> Any:
     session.clear()  # a fresh session on sign-in (no fixation)
     session.update(result.session)
+    with db_of().session() as db:
+        session[SESSION_HANDLE] = open_browser_session(
+            db, result.user, current_app.permanent_session_lifetime)
     login_user(result.user)
     return redirect(_safe_next(result.next_url or next_url))
 
@@ -82,6 +87,8 @@ def signout() -> Any:
     target = None
     if current_user.is_authenticated:
         target = identity_of().sign_out(current_user)
+    with db_of().session() as db:
+        close_browser_session(db, session.get(SESSION_HANDLE))
     logout_user()
     session.clear()
     return redirect(target or url_for("pages.home"))
@@ -102,17 +109,18 @@ def account_password() -> Any:
         if new != request.form.get("confirm_password", ""):
             error, status = "the two new passwords differ", 422
         else:
-            failure: ApiError | None = None
-            with db_of().session() as db:
-                try:
-                    changed = change_password(db, current_user.id,
-                                              request.form.get("current_password", ""), new)
-                except ApiError as exc:
-                    failure = exc  # leave the block normally: a failed attempt still counts
-            if failure is not None:
-                error, status = failure.message, failure.status
+            try:
+                with db_of().session() as db:
+                    user = change_password(db, current_user.id,
+                                           request.form.get("current_password", ""), new)
+            except ApiError as exc:
+                error, status = exc.message, exc.status
             else:
-                login_user(changed)  # this session goes on with the new password; others end
+                # This session goes on with the new password and a new token; others end,
+                # and so do the tokens issued before.
+                revocations_changed(current_app)
+                login_user(user)
+                identity_of().refresh(user)
                 done = True
     return render_template("password.html", error=error, done=done,
                            managed_elsewhere=False), status

@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, flash, make_response, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 from sqlalchemy.orm import Session
 
-from dataset_service.client import DatasetError
+from dataset_service.client import DatasetError, DatasetUnavailable
 from portal import catalogues, clients
 from portal.accounts import create_account
 from portal.api import UserCreate
 from portal.catalogues import ApplicationIn, FlavorIn, QuotaIn, validated
 from portal.identity import identity_of
-from portal.models import EVERYONE, ROLES, User
+from portal.models import EVERYONE, ROLES, BrowserSession, User
+from portal.revocations import changed, end_tokens_of
 from vre.errors import ApiError, Forbidden, NotFound
+from vre.revocation import person_refusal, revocations_of
 from vre.web import config_of, db_of
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -39,6 +49,10 @@ def _administrators_only() -> Any:
         return redirect(url_for("pages.signin", next=request.path))
     if "admin" not in (current_user.roles or []):
         raise Forbidden("administration needs the admin role", code="not_an_admin")
+    state = revocations_of(current_app)
+    refusal = person_refusal(current_user.token_subject, state.snapshot()) if state else None
+    if refusal:
+        raise Forbidden(refusal, code="user_revoked")
     return None
 
 
@@ -104,13 +118,6 @@ def _find_user(session: Session, name_or_id: str, field: str) -> User:
     return user
 
 
-def _locked(user: User) -> bool:
-    until = user.locked_until
-    if until is None:
-        return False
-    return (until if until.tzinfo else until.replace(tzinfo=UTC)) > datetime.now(UTC)
-
-
 @bp.app_template_filter("gib")
 def _gib(mib: int) -> str:
     return f"{mib / 1024:g}"
@@ -143,7 +150,7 @@ def index() -> Any:
 def _users_page(status: int = 200, **extra: Any) -> Any:
     with db_of().session() as session:
         users = list(session.scalars(sa.select(User).order_by(User.username)))
-    return render_template("admin/users.html", users=users, roles=ROLES, locked=_locked,
+    return render_template("admin/users.html", users=users, roles=ROLES,
                            local_accounts=identity_of().manages_passwords,
                            values=extra.pop("values", {"roles": ["researcher"]}),
                            **extra), status
@@ -194,8 +201,8 @@ def user(user_id: str) -> Any:
     with db_of().session() as session:
         account = _user(session, user_id)
         quota = catalogues.effective_quota(session, "user", account.id)
-    return render_template("admin/user.html", account=account, roles=ROLES,
-                           locked=_locked(account), quota=quota, limits=LIMITS)
+    return render_template("admin/user.html", account=account, roles=ROLES, quota=quota,
+                           limits=LIMITS)
 
 
 @bp.post("/users/<user_id>/roles")
@@ -226,7 +233,8 @@ def set_roles(user_id: str) -> Any:
 
 @bp.post("/users/<user_id>/active")
 def set_active(user_id: str) -> Any:
-    """Disable an account (it can no longer sign in) or enable it again."""
+    """Disable an account (its sessions and tokens end, and the dataset service revokes the
+    person, so they may only read public metadata) or enable it again."""
     active = request.form.get("active") == "1"
     try:
         with db_of().session() as session:
@@ -235,7 +243,14 @@ def set_active(user_id: str) -> Any:
                 raise ApiError("you cannot disable your own account",
                                code="cannot_disable_self", status=409)
             account.active = active
-        flash(f"{account.username} {'enabled' if active else 'disabled'}.", "ok")
+            if not active:
+                end_tokens_of(account)
+                session.execute(sa.delete(BrowserSession).where(
+                    BrowserSession.user_id == account.id))
+            subject, username = account.token_subject, account.username
+        changed(current_app)
+        flash(f"{username} {'enabled' if active else 'disabled'}.", "ok")
+        _tell_the_dataset_service(subject, username, active)
     except ApiError as err:
         if err.status == 404:
             raise
@@ -243,15 +258,21 @@ def set_active(user_id: str) -> Any:
     return redirect(url_for("admin.user", user_id=user_id))
 
 
-@bp.post("/users/<user_id>/unlock")
-def unlock(user_id: str) -> Any:
-    """Lift a lock-out after repeated failed sign-ins, and forget the failures."""
-    with db_of().session() as session:
-        account = _user(session, user_id)
-        account.locked_until = None
-        account.failed_logins = 0
-    flash(f"{account.username} unlocked.", "ok")
-    return redirect(url_for("admin.user", user_id=user_id))
+def _tell_the_dataset_service(subject: str, username: str, active: bool) -> None:
+    """Revoke a disabled account's person at the dataset service (traced there), or restore
+    an enabled one. Meanwhile the portal's own feed already refuses a disabled account."""
+    datasets = clients.datasets()
+    try:
+        if active:
+            datasets.restore_user(subject)
+        else:
+            datasets.revoke_user(subject, reason="account disabled in the portal")
+    except DatasetUnavailable as exc:
+        flash(f"The dataset service could not be told ({exc.code}); do it again to record "
+              f"it there.", "error")
+    except DatasetError as exc:
+        if not (active and exc.code == "not_revoked"):
+            flash(f"The dataset service refused: {exc.message} ({exc.code})", "error")
 
 
 # -- projects (the dataset service's) -----------------------------------------------------

@@ -1,5 +1,9 @@
-"""Rate limits on sign-in: a sliding window per client address and per user name, in process
-(one portal process per machine; behind several replicas each keeps its own count)."""
+"""Rate limits on sign-in and on the client-credentials grant: a sliding window per client
+address, and one per address and name together, in process (one portal process per machine;
+behind several replicas each keeps its own count).
+
+Never per name alone: then anyone could keep an account from signing in at will, which is the
+lock-out this replaces."""
 
 from __future__ import annotations
 
@@ -63,20 +67,27 @@ class SlidingWindow:
 
 
 class SignInLimiter:
-    """Sign-in attempts allowed per client address and per user name."""
+    """Sign-in attempts allowed per client address, and per address and name together."""
 
     def __init__(self, per_address: int, per_user: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.by_address = SlidingWindow(per_address, clock=clock)
-        self.by_user = SlidingWindow(per_user, clock=clock)
+        self.by_address_and_name = SlidingWindow(per_user, clock=clock)
 
     def check(self, address: str | None, username: str | None) -> None:
-        """Count one attempt, or raise RateLimited if the address or the name has too many."""
-        wait = self.by_address.hit(address or "unknown")
+        """Count one attempt, or raise RateLimited if the address, or the address with this
+        name, has too many."""
+        address = address or "unknown"
+        wait = self.by_address.hit(address)
         if not wait and username:
-            wait = self.by_user.hit(username.lower())
+            wait = self.by_address_and_name.hit(f"{address}\x00{username.lower()}")
         if wait:
             raise RateLimited("too many sign-in attempts; wait a little and try again", wait)
+
+    def check_client(self, address: str | None, client_id: str | None) -> None:
+        """The same for the client-credentials grant: a service's secret is guessed no
+        faster than a password."""
+        self.check(address, f"client:{client_id or ''}")
 
 
 def install_limiter(app: Flask, limiter: SignInLimiter) -> None:

@@ -73,6 +73,9 @@ def config(tmp_path: Path, backend: str, issuer_dir: Path) -> Iterator[Config]:
         "secret_key": "s" * 48, "service_secret": "t" * 48, "demo_data": False,
         "signing_key_file": jwks.parent / "signing.pem", "log_level": "WARNING",
         "tracer_key_file": jwks.parent / "tracer.pem",
+        # Each service reads its own revocations; tests of the feeds between services name
+        # them (tests/revocation_helpers.py).
+        "revocation_feeds": "",
     }
     prefix = ""
     if backend == "postgresql":

@@ -5,6 +5,7 @@ test portal with their roles, and the whole site (portal, dataset service, trace
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from werkzeug.test import TestResponse
 
 import portal
 from portal.models import User
+from portal.revocations import SESSION_HANDLE, open_browser_session
 from tests.dataset_helpers import create
 from tests.helpers import free_port, serving
 from tests.ledger_helpers import EVERY_STEP, tracer_database
@@ -41,10 +43,16 @@ def add_people(portal: Flask, people: dict[str, list[str]] = PEOPLE) -> None:
 def signed_in(portal: Flask, user_id: str | None) -> FlaskClient:
     """A browser whose session is signed in as the user (anonymous for None), with a CSRF token."""
     client = portal.test_client()
+    handle = None
+    if user_id is not None:  # the session's server-side record, as signing in makes it
+        with portal.extensions["vre.db"].session() as db:
+            user = db.get(User, user_id)
+            handle = open_browser_session(db, user, timedelta(hours=1)) if user else None
     with client.session_transaction() as session:
         if user_id is not None:
             session["_user_id"] = user_id
             session["_fresh"] = True
+            session[SESSION_HANDLE] = handle
         session["csrf"] = CSRF
     return client
 

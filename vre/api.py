@@ -14,6 +14,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vre import jsonbody
 from vre.errors import ApiError, Forbidden
+from vre.revocation import RevocationState, person_refusal
 from vre.tokens import Principal, bearer_token
 
 PUBLIC = "public"  # no token needed
@@ -152,12 +153,28 @@ def current_principal(required: bool = True) -> Principal | None:
     return g.principal
 
 
+def revoked_person(principal: Principal | None) -> str | None:
+    """Why the person calling may do nothing but read public metadata, or None: the one
+    question every route that acts for a person asks (services act for none)."""
+    state: RevocationState | None = current_app.extensions.get("vre.revocations")
+    if principal is None or principal.is_service or state is None:
+        return None
+    return person_refusal(principal.subject, state.snapshot())
+
+
 def authorize(roles: tuple[str, ...] | str) -> Principal | None:
-    """Check the caller against what the endpoint allows; public endpoints see an optional one."""
+    """Check the caller against what the endpoint allows; public endpoints see an optional one
+    (a revoked person is seen there as anonymous: public metadata is all that is left)."""
     if roles == PUBLIC:
-        return current_principal(required=False)
+        principal = current_principal(required=False)
+        if revoked_person(principal):
+            g.principal = None
+        return g.principal
     principal = current_principal()
     assert principal is not None
+    refusal = revoked_person(principal)
+    if refusal:
+        raise Forbidden(refusal, code="user_revoked")
     if roles != ANY and not principal.has_any(*roles):
         raise Forbidden(f"requires one of the roles: {', '.join(roles)}")
     return principal

@@ -88,7 +88,20 @@ class Config(BaseModel):
     token_issuer: str | None = Field(None, description="Expected 'iss' of tokens.")
     token_audience: str = Field("vre", description="Expected 'aud' of tokens.")
     jwks_url: str | None = Field(None, description="Where the issuer's public keys are.")
-    token_ttl_seconds: int = Field(900, ge=30, le=86400, description="Lifetime of tokens.")
+    token_ttl_seconds: int = Field(
+        300, ge=30, le=86400,
+        description="Lifetime of access tokens (revocation refuses them sooner).")
+    revocation_feeds: str = Field(
+        "portal,dataset_service", pattern=r"^(|(portal|dataset_service)"
+        r"(,(portal|dataset_service))*)$",
+        description="Services whose revocation feeds (disabled accounts, changed passwords, "
+        "revoked tokens, workloads and people) this service reads, comma separated; a "
+        "service reads its own records directly. Empty: none.")
+    revocation_max_age_seconds: float = Field(
+        5.0, ge=0, le=3600, description="Read each revocation feed again after this long.")
+    revocation_grace_seconds: float = Field(
+        60.0, ge=0, le=86_400, description="While a revocation feed cannot be read, its last "
+        "answer stands this long; then people's requests are refused until it answers.")
     signing_key_file: Path | None = Field(
         None, description="PEM private key the portal signs tokens with."
     )
@@ -182,7 +195,9 @@ class Config(BaseModel):
         "revalidate); any change to the catalogue retires older answers at once, so this "
         "only bounds how long an unchanged catalogue's answers stay. 0 turns it off.")
     signin_limit_per_user: int = Field(
-        10, ge=1, le=10_000, description="Sign-in attempts allowed per user name a minute.")
+        10, ge=1, le=10_000, description="Sign-in attempts allowed per client address and "
+        "user name together a minute (never per name alone: that would let anyone keep an "
+        "account out).")
     host_cpus: float | None = Field(
         None, gt=0, description="CPUs one desktop or job may get at most (the largest node); "
         "default: this machine's cores.")
@@ -269,6 +284,11 @@ class Config(BaseModel):
         if self.oidc_issuer:
             return self.oidc_issuer + "/protocol/openid-connect/certs"
         return self.url_of("portal") + "/.well-known/jwks.json"
+
+    @property
+    def revocation_feed_names(self) -> tuple[str, ...]:
+        """The services named in revocation_feeds."""
+        return tuple(dict.fromkeys(n for n in self.revocation_feeds.split(",") if n))
 
     @property
     def tracer_key_path(self) -> Path:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from vre.errors import ApiError
 from vre.jsonbody import too_deep
+from vre.revocation import RevocationState, token_refusal
 
 ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 
@@ -104,6 +105,8 @@ class TokenValidator:
         self.audience = audience
         self.keys = KeySet(jwks_url)
         self.leeway = leeway
+        # What refuses a person's token before it expires; set where the service installs it.
+        self.revocations: RevocationState | None = None
 
     def validate(self, token: str | None) -> Principal:
         if not token:
@@ -127,11 +130,18 @@ class TokenValidator:
             raise TokenError("token has expired", code="token_expired") from exc
         except jwt.PyJWTError as exc:
             raise TokenError(f"token rejected: {exc}") from exc
-        return Principal(
+        principal = Principal(
             subject=str(claims["sub"]), roles=_roles_of(claims),
             client=claims.get("azp") or claims.get("client_id"),
             username=claims.get("preferred_username"), claims=claims,
         )
+        # A service's credentials come from the platform's secrets, not from an account; the
+        # feeds themselves are read with them, so they never wait on a feed.
+        if self.revocations is not None and not principal.is_service:
+            refusal = token_refusal(claims, self.revocations.snapshot())
+            if refusal:
+                raise TokenError(refusal, code="token_revoked")
+        return principal
 
 
 def _header_too_deep(token: str) -> bool:
@@ -192,11 +202,15 @@ class TokenIssuer:
     def issue(self, subject: str, roles: list[str], *, client: str | None = None,
               ttl: int | None = None, **extra: Any) -> tuple[str, int]:
         """A signed access token and its lifetime in seconds."""
-        now = int(time.time())
+        moment = time.time()
+        now = int(moment)
         lifetime = ttl or self.ttl
         claims = {
-            "iss": self.issuer, "aud": self.audience, "sub": subject, "iat": now,
-            "nbf": now, "exp": now + lifetime, "jti": uuid.uuid4().hex, "roles": roles,
+            # iat to the microsecond: a password changed within this second still tells the
+            # tokens issued before it from those issued after it.
+            "iss": self.issuer, "aud": self.audience, "sub": subject,
+            "iat": round(moment, 6), "nbf": now, "exp": now + lifetime,
+            "jti": uuid.uuid4().hex, "roles": roles,
             **({"azp": client} if client else {}), **extra,
         }
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import ClassVar
 
 from flask import Flask, current_app, session
 
-from portal.accounts import SignInError, authenticate
+from portal.accounts import authenticate
 from portal.identity import Identity, SignedIn
 from portal.models import User
+from portal.revocations import changed, revoke_token
 from vre.tokens import TokenIssuer
 from vre.web import db_of
 
@@ -23,7 +26,7 @@ RENEW_BEFORE_SECONDS = 60  # a token this close to expiry is replaced, not hande
 
 
 class LocalIdentity(Identity):
-    """Passwords checked here (argon2, lock-out); tokens signed by the portal itself."""
+    """Passwords checked here (argon2, throttled sign-in); tokens signed by the portal."""
 
     manages_passwords: ClassVar[bool] = True
 
@@ -33,18 +36,16 @@ class LocalIdentity(Identity):
     def complete_sign_in(self, params: Mapping[str, str]) -> SignedIn:
         username = params.get("username", "").strip()
         password = params.get("password", "")
-        failure: SignInError | None = None
         with db_of().session() as db:
-            try:
-                user = authenticate(db, username, password)
-            except SignInError as exc:
-                failure = exc  # leave the block normally so the failure count is committed
-        if failure is not None:
-            raise failure
+            user = authenticate(db, username, password)
         return SignedIn(user=user)
 
     def sign_out(self, user: User) -> str | None:
-        session.pop(TOKEN_KEY, None)
+        cached = session.pop(TOKEN_KEY, None)
+        if cached and cached.get("jti"):  # the session's token ends with it
+            with db_of().session() as db:
+                revoke_token(db, cached["jti"], datetime.fromtimestamp(cached["exp"], UTC))
+            changed(current_app)
         return None
 
     def access_token(self, user: User) -> str:
@@ -57,9 +58,11 @@ class LocalIdentity(Identity):
 
     def refresh(self, user: User) -> None:
         issuer: TokenIssuer = current_app.extensions["vre.issuer"]
+        jti = uuid.uuid4().hex
         token, ttl = issuer.issue(user.id, list(user.roles), client=CLIENT,
-                                  preferred_username=user.username)
-        session[TOKEN_KEY] = {"token": token, "exp": int(time.time()) + ttl, "sub": user.id}
+                                  preferred_username=user.username, jti=jti)
+        session[TOKEN_KEY] = {"token": token, "exp": int(time.time()) + ttl, "sub": user.id,
+                              "jti": jti}
 
     def service_tokens(self, app: Flask) -> SelfIssuedToken:
         return SelfIssuedToken(app.extensions["vre.issuer"])

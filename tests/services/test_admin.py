@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from portal.models import EVERYONE, Application, Flavor, Quota, User
 from tests.helpers import auth, serving
 from tests.portal_helpers import AS_ROLE, add_people, make_portal, post, signed_in
 from vre.config import Config
-from vre.db import utcnow
 from vre.local import first_start
 
 ROLES = ("anonymous", "researcher", "steward", "admin")
@@ -156,7 +154,6 @@ PAGES = [
      {"roles": "researcher"}, 302),
     ("POST", "/admin/users/<user_id>/active", "/admin/users/res-1/active", {"active": "1"},
      302),
-    ("POST", "/admin/users/<user_id>/unlock", "/admin/users/res-1/unlock", {}, 302),
     ("POST", "/admin/projects", "/admin/projects", {}, 422),
     ("POST", "/admin/projects/<name>/members", "/admin/projects/lung/members",
      {"user": "someone", "role": "researcher"}, 302),
@@ -446,7 +443,7 @@ def test_account_form_errors_are_shown_on_the_form(admin_portal: Flask, form: di
     assert "password" not in form or form["password"] not in page, "never sent back"
 
 
-def test_roles_disable_enable_and_unlock(admin_portal: Flask) -> None:
+def test_roles_disable_and_enable(admin_portal: Flask) -> None:
     admin = signed_in(admin_portal, "admin-1")
     assert post(admin, "/admin/users/res-1/roles",
                 {"roles": ["researcher", "auditor"]}).status_code == 302
@@ -456,17 +453,13 @@ def test_roles_disable_enable_and_unlock(admin_portal: Flask) -> None:
     with db.session() as session:
         user = session.get(User, "res-1")
         assert sorted(user.roles) == ["auditor", "researcher"] and not user.active
-        user.locked_until = utcnow() + timedelta(minutes=10)
-        user.failed_logins = 3
     page = text(admin.get("/admin/users/res-1"))
-    assert "Enable account" in page and "Unlock" in page
+    assert "Enable account" in page
+    assert "could not be told" in page, "no dataset service here: the page says so"
     post(admin, "/admin/users/res-1/active", active="1")
-    post(admin, "/admin/users/res-1/unlock")
     with db.session() as session:
-        user = session.get(User, "res-1")
-        assert user.active and user.locked_until is None and user.failed_logins == 0
+        assert session.get(User, "res-1").active
     assert admin.get("/admin/users/nobody").status_code == 404
-    assert post(admin, "/admin/users/nobody/unlock").status_code == 404
 
 
 def test_administrators_cannot_lock_themselves_out(admin_portal: Flask) -> None:
