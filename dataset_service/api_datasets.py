@@ -563,7 +563,7 @@ def revoke_user(user_id: str, body: RevokeIn) -> dict[str, Any]:
             session.add(RevokedUser(user_id=user_id, revoked_by=principal.subject,
                                     reason=body.reason))
             session.flush()
-            record_trace(principal.subject, "USER_REVOKED", [],
+            record_trace(session, principal.subject, "USER_REVOKED", [],
                          {"subject_user": user_id, "reason": body.reason or None})
         active = list(session.scalars(sa.select(Grant.workload_id).where(
             Grant.user_id == user_id, Grant.ended_at.is_(None))))
@@ -584,7 +584,7 @@ def restore_user(user_id: str) -> dict[str, Any]:
             raise NotFound(f"{user_id!r} is not revoked", code="not_revoked", field="user_id")
         session.delete(row)
         session.flush()
-        record_trace(principal.subject, "USER_RESTORED", [], {"subject_user": user_id})
+        record_trace(session, principal.subject, "USER_RESTORED", [], {"subject_user": user_id})
     revocations_of(current_app).invalidate()
     return {"user_id": user_id, "revoked": False}
 
