@@ -39,6 +39,12 @@ def demo_folder(config: Config) -> Path:
     return locate(config.import_root_path, DEMO_PROJECT)
 
 
+def check_drop_folders(config: Config) -> None:
+    """Stop start-up, naming VRE_IMPORT_ROOT, on an import root that would expose the data
+    directory or the repository, before any process starts."""
+    check_import_root(config.import_root_path, config.home, config.repository_path)
+
+
 def load_demo(config: Config, steward_id: str) -> IngestReport | None:
     """Generate the demo data into the 'demo' project's drop folder and ingest it from
     there, once per data dir."""
@@ -46,7 +52,6 @@ def load_demo(config: Config, steward_id: str) -> IngestReport | None:
     marker = demo_dir / ".ingested"
     if marker.exists():
         return None
-    check_import_root(config.import_root_path, config.home, config.repository_path)
     if not (demo_dir / "clinical.csv").is_file():
         generate_demo_data(demo_dir)
     svc = service("dataset_service")

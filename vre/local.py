@@ -100,11 +100,12 @@ def first_start(config: Config, *, admin: bool = True) -> FirstStart:
     """Create the administrator, default catalogues and demo data where the directory has none."""
     import sqlalchemy as sa
 
-    from dataset_service.bootstrap import demo_folder, load_demo
+    from dataset_service.bootstrap import check_drop_folders, demo_folder, load_demo
     from portal.accounts import ensure_admin
     from portal.catalogues import seed_defaults
     from portal.models import User
 
+    check_drop_folders(config)
     portal = next(s for s in SERVICES if s.name == "portal")
     db = Database.for_service(config, portal.name, portal.migrations)
     try:

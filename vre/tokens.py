@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from vre.errors import ApiError
 from vre.jsonbody import too_deep
 from vre.revocation import RevocationState, token_refusal
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 
@@ -88,8 +91,12 @@ class KeySet:
                 try:
                     self._keys = self._fetch()
                 except (OSError, ValueError, requests.RequestException) as exc:
-                    raise ApiError(f"cannot fetch the token issuer's keys: {exc}",
-                                   code="issuer_unavailable", status=503) from exc
+                    # The cause's words name the issuer's address: only its kind is told.
+                    log.warning("cannot fetch the token issuer's keys (%s); VRE_JWKS_URL "
+                                "says where they are", type(exc).__name__,
+                                extra={"event": "issuer_unavailable"})
+                    raise ApiError("cannot fetch the token issuer's keys",
+                                   code="issuer_unavailable", status=503) from None
                 finally:
                     self._fetched_at = time.monotonic()
             if kid not in self._keys:

@@ -228,6 +228,11 @@ def test_bad_configuration_stops_start_naming_the_key(tmp_path: Path, key: str,
     assert_clean_failure(run_up(env), tmp_path / "var", key)
 
 
+def test_an_import_root_over_the_data_directory_stops_start_naming_it(tmp_path: Path) -> None:
+    env = vre_env(tmp_path / "var", "sqlite", VRE_IMPORT_ROOT=str(tmp_path))
+    assert_clean_failure(run_up(env), tmp_path / "var", "VRE_IMPORT_ROOT")
+
+
 def test_occupied_port_stops_start(tmp_path: Path) -> None:
     env = vre_env(tmp_path / "var", "sqlite")
     with socket.socket() as sock:

@@ -13,6 +13,7 @@ from flask import Flask
 import dataset_service
 from dataset_service import cli
 from dataset_service.demo import DemoSpec, generate_demo_data, write_faulty_examples
+from tests.dataset_helpers import DATASET
 from tests.helpers import auth, serving
 from tracer.client import TracerClient
 from vre.config import Config, ConfigError
@@ -181,7 +182,7 @@ NOT_FOUND = ("no folder <path> in the project's drop folder (paths are relative 
     ("a" * 4096, "path_too_long"),
     ("x/" * 2047 + "x", "path_too_long"),
     ("b" * 256, "path_too_long"),
-    ("scans\x00/etc", "invalid_path"),
+    ("scans\x00/etc", "invalid_character"),  # refused for every field, before the path
     ("scans\n", "invalid_path"),
     ("\ud800", "validation_error"),  # the schema already refuses what is not text
 ])
@@ -304,3 +305,29 @@ def test_the_command_line_links_a_folder_into_the_drop_folder_and_ingests_it(
         # A folder already in the drop folder is named as it lies there.
         assert cli.main([*argv[:1], str(placed), *argv[2:]]) == 0
         assert "ingesting scanner-export from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("GET", "/api/v1/projects/{p}/members", None),
+    ("PUT", "/api/v1/projects/{p}/members", {"user_id": "r-1", "role": "steward"}),
+    ("DELETE", "/api/v1/projects/{p}/members/steward-1", None),
+    ("POST", "/api/v1/ingest", {"path": ".", "project": "{p}"}),
+    ("GET", "/api/v1/studies?project={p}", None),
+    ("POST", "/api/v1/datasets", {**DATASET, "project": "{p}"}),
+])
+def test_a_steward_of_another_project_meets_it_as_one_that_does_not_exist(
+        service: Flask, steward: dict[str, str], token: Callable[..., str], method: str,
+        path: str, body: dict | None) -> None:
+    make_project(service, steward)
+    drop_folder(service)
+    other = auth(token("steward-2", "steward"))
+    make_project(service, other, "brain")
+
+    def call(project: str) -> dict:
+        given = json.loads(json.dumps(body).replace("{p}", project)) if body else None
+        response = service.test_client().open(path.format(p=project), method=method,
+                                              headers=other, json=given)
+        assert response.status_code == 404, response.get_json()
+        return response.get_json()
+
+    assert json.dumps(call("lung")).replace("lung", "nope") == json.dumps(call("nope"))

@@ -4,13 +4,15 @@ services live (host names, ports, paths), since callers pass these messages on t
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+import dataset_service
 from dataset_service.client import DatasetClient, DatasetUnavailable
-from tests.helpers import free_port
+from tests.helpers import auth, free_port
 from tracer.client import TracerClient, TracerUnavailable
+from vre.config import Config
 
 
 @pytest.fixture
@@ -39,3 +41,21 @@ def test_a_service_that_does_not_answer_is_named_without_its_address(silent_port
     assert late.value.code == "tracer_unavailable"
     assert "did not answer in time" in late.value.message
     assert "127.0.0.1" not in text and str(silent_port) not in text and "/api/v1" not in text
+
+
+def test_an_unreachable_token_issuer_is_not_named_to_the_caller(
+    config: Config, token: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    moved = config.model_copy(update={"jwks_url": f"http://127.0.0.1:{port}/jwks.json"})
+    app = dataset_service.create_app(moved)
+    try:
+        response = app.test_client().get(
+            "/api/v1/projects", headers=auth(token("steward-1", "steward"))
+        )
+    finally:
+        app.extensions["vre.db"].engine.dispose()
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "issuer_unavailable"
+    told = response.get_data(as_text=True) + "\n".join(r.getMessage() for r in caplog.records)
+    assert "127.0.0.1" not in told and str(port) not in told
