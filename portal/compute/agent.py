@@ -16,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, jsonify, request
+from sqlalchemy.orm import object_session
 from werkzeug.serving import make_server
 
 from portal.compute import (
@@ -33,6 +35,7 @@ from portal.compute import (
     spec_to_json,
 )
 from portal.models import ACTIVE_STATES, Workload
+from portal.revocations import revoke_workload
 from vre.config import Config
 from vre.db import Database, utcnow
 
@@ -173,8 +176,7 @@ class Agent:
             raise ComputeError("workload_unknown", f"no workload {workload_id}")
         return row
 
-    @staticmethod
-    def _ended(row: Workload, exited: Exited) -> None:
+    def _ended(self, row: Workload, exited: Exited) -> None:
         stopped = row.state == "stopping" or exited.reason == "stopped"
         row.state = "stopped" if stopped or exited.status == 0 else "failed"
         row.reason = exited.reason or ("" if exited.status == 0 else f"exit status {exited.status}")
@@ -182,6 +184,9 @@ class Agent:
         row.cpu_seconds = exited.cpu_seconds
         row.memory_peak_bytes = exited.memory_peak_bytes
         row.ended_at = utcnow()
+        # Its tokens die with it: refused until the last one issued would have expired.
+        revoke_workload(object_session(row), row.id,
+                        row.ended_at + timedelta(seconds=self.config.token_ttl_seconds + 60))
 
     def _hook(self, workload_id: str) -> None:
         if self.on_exit is None:

@@ -20,7 +20,7 @@ from dataset_service.models import Grant
 from portal.catalogues import seed_defaults
 from portal.compute.agent import Agent, Served, socket_path
 from portal.compute.local import LocalBackend
-from portal.models import Workload
+from portal.models import RevokedWorkload, Workload
 from portal.vncproxy import TICKET_AUDIENCE, VncProxy, agent_locator
 from tests.conftest import ISSUER
 from tests.dataset_helpers import create
@@ -121,6 +121,8 @@ def test_a_researcher_opens_a_desktop_and_stops_it(desks: dict[str, Any], token)
     stopped = client.delete(f"/api/v1/desktops/{desktop['id']}", headers=alice)
     assert stopped.status_code == 200 and stopped.get_json()["state"] == "stopped"
     assert grants_open(desks, desktop["id"]) == []
+    with desks["portal"].extensions["vre.db"].session() as session:
+        assert session.get(RevokedWorkload, desktop["id"]) is not None  # its token is dead
     late = client.post(f"/api/v1/desktops/{desktop['id']}/ticket", headers=alice)
     assert late.status_code == 409 and late.get_json()["error"]["code"] == "desktop_not_running"
 
