@@ -215,7 +215,7 @@ class KeycloakIdentity(Identity):
             user_id = subject if len(subject) <= 36 and db.get(User, subject) is None else None
             user = User(username=username, identity_provider=self.issuer,
                         external_subject=subject, password_hash=None, active=True, roles=[],
-                        groups=[], failed_logins=0,
+                        groups=[],
                         **({"id": user_id} if user_id else {}))
             db.add(user)
         elif taken is None:

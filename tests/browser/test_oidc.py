@@ -46,7 +46,8 @@ def _portal_env(workdir: Path, port: int, provider: oidc.OidcProvider) -> dict[s
     env.update(VRE_HOME=str(workdir / "var"), VRE_PORTAL_PORT=str(port),
                VRE_PORTAL_URL=f"http://127.0.0.1:{port}",
                VRE_SECRET_KEY=secrets.token_urlsafe(48), VRE_SIGNING_KEY_FILE=str(key),
-               VRE_DEMO_DATA="false", VRE_LOG_LEVEL="WARNING", VRE_THREADS="4")
+               VRE_DEMO_DATA="false", VRE_LOG_LEVEL="WARNING", VRE_THREADS="4",
+               VRE_REVOCATION_FEEDS="portal")  # the portal runs alone: its own feed only
     return env
 
 
