@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import socket
 import threading
 from collections.abc import Callable
@@ -47,10 +48,15 @@ print(json.dumps(out))
 
 
 def test_nothing_of_the_host_or_the_platform_is_there(run: Run, sandbox_home: Path) -> None:
+    # What the host holds that a sandbox must not see: the platform's data directory, the
+    # administrator's home, and the host's password hashes (also through PID 1's root).
+    root_ssh = Path(pwd.getpwuid(0).pw_dir) / ".ssh"
+    shadow = Path("/etc") / "shadow"
+    hidden = [sandbox_home, sandbox_home / "keys", root_ssh, shadow,
+              Path("/proc/1/root") / shadow.relative_to("/")]
     seen = probe(run, f"""
 import glob
-paths = [{str(sandbox_home)!r}, {str(sandbox_home / "keys")!r}, "/etc/shadow",
-         "/root/.ssh", "/var/lib/postgresql", "/proc/1/root/etc/shadow"]
+paths = {[str(p) for p in hidden]!r}
 found = {{p: os.path.exists(p) for p in paths}}
 hits = []
 hits += [name for name in os.listdir("/") if "foreign" in name]
