@@ -60,7 +60,8 @@ paths = {[str(p) for p in hidden]!r}
 found = {{p: os.path.exists(p) for p in paths}}
 hits = []
 hits += [name for name in os.listdir("/") if "foreign" in name]
-for top in ("/home", "/etc", "/mnt", "/run", "/tmp", "/var", "/root", "/work", "/opt"):
+system = {"usr", "proc", "sys", "dev", "bin", "lib", "lib64", "sbin"}
+for top in ["/" + name for name in os.listdir("/") if name not in system]:
     for path in glob.glob(top + "/**", recursive=True):
         if "foreign" in path or "token-signing" in path:
             hits.append(path)
