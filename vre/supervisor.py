@@ -97,7 +97,7 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)
     ready_url: str | None = None  # HTTP URL answering 200 once ready
     ready_check: Callable[[], bool] | None = field(default=None, compare=False)
-    ready_timeout: float = 60.0
+    ready_timeout: float = 120.0
     port: int | None = None
     probe: Probe | None = None  # how it shows it answers (default: ready_url)
     before_start: Callable[[], None] | None = field(default=None, compare=False)
@@ -202,25 +202,31 @@ class Supervisor:
     def _wait_ready(self, running: Running) -> None:
         spec = running.spec
         deadline = time.monotonic() + spec.ready_timeout
+        answer = "not asked yet"
         while time.monotonic() < deadline:
             code = running.process.poll()
             if code is not None:
                 raise SupervisorError(
                     f"{spec.name} exited with status {code} while starting: "
                     f"{_last_line(running.log_path)} (log: {running.log_path})")
-            if self._is_ready(spec):
+            answer = self._readiness(spec)
+            if answer is None:
                 return
             time.sleep(0.1)
+        # The last answer says which question went unanswered (no connection, a 503 with its
+        # reason, a missing socket); the log's last line says what the process said last.
         raise SupervisorError(
-            f"{spec.name} did not become ready within {spec.ready_timeout:.0f} s: "
+            f"{spec.name} did not become ready within {spec.ready_timeout:.0f} s ({answer}): "
             f"{_last_line(running.log_path)} (log: {running.log_path})")
 
     @staticmethod
-    def _is_ready(spec: ProcessSpec) -> bool:
+    def _readiness(spec: ProcessSpec) -> str | None:
+        """None once the process is ready, else why not."""
         if spec.ready_check is not None:
-            return spec.ready_check()
+            return None if spec.ready_check() else "its readiness check fails"
         probe = spec.health_probe
-        return probe is None or probe.ask(timeout=1) is None
+        # A loaded machine answers slowly: wait longer per question than for `vre status`.
+        return None if probe is None else probe.ask(timeout=5)
 
     def watch(self, stop_requested: Callable[[], bool],
               on_event: Callable[[str], None] | None = None) -> None:

@@ -116,7 +116,7 @@ def start_platform(workdir: Path, **settings: str) -> Platform:
                                    stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     platform = Platform(Path(env["VRE_HOME"]), env, process, log)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # each process may take a while on a loaded machine
     while "Press Ctrl-C to stop." not in log.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
             platform.stop()

@@ -59,7 +59,7 @@ class Platform:
             [sys.executable, "-m", "vre", "up"], env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.banner: list[str] = []
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # each process may take a while on a loaded machine
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
