@@ -339,7 +339,10 @@ class LocalBackend(ComputeBackend):
         run = home / "run"
         run.mkdir(mode=0o700)
         etc = home / "etc"
-        etc.mkdir(mode=0o755)
+        etc.mkdir()
+        # Set after creation: mkdir's mode passes through the umask, and `vre up` runs with
+        # 0077; the sandbox account must read its own /etc.
+        etc.chmod(0o755)
         for name, text in sandbox.passwd_files().items():
             (etc / name).write_text(text)
             (etc / name).chmod(0o644)

@@ -290,3 +290,15 @@ def test_a_tree_the_repository_stored_is_readable_inside_and_nowhere_else(
     exited = wait_exit(backend, workload.workload_id)
     log, _ = backend.logs(workload.workload_id)
     assert exited.status == 0 and b"stored pixels" in log, log
+
+
+def test_a_sandbox_starts_under_the_platforms_private_umask(run: Run) -> None:
+    # `vre up` runs every process with umask 0077 so that what it writes is the platform's
+    # alone; what the sandbox account must read (its /etc, its run folder) is still readable.
+    before = os.umask(0o077)
+    try:
+        exited, output = run(["sh", "-c", "id -un && test -r /run/vre/token && echo token"])
+    finally:
+        os.umask(before)
+    assert exited.status == 0, output
+    assert output.split() == ["researcher", "token"], output
