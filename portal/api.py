@@ -21,7 +21,7 @@ from vre.api import PUBLIC, current_principal, endpoint
 from vre.db import utcnow
 from vre.errors import ApiError, Conflict, Forbidden, NotFound, Unprocessable
 from vre.services import SERVICES, derive_service_secret
-from vre.tokens import TokenError, TokenIssuer
+from vre.tokens import WORKLOAD_SCOPE, TokenError, TokenIssuer
 from vre.web import config_of, db_of
 
 bp = Blueprint("portal_api", __name__)
@@ -205,7 +205,7 @@ def openid_configuration() -> Any:
 
 
 @bp.get("/api/v1/me")
-@endpoint("Who the token belongs to", response=Me, tags=["users"])
+@endpoint("Who the token belongs to", response=Me, tags=["users"], scopes=[WORKLOAD_SCOPE])
 def me() -> Me:
     principal = current_principal()
     assert principal is not None

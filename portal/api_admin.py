@@ -26,7 +26,7 @@ from portal.quotas import HostCapacity, Requester, flavor_decision
 from vre.api import current_principal, endpoint
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.service_auth import StaticToken
-from vre.tokens import Principal, bearer_token
+from vre.tokens import WORKLOAD_SCOPE, Principal, bearer_token
 from vre.web import config_of, db_of
 
 bp = Blueprint("portal_admin_api", __name__, url_prefix="/api/v1")
@@ -93,7 +93,8 @@ def _flavor_view(row: Flavor, principal: Principal, who: Requester,
 
 @bp.get("/flavors")
 @endpoint("Flavors the caller may use (administrators see all), each marked usable or not",
-          query=FlavorQuery, response=list[FlavorOut], tags=["catalogue"])
+          query=FlavorQuery, response=list[FlavorOut], tags=["catalogue"],
+          scopes=[WORKLOAD_SCOPE])
 def list_flavors(query: FlavorQuery) -> list[FlavorOut]:
     principal = _principal()
     who = Requester.of(principal.roles, _member_projects(principal, query.project))
@@ -104,7 +105,8 @@ def list_flavors(query: FlavorQuery) -> list[FlavorOut]:
 
 
 @bp.get("/flavors/<name>")
-@endpoint("One flavor", query=FlavorQuery, response=FlavorOut, tags=["catalogue"])
+@endpoint("One flavor", query=FlavorQuery, response=FlavorOut, tags=["catalogue"],
+          scopes=[WORKLOAD_SCOPE])
 def get_flavor(name: str, query: FlavorQuery) -> FlavorOut:
     principal = _principal()
     who = Requester.of(principal.roles, _member_projects(principal, query.project))
@@ -142,7 +144,8 @@ class ApplicationQuery(BaseModel):
 
 @bp.get("/applications")
 @endpoint("Applications that can be started (administrators also see disabled ones)",
-          query=ApplicationQuery, response=list[ApplicationOut], tags=["catalogue"])
+          query=ApplicationQuery, response=list[ApplicationOut], tags=["catalogue"],
+          scopes=[WORKLOAD_SCOPE])
 def list_applications(query: ApplicationQuery) -> list[ApplicationOut]:
     admin = _is_admin(_principal())
     with db_of().session() as session:
@@ -152,7 +155,8 @@ def list_applications(query: ApplicationQuery) -> list[ApplicationOut]:
 
 
 @bp.get("/applications/<app_id>")
-@endpoint("One application", response=ApplicationOut, tags=["catalogue"])
+@endpoint("One application", response=ApplicationOut, tags=["catalogue"],
+          scopes=[WORKLOAD_SCOPE])
 def get_application(app_id: str) -> ApplicationOut:
     admin = _is_admin(_principal())
     with db_of().session() as session:

@@ -16,7 +16,7 @@ from portal.vncproxy import TICKET_SECONDS, issue_ticket
 from vre.api import current_principal, endpoint
 from vre.db import utcnow
 from vre.errors import ApiError, Conflict
-from vre.tokens import Principal
+from vre.tokens import WORKLOAD_SCOPE, Principal
 from vre.web import config_of, db_of
 
 bp = Blueprint("portal_desktops_api", __name__, url_prefix="/api/v1")
@@ -62,7 +62,8 @@ def list_desktops() -> dict[str, Any]:
 
 
 @bp.get("/desktops/<desktop_id>")
-@endpoint("One desktop, with its start-up progress", tags=["desktops"])
+@endpoint("One desktop, with its start-up progress", tags=["desktops"],
+          scopes=[WORKLOAD_SCOPE])
 def show_desktop(desktop_id: str) -> dict[str, Any]:
     with db_of().session() as session:
         desktops.visible(session, _principal(), desktop_id)

@@ -23,11 +23,11 @@ from portal.compute.local import SESSION
 from portal.models import ACTIVE_STATES, Flavor, Workload
 from portal.quotas import Account, HostCapacity, Requester, Usage, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
-from vre.tokens import Principal, TokenIssuer
+from vre.tokens import WORKLOAD_SCOPES, Principal, TokenIssuer
 from vre.web import config_of
 
-# What code in a desktop may do with its token: read the data it was granted and submit jobs.
-WORKLOAD_SCOPE = "workload jobs:submit"
+# What code in a desktop may do with its token: see itself and the catalogues, submit jobs.
+DESKTOP_TOKEN_SCOPE = " ".join(sorted(WORKLOAD_SCOPES))
 WORKLOAD_ROLES = ["researcher"]
 AGENT_STATUS = {"agent_unavailable": 503, "exceeds_host": 422, "mount_refused": 409,
                 "bad_environment": 422, "workload_exists": 409, "workload_unknown": 404}
@@ -119,7 +119,7 @@ def workload_token(issuer: TokenIssuer, owner_id: str, workload_id: str,
                    datasets: list[str], ttl: int) -> str:
     """The desktop's own token: its owner, itself, its datasets, job submission; short-lived."""
     token, _ = issuer.issue(owner_id, WORKLOAD_ROLES, client="workload", ttl=ttl,
-                            scope=WORKLOAD_SCOPE, wid=workload_id, datasets=datasets)
+                            scope=DESKTOP_TOKEN_SCOPE, wid=workload_id, datasets=datasets)
     return token
 
 
@@ -175,6 +175,8 @@ def _end_grant(datasets_service: DatasetClient, grant_id: str | None) -> None:
 def visible(session: Session, principal: Principal, workload_id: str) -> Workload:
     """A desktop its owner (or an administrator) may see; any other reads as not found."""
     row = session.get(Workload, workload_id)
+    if principal.workload_id is not None and principal.workload_id != workload_id:
+        row = None  # a desktop's token sees that desktop alone
     if row is None or row.kind != "desktop" or (
             row.owner_id != principal.subject and not principal.has_any("admin")):
         raise NotFound(f"no desktop {workload_id!r}", field="desktop_id")

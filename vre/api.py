@@ -32,6 +32,7 @@ class Operation:
     status: int
     roles: tuple[str, ...] | str
     tags: tuple[str, ...]
+    scopes: tuple[str, ...] = ()
 
 
 def _field_of(error: dict[str, Any]) -> str | None:
@@ -162,16 +163,25 @@ def revoked_person(principal: Principal | None) -> str | None:
     return person_refusal(principal.subject, state.snapshot())
 
 
-def authorize(roles: tuple[str, ...] | str) -> Principal | None:
+def out_of_scope(principal: Principal | None, scopes: tuple[str, ...]) -> bool:
+    """Whether a token limited to platform scopes (a workload's) may not call this route."""
+    return principal is not None and bool(principal.scopes) \
+        and not principal.scopes.intersection(scopes)
+
+
+def authorize(roles: tuple[str, ...] | str, scopes: tuple[str, ...] = ()) -> Principal | None:
     """Check the caller against what the endpoint allows; public endpoints see an optional one
-    (a revoked person is seen there as anonymous: public metadata is all that is left)."""
+    (a revoked person, or a token scoped to other routes, is seen there as anonymous)."""
     if roles == PUBLIC:
         principal = current_principal(required=False)
-        if revoked_person(principal):
+        if revoked_person(principal) or out_of_scope(principal, scopes):
             g.principal = None
         return g.principal
     principal = current_principal()
     assert principal is not None
+    if out_of_scope(principal, scopes):
+        raise Forbidden(f"this token is limited to {', '.join(sorted(principal.scopes))}, "
+                        "which this route does not serve", code="token_scope")
     refusal = revoked_person(principal)
     if refusal:
         raise Forbidden(refusal, code="user_revoked")
@@ -183,18 +193,20 @@ def authorize(roles: tuple[str, ...] | str) -> Principal | None:
 def endpoint(
     summary: str, *, body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
     response: Any = None, status: int = 200,
-    roles: Iterable[str] | str = ANY, tags: Iterable[str] = (),
+    roles: Iterable[str] | str = ANY, tags: Iterable[str] = (), scopes: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare a JSON endpoint: who may call it, what it takes and what it returns.
+    """Declare a JSON endpoint: who may call it, what it takes and what it returns. A token
+    limited to platform scopes (a workload's) reaches it only when `scopes` names one of them.
 
     The view receives `body=` and `query=` as parsed models when declared, and returns a
     model, a dict/list, a (value, status) pair, or a Response it made itself."""
     allowed = roles if isinstance(roles, str) else tuple(roles)
+    served = tuple(scopes)
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            authorize(allowed)
+            authorize(allowed, served)
             check_storable(kwargs, "path")
             if body is not None:
                 kwargs["body"] = parse_body(body)
@@ -209,7 +221,7 @@ def endpoint(
             return to_json(result), code
 
         wrapper.operation = Operation(  # type: ignore[attr-defined]
-            summary, body, query, response, status, allowed, tuple(tags))
+            summary, body, query, response, status, allowed, tuple(tags), served)
         return wrapper
 
     return decorate
@@ -318,6 +330,8 @@ def openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
             entry["security"] = [{"bearer": []}]
             if op.roles != ANY:
                 entry["x-roles"] = list(op.roles)
+        if op.scopes:
+            entry["x-scopes"] = list(op.scopes)
         if op.body is not None:
             entry["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": ref(op.body)}}}

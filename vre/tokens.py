@@ -36,6 +36,15 @@ class TokenError(ApiError):
     code = "token_invalid"
 
 
+#: Scopes of tokens the platform makes for a workload rather than a person: a token that
+#: carries any scope of this prefix reaches only the routes that declare one of its scopes
+#: (`vre.api.endpoint(scopes=...)`). OIDC's own scopes (openid, profile) limit nothing.
+SCOPE_PREFIX = "vre:"
+WORKLOAD_SCOPE = "vre:workload"  # who it is, the catalogues it reads, its own desktop
+JOBS_SCOPE = "vre:jobs"  # submitting and following the workload's jobs
+WORKLOAD_SCOPES = frozenset({WORKLOAD_SCOPE, JOBS_SCOPE})
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: a user or a service, with its roles, as the token says."""
@@ -52,6 +61,19 @@ class Principal:
 
     def has_any(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The platform scopes the token is limited to; empty for a person's own token."""
+        scope = self.claims.get("scope")
+        words = scope.split() if isinstance(scope, str) else []
+        return frozenset(w for w in words if w.startswith(SCOPE_PREFIX))
+
+    @property
+    def workload_id(self) -> str | None:
+        """The workload a scoped token was made for (its `wid`), or None."""
+        wid = self.claims.get("wid")
+        return str(wid) if self.scopes and wid else None
 
 
 def _roles_of(claims: dict[str, Any]) -> frozenset[str]:
