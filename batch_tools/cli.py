@@ -11,17 +11,30 @@ from collections.abc import Sequence
 from typing import Any
 
 from portal.client import PortalClient, PortalError
+from vre.client import unix_socket_pool
 from vre.config import ConfigError, load_config
-from vre.service_auth import StaticToken, TokenSource, command_line_tokens
+from vre.service_auth import FileToken, StaticToken, TokenSource, command_line_tokens
 
 
 def _tokens(args: argparse.Namespace) -> TokenSource | None:
-    """A desktop's own token (VRE_TOKEN), one given, or a user's (password on stdin)."""
+    """One given (--token, VRE_TOKEN), the workload's own that the platform keeps current
+    (VRE_TOKEN_FILE, inside a desktop or job), or a user's (password on stdin)."""
     token = args.token or os.environ.get("VRE_TOKEN")
     if token:
         return StaticToken(token)
+    if os.environ.get("VRE_TOKEN_FILE") and not args.user:
+        return FileToken(os.environ["VRE_TOKEN_FILE"])
     return command_line_tokens(load_config(), None, args.user, client="vre-job") \
         if args.user else None
+
+
+def _client(args: argparse.Namespace) -> PortalClient:
+    """The portal through the workload's API socket inside a desktop or job (it has no
+    network), else over HTTP."""
+    socket_path = os.environ.get("VRE_API_SOCKET")
+    if socket_path and not args.portal:
+        return PortalClient("http://localhost", _tokens(args), pool=unix_socket_pool(socket_path))
+    return PortalClient(args.portal or load_config().url_of("portal"), _tokens(args))
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -73,13 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        portal = args.portal or load_config().url_of("portal")
-        client = PortalClient(portal, _tokens(args))
-        print(args.func(client, args))
+        print(args.func(_client(args), args))
     except ConfigError as exc:
         print(f"vre-job: {exc}", file=sys.stderr)
         return 2
-    except (PortalError, PermissionError) as exc:
+    except (PortalError, OSError) as exc:
         print(f"vre-job: {exc}", file=sys.stderr)
         return 1
     return 0

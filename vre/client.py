@@ -4,6 +4,7 @@ JSON error model turned back into exceptions that carry status, stable code and 
 from __future__ import annotations
 
 import json as _json
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -57,6 +58,39 @@ def connection_pool(max_per_host: int = 10) -> urllib3.PoolManager:
     return urllib3.PoolManager(num_pools=8, maxsize=max_per_host, retries=False)
 
 
+class _UnixConnection(urllib3.connection.HTTPConnection):
+    """HTTP over a Unix socket: what a workload, which has no network, speaks to the platform."""
+
+    def __init__(self, *args: Any, socket_path: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.socket_path = socket_path
+
+    def _new_conn(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as exc:
+            sock.close()
+            raise urllib3.exceptions.NewConnectionError(self, f"{exc.strerror}") from None
+        return sock
+
+
+class _UnixSocketPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _UnixConnection  # type: ignore[assignment]
+
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        # Clients name whole URLs; on a socket only the path and query go on the wire.
+        return super().urlopen(method, urllib3.util.parse_url(url).request_uri, *args, **kwargs)
+
+
+def unix_socket_pool(path: str, maxsize: int = 4) -> urllib3.HTTPConnectionPool:
+    """Connections to the platform's API through a Unix socket (a workload's API socket); give
+    the client the base URL `http://localhost`."""
+    return _UnixSocketPool("localhost", maxsize=maxsize, retries=False, socket_path=path)
+
+
 class ServiceClient:
     """Calls one service's `/api/v1`; subclasses name their own error classes."""
 
@@ -64,7 +98,8 @@ class ServiceClient:
     unavailable: ClassVar[type[ServiceError]] = ServiceUnavailable
 
     def __init__(self, base_url: str, tokens: TokenSource | None = None,
-                 timeout: float = 10.0, pool: urllib3.PoolManager | None = None) -> None:
+                 timeout: float = 10.0,
+                 pool: urllib3.PoolManager | urllib3.HTTPConnectionPool | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
         self.timeout = urllib3.Timeout(connect=timeout, read=timeout)

@@ -217,6 +217,14 @@ def service_specs(config: Config) -> list[ProcessSpec]:
     specs.append(ProcessSpec(
         name="compute-agent", argv=[sys.executable, "-m", "portal.compute.agent"],
         env=service_env(config, "portal"), ready_check=agent_socket.exists, ready_timeout=30))
+    from portal.compute.gateway import heartbeat_path
+
+    beat = heartbeat_path(config)
+    beat.unlink(missing_ok=True)
+    specs.append(ProcessSpec(
+        name="workload-gateway", argv=[sys.executable, "-m", "portal.compute.gateway"],
+        env=service_env(config, "portal"), ready_timeout=60,
+        probe=Probe("heartbeat", str(beat), max_age=30)))
     specs.append(ProcessSpec(
         name="vnc-proxy", argv=[sys.executable, "-m", "portal.vncproxy"],
         env=service_env(config, "portal"), port=config.vnc_proxy_port,

@@ -31,6 +31,18 @@ class StaticToken:
         return self._token
 
 
+class FileToken:
+    """A token the platform keeps current in a file (a workload's, renewed while it runs):
+    read anew at each call, so a renewal takes effect at once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def token(self) -> str:
+        with open(self.path, encoding="ascii") as handle:
+            return handle.read().strip()
+
+
 class IssuedToken:
     """A token from the portal's (or Keycloak's) token endpoint, cached until near expiry."""
 

@@ -49,6 +49,12 @@ STOP_GRACE_SECONDS = 10.0
 LOG_CHUNK = 1 << 20
 
 
+def api_socket_path(config: Config, workload_id: str) -> Path:
+    """Where a workload's way to the platform's API listens: its run folder, which the
+    sandbox sees as /run/vre (see portal.compute.gateway)."""
+    return config.home / "workloads" / workload_id / "run" / "api.sock"
+
+
 def ensure_workload_user(name: str) -> sandbox.HostUser:
     """The unprivileged host account sandboxes run as, created (as a system account without
     a home or a login shell) when missing and this process may create it."""
@@ -277,7 +283,8 @@ class LocalBackend(ComputeBackend):
         return socket if socket.is_socket() else None
 
     def api_socket(self, workload_id: str) -> Path | None:
-        return self._home(workload_id) / "run" / "api.sock"
+        self._home(workload_id)
+        return api_socket_path(self.config, workload_id)
 
     def capacity(self) -> Capacity:
         cpus = float(len(os.sched_getaffinity(0)))

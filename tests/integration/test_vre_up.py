@@ -139,8 +139,9 @@ def test_vre_up_runs_the_platform_and_keeps_state(up_env: dict[str, str]) -> Non
         status = subprocess.run([sys.executable, "-m", "vre", "status"], env=up_env,
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
-        # Each process with a probe answers it: the services, the chain node, the anchorer.
-        assert status.stdout.count(" ready") == 5
+        # Each process with a probe answers it: the services, the chain node, the anchorer
+        # and the workload gateway.
+        assert status.stdout.count(" ready") == 6
         assert (Path(up_env["VRE_HOME"]) / "import" / "demo" / "clinical.csv").is_file()
         assert_files_are_private(Path(up_env["VRE_HOME"]))
         assert_the_demo_is_published(platform)
