@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from portal.compute import sandbox
 from vre.config import Config
 
 # What each value of the `compute_backend` setting names: module:class, imported only when chosen.
@@ -44,6 +45,13 @@ class DatasetMount:
     version: str
     content_hash: str
     tree: str
+
+
+def dataset_folders(mounts: tuple[DatasetMount, ...] | list[DatasetMount]) -> list[str]:
+    """The folder each granted dataset shows as under ~/datasets, in order: the same on every
+    backend, so a researcher's paths and the README in ~/datasets hold wherever it runs."""
+    taken: set[str] = set()
+    return [sandbox.dataset_folder(m.name, m.dataset_id, taken) for m in mounts]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from portal.compute import (
     Resources,
     WorkloadSpec,
     cgroups,
+    dataset_folders,
     sandbox,
 )
 from vre.config import Config
@@ -180,10 +181,8 @@ class LocalBackend(ComputeBackend):
             raise ComputeError("exceeds_host", why)
         if not spec.command:
             raise ComputeError("bad_spec", "the workload has no command")
-        trees = [(self._tree(m.tree), m) for m in spec.mounts]
-        taken: set[str] = set()
-        datasets = tuple((str(tree), sandbox.dataset_folder(m.name, m.dataset_id, taken))
-                         for tree, m in trees)
+        trees = [self._tree(m.tree) for m in spec.mounts]
+        datasets = tuple(zip(map(str, trees), dataset_folders(spec.mounts), strict=True))
         try:
             environment = sandbox.check_environment(spec.environment)
         except ValueError as exc:
