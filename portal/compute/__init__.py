@@ -54,6 +54,20 @@ def dataset_folders(mounts: tuple[DatasetMount, ...] | list[DatasetMount]) -> li
     return [sandbox.dataset_folder(m.name, m.dataset_id, taken) for m in mounts]
 
 
+def datasets_readme(mounts: tuple[DatasetMount, ...] | list[DatasetMount]) -> str:
+    """The text of ~/datasets/README: each mounted dataset's folder, name, version and
+    content hash, so a result can name exactly the data it came from."""
+    lines = ["The datasets granted to this workload, read-only. Each folder is one dataset at",
+             "one version; its content hash names exactly these files.", ""]
+    for mount, folder in zip(mounts, dataset_folders(mounts), strict=True):
+        lines += [f"{folder}/", f"  name:         {mount.name or mount.dataset_id}",
+                  f"  dataset id:   {mount.dataset_id}", f"  version:      {mount.version}",
+                  f"  content hash: {mount.content_hash}", ""]
+    if not mounts:
+        lines.append("(none)")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 @dataclass(frozen=True)
 class Resources:
     """What a flavor gives one workload: `gpus` counted, `gpu_ids` the devices handed over."""

@@ -37,6 +37,7 @@ from portal.compute import (
     WorkloadSpec,
     cgroups,
     dataset_folders,
+    datasets_readme,
     sandbox,
 )
 from vre.config import Config
@@ -359,19 +360,21 @@ class LocalBackend(ComputeBackend):
             platform_env.update(DISPLAY=":1", VRE_CLIPBOARD_OUT="1" if spec.clipboard_out else "0")
         if spec.resources.gpu_ids:
             platform_env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.resources.gpu_ids)
+        readme = home / "datasets-README"
+        readme.write_text(datasets_readme(spec.mounts))
         plan = sandbox.SandboxPlan(
             workload_id=spec.workload_id, command=tuple(spec.command), run_dir=str(run),
             etc_dir=str(etc), persistent=str(self._persistent(spec.owner)), datasets=datasets,
             runtime=runtime, path=path, environment=environment, platform_env=platform_env,
             host_etc=tuple(e for e in sandbox.ETC_ENTRIES if Path("/etc", e).exists()),
-            hostname=f"vre-{spec.kind}")
+            hostname=f"vre-{spec.kind}", readme=str(readme))
         launcher = home / "launch.sh"
         if root:
             launcher.write_text(sandbox.launch_script(plan, self.user, self.bwrap or "bwrap"))
             inner = ["unshare", "--mount", "--propagation", "private", "sh", str(launcher)]
         else:
-            launcher.write_text("exec " + shlex.join(sandbox.bwrap_argv(plan, self.bwrap or "bwrap",
-                                                                      direct=True)) + "\n")
+            launcher.write_text(sandbox.launch_line(
+                plan, sandbox.bwrap_argv(plan, self.bwrap or "bwrap", direct=True)))
             inner = ["sh", str(launcher)]
         launcher.chmod(0o700)
         procs = []

@@ -26,6 +26,7 @@ RUN = "/run/vre"
 STAGE = "/mnt/vre-stage"
 USER_NAME = "researcher"
 INNER_UID = 1000
+README_FD = 3
 
 # What of the host's /etc a desktop needs to draw and a program needs to start; no secrets.
 ETC_ENTRIES = ("alternatives", "fonts", "X11", "xdg", "ld.so.cache", "ld.so.conf",
@@ -73,6 +74,7 @@ class SandboxPlan:
     platform_env: Mapping[str, str] = field(default_factory=dict)
     host_etc: tuple[str, ...] = ()  # the ETC_ENTRIES that exist on this host
     hostname: str = "vre-desktop"
+    readme: str | None = None  # a host file shown read-only as ~/datasets/README
 
 
 def dataset_folder(name: str, dataset_id: str, taken: set[str]) -> str:
@@ -147,11 +149,24 @@ def bwrap_argv(plan: SandboxPlan, bwrap: str = "bwrap", direct: bool = False) ->
     for index, bind in enumerate(binds_of(plan)):
         source = bind.source if direct else staged(index)
         argv += ["--bind" if bind.writable else "--ro-bind", source, bind.target]
+    if plan.readme:
+        # Copied from the descriptor the launcher opens (see `launch_line`), before the
+        # datasets folder turns read-only.
+        argv += ["--file", str(README_FD), f"{HOME}/datasets/README"]
     argv += ["--remount-ro", f"{HOME}/datasets", "--chdir", HOME, "--clearenv"]
     for name, value in environment_of(plan).items():
         argv += ["--setenv", name, value]
     argv += ["--remount-ro", "/", "--", *plan.command]
     return argv
+
+
+def launch_line(plan: SandboxPlan, argv: list[str]) -> str:
+    """The shell line that execs a sandbox's command line, with the README's descriptor open
+    (by the launcher, which may read it; the sandbox's account need not)."""
+    line = "exec " + shlex.join(argv)
+    if plan.readme:
+        line += f" {README_FD}< {shlex.quote(plan.readme)}"
+    return line + "\n"
 
 
 def launch_script(plan: SandboxPlan, user: HostUser, bwrap: str = "bwrap") -> str:
@@ -170,8 +185,7 @@ def launch_script(plan: SandboxPlan, user: HostUser, bwrap: str = "bwrap") -> st
             lines.append(f"mount -o remount,bind,ro {target}")
     setpriv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
                "--no-new-privs", "--"]
-    lines.append("exec " + shlex.join(setpriv + bwrap_argv(plan, bwrap)))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + launch_line(plan, setpriv + bwrap_argv(plan, bwrap))
 
 
 def passwd_files(user_name: str = USER_NAME) -> dict[str, str]:

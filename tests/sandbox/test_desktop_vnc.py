@@ -92,3 +92,22 @@ def test_a_desktop_whose_vnc_server_dies_ends(compute: LocalBackend) -> None:
     log, _ = compute.logs(workload.workload_id)
     assert b"VNC server ended" in log
     assert exited is not None
+
+
+def test_the_research_desktop_has_its_tools(compute: LocalBackend) -> None:
+    tools = ("xterm", "pcmanfm", "mousepad", "aeskulap", "amide", "dcmdump", "dcm2niix")
+    checks = (f"{SESSION / 'desktop-session'} & "
+              "while [ ! -S /run/vre/vnc.sock ]; do sleep 0.1; done; sleep 1; "
+              "echo menu: $(grep -o '<command>[a-z0-9]*' ~/.config/openbox/menu.xml | cut -c10-);"
+              f" for t in {' '.join(tools)}; do command -v $t >/dev/null && echo has-$t; done; "
+              "python3 -c 'import pydicom, numpy; print(\"has-python\")'; "
+              "command -v vre-job >/dev/null || python3 -m batch_tools.cli --help >/dev/null "
+              "&& echo has-vre-job")
+    workload = spec(["bash", "-c", checks], kind="desktop", resources=DESKTOP)
+    compute.start(workload)
+    wait_exit(compute, workload.workload_id)
+    log = compute.logs(workload.workload_id)[0].decode(errors="replace")
+    menu = next(line for line in log.splitlines() if line.startswith("menu:")).split()[1:]
+    assert set(menu) == {"xterm", "pcmanfm", "mousepad", "aeskulap", "amide"}, log
+    for tool in (*tools, "python", "vre-job"):
+        assert f"has-{tool}" in log.split(), log
