@@ -31,6 +31,7 @@ import requests
 from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from portal.compute.local import descendants
 from tests.helpers import free_port
 from tests.sandbox.rfb import RfbClient, WebSocketStream
 
@@ -150,21 +151,6 @@ def bare_start(folder: Path, display: int) -> float:
         sock.unlink(missing_ok=True)
 
 
-def descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [pid], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
 def pss_mib(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -179,7 +165,7 @@ def desktop_memory_mib(home: Path, desktop_id: str) -> float:
     import json
 
     state = json.loads((home / "workloads" / desktop_id / "state.json").read_text())
-    return pss_mib(descendants(int(state["pid"])))
+    return pss_mib([int(state["pid"]), *descendants(int(state["pid"]))])
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -64,7 +64,7 @@ def create_app(config: Config | None = None) -> Flask:
         REMEMBER_COOKIE_SECURE=config.url_of("portal").startswith("https://"),
     )
     app.extensions["vre.issuer"] = TokenIssuer.from_file(
-        key_path, config.issuer, config.token_audience, config.token_ttl_seconds)
+        key_path, config.portal_issuer, config.token_audience, config.token_ttl_seconds)
     logins = LoginManager(app)
     logins.login_view = "pages.signin"
 

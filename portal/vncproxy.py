@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     config = load_config()
     portal = urlsplit(config.url_of("portal"))
-    proxy = VncProxy(TokenValidator(config.issuer, TICKET_AUDIENCE, config.jwks),
+    # Tickets come from the portal alone, whoever signs people in.
+    proxy = VncProxy(TokenValidator(config.portal_issuer, TICKET_AUDIENCE, config.portal_jwks),
                      agent_locator(config), frozenset({f"{portal.scheme}://{portal.netloc}"}))
 
     async def run() -> None:

@@ -278,6 +278,18 @@ class Config(BaseModel):
         return self.token_issuer or self.oidc_issuer or self.url_of("portal")
 
     @property
+    def portal_issuer(self) -> str:
+        """Who the portal signs the tokens it makes as (services', workloads', VNC tickets):
+        the issuer of people's tokens too, unless they sign in at an identity provider."""
+        return self.url_of("portal") if self.oidc_issuer else self.issuer
+
+    @property
+    def portal_jwks(self) -> str:
+        """Where the portal's own signing keys are published."""
+        return self.url_of("portal") + "/.well-known/jwks.json" if self.oidc_issuer \
+            else self.jwks
+
+    @property
     def jwks(self) -> str:
         if self.jwks_url:
             return self.jwks_url

@@ -127,13 +127,20 @@ class KeySet:
 
 
 class TokenValidator:
-    """Checks signature (issuer's JWKS), issuer, audience and expiry; yields a Principal."""
+    """Checks signature (issuer's JWKS), issuer, audience and expiry; yields a Principal.
 
-    def __init__(self, issuer: str, audience: str, jwks_url: str, leeway: int = 10) -> None:
+    Where people sign in at an identity provider (`issuer` is the realm), the portal is
+    trusted as a second issuer, `platform=(issuer, jwks_url)`, for the tokens it makes itself:
+    a service's, and a workload's (scoped); never a person's."""
+
+    def __init__(self, issuer: str, audience: str, jwks_url: str, leeway: int = 10,
+                 platform: tuple[str, str] | None = None) -> None:
         self.issuer = issuer
         self.audience = audience
         self.keys = KeySet(jwks_url)
         self.leeway = leeway
+        self.platform = None if platform is None or platform[0] == issuer else (
+            platform[0], KeySet(platform[1]))
         # What refuses a person's token before it expires; set where the service installs it.
         self.revocations: RevocationState | None = None
 
@@ -148,11 +155,14 @@ class TokenValidator:
             raise TokenError(f"malformed token: {exc}") from exc
         if header.get("alg") not in ALGORITHMS:
             raise TokenError(f"token algorithm {header.get('alg')!r} is not accepted")
-        key = self.keys.get(header.get("kid", ""))
+        issuer, keys = self.issuer, self.keys
+        if self.platform is not None and _unverified_issuer(token) == self.platform[0]:
+            issuer, keys = self.platform
+        key = keys.get(header.get("kid", ""))
         try:
             claims = jwt.decode(
                 token, key=key, algorithms=ALGORITHMS, audience=self.audience,
-                issuer=self.issuer, leeway=self.leeway,
+                issuer=issuer, leeway=self.leeway,
                 options={"require": ["exp", "iat", "sub", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError as exc:
@@ -164,6 +174,9 @@ class TokenValidator:
             client=claims.get("azp") or claims.get("client_id"),
             username=claims.get("preferred_username"), claims=claims,
         )
+        if issuer != self.issuer and not (principal.is_service or principal.scopes):
+            raise TokenError("people sign in at the identity provider; the platform issues "
+                             "tokens for services and workloads only")
         # A service's credentials come from the platform's secrets, not from an account; the
         # feeds themselves are read with them, so they never wait on a feed.
         if self.revocations is not None and not principal.is_service:
@@ -171,6 +184,16 @@ class TokenValidator:
             if refusal:
                 raise TokenError(refusal, code="token_revoked")
         return principal
+
+
+def _unverified_issuer(token: str) -> str | None:
+    """The `iss` a token claims, read before its signature is checked: only to choose which
+    issuer's keys check it."""
+    try:
+        iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        return None
+    return iss if isinstance(iss, str) else None
 
 
 def _header_too_deep(token: str) -> bool:

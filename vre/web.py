@@ -34,12 +34,17 @@ def create_service_app(
     app.extensions["vre.config"] = config
     app.extensions["vre.service"] = name
     app.extensions["vre.db"] = Database.for_service(config, name, migrations)
-    app.extensions["vre.validator"] = TokenValidator(
-        config.issuer, config.token_audience, config.jwks)
+    app.extensions["vre.validator"] = validator_for(config)
     register_error_handlers(app, html_errors)
     _install_request_hooks(app, name)
     app.register_blueprint(_probes(title))
     return app
+
+
+def validator_for(config: Config, audience: str | None = None) -> TokenValidator:
+    """The one token validator: people's issuer, and the portal for what it makes."""
+    return TokenValidator(config.issuer, audience or config.token_audience, config.jwks,
+                          platform=(config.portal_issuer, config.portal_jwks))
 
 
 def config_of(app: Flask | None = None) -> Config:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from portal.compute import sandbox
 from vre.config import Config
 
 # What each value of the `compute_backend` setting names: module:class, imported only when chosen.
@@ -44,6 +45,27 @@ class DatasetMount:
     version: str
     content_hash: str
     tree: str
+
+
+def dataset_folders(mounts: tuple[DatasetMount, ...] | list[DatasetMount]) -> list[str]:
+    """The folder each granted dataset shows as under ~/datasets, in order: the same on every
+    backend, so a researcher's paths and the README in ~/datasets hold wherever it runs."""
+    taken: set[str] = set()
+    return [sandbox.dataset_folder(m.name, m.dataset_id, taken) for m in mounts]
+
+
+def datasets_readme(mounts: tuple[DatasetMount, ...] | list[DatasetMount]) -> str:
+    """The text of ~/datasets/README: each mounted dataset's folder, name, version and
+    content hash, so a result can name exactly the data it came from."""
+    lines = ["The datasets granted to this workload, read-only. Each folder is one dataset at",
+             "one version; its content hash names exactly these files.", ""]
+    for mount, folder in zip(mounts, dataset_folders(mounts), strict=True):
+        lines += [f"{folder}/", f"  name:         {mount.name or mount.dataset_id}",
+                  f"  dataset id:   {mount.dataset_id}", f"  version:      {mount.version}",
+                  f"  content hash: {mount.content_hash}", ""]
+    if not mounts:
+        lines.append("(none)")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 @dataclass(frozen=True)

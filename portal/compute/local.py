@@ -36,6 +36,8 @@ from portal.compute import (
     Resources,
     WorkloadSpec,
     cgroups,
+    dataset_folders,
+    datasets_readme,
     sandbox,
 )
 from vre.config import Config
@@ -88,7 +90,7 @@ def _starttime(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
-def _children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every descendant of a process, deepest last."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -186,10 +188,8 @@ class LocalBackend(ComputeBackend):
             raise ComputeError("exceeds_host", why)
         if not spec.command:
             raise ComputeError("bad_spec", "the workload has no command")
-        trees = [(self._tree(m.tree), m) for m in spec.mounts]
-        taken: set[str] = set()
-        datasets = tuple((str(tree), sandbox.dataset_folder(m.name, m.dataset_id, taken))
-                         for tree, m in trees)
+        trees = [self._tree(m.tree) for m in spec.mounts]
+        datasets = tuple(zip(map(str, trees), dataset_folders(spec.mounts), strict=True))
         try:
             environment = sandbox.check_environment(spec.environment)
         except ValueError as exc:
@@ -279,7 +279,7 @@ class LocalBackend(ComputeBackend):
         return steps
 
     def vnc_socket(self, workload_id: str) -> Path | None:
-        socket = self._home(workload_id) / "run" / "vnc.sock"
+        socket = self._home(workload_id) / "display" / "vnc.sock"
         return socket if socket.is_socket() else None
 
     def api_socket(self, workload_id: str) -> Path | None:
@@ -364,23 +364,30 @@ class LocalBackend(ComputeBackend):
         if pythonpath:
             platform_env["PYTHONPATH"] = pythonpath
         if spec.kind == "desktop":
-            platform_env.update(DISPLAY=":1", VRE_CLIPBOARD_OUT="1" if spec.clipboard_out else "0")
+            platform_env.update(DISPLAY=sandbox.DISPLAY)
         if spec.resources.gpu_ids:
             platform_env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.resources.gpu_ids)
+        readme = home / "datasets-README"
+        readme.write_text(datasets_readme(spec.mounts))
+        host_etc = tuple(e for e in sandbox.ETC_ENTRIES if Path("/etc", e).exists())
+        display = self._display(spec, home, str(etc), host_etc) \
+            if spec.kind == "desktop" else None
         plan = sandbox.SandboxPlan(
             workload_id=spec.workload_id, command=tuple(spec.command), run_dir=str(run),
             etc_dir=str(etc), persistent=str(self._persistent(spec.owner)), datasets=datasets,
             runtime=runtime, path=path, environment=environment, platform_env=platform_env,
-            host_etc=tuple(e for e in sandbox.ETC_ENTRIES if Path("/etc", e).exists()),
-            hostname=f"vre-{spec.kind}")
+            host_etc=host_etc, hostname=f"vre-{spec.kind}", readme=str(readme),
+            x11=display.x11 if display else None)
         launcher = home / "launch.sh"
+        bwrap = self.bwrap or "bwrap"
         if root:
-            launcher.write_text(sandbox.launch_script(plan, self.user, self.bwrap or "bwrap"))
-            inner = ["unshare", "--mount", "--propagation", "private", "sh", str(launcher)]
+            launcher.write_text(sandbox.launch_script(plan, self.user, bwrap, display))
+            inner = ["unshare", "--mount", "--propagation", "private", "bash", str(launcher)]
         else:
-            launcher.write_text("exec " + shlex.join(sandbox.bwrap_argv(plan, self.bwrap or "bwrap",
-                                                                      direct=True)) + "\n")
-            inner = ["sh", str(launcher)]
+            launcher.write_text(sandbox.launch_lines(
+                plan, sandbox.bwrap_argv(plan, bwrap, direct=True), display,
+                sandbox.bwrap_argv(display, bwrap, direct=True) if display else None))
+            inner = ["bash", str(launcher)]
         launcher.chmod(0o700)
         procs = []
         if self.limits:
@@ -403,12 +410,28 @@ class LocalBackend(ComputeBackend):
         (home / "state.json").write_text(json.dumps(state))
         return state
 
+    def _display(self, spec: WorkloadSpec, home: Path, etc: str,
+                 host_etc: tuple[str, ...]) -> sandbox.SandboxPlan:
+        """A desktop's display sandbox: Xvnc alone, its VNC socket in a folder the session
+        never sees, its X11 socket in a folder the session sees read-only."""
+        folders = {}
+        for name in ("display", "x11"):
+            folder = home / name
+            folder.mkdir(mode=0o700)
+            if os.geteuid() == 0:
+                os.chown(folder, self.user.uid, self.user.gid)
+            folders[name] = str(folder)
+        return sandbox.SandboxPlan(
+            workload_id=spec.workload_id, run_dir=folders["display"], etc_dir=etc,
+            command=sandbox.display_command(spec.clipboard_out), host_etc=host_etc,
+            hostname="vre-display", x11=folders["x11"], x11_writable=True, stage_name="d")
+
     def _signal(self, workload_id: str, state: Mapping[str, Any], sig: int) -> None:
         """Signal everything the workload runs (not its keeper, which records the exit)."""
         if state.get("limits"):
             cgroups.kill_all(workload_id, sig)
         if _starttime(state["pid"]) != state["starttime"]:
             return
-        for pid in _children(state["pid"]):
+        for pid in descendants(state["pid"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)

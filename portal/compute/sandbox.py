@@ -12,7 +12,13 @@ the platform's data directory or of its environment is there.
 
 Host folders the workload account may not traverse (the 0700 data directory) are first
 bound by root below a private tmpfs in a mount namespace of the launcher's own
-(`launch_script`), and bubblewrap binds them from there."""
+(`launch_script`), and bubblewrap binds them from there.
+
+A desktop is two sandboxes side by side: the display (Xvnc alone, no data, its VNC socket in a
+folder of its own) and the session (the researcher's programs, the data). They share only
+the X11 socket folder, read-only on the session's side. Nothing in the session can reach the
+VNC socket, replace the VNC server or change what it sends (no copy-out through the
+clipboard unless the platform allows it)."""
 
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ RUN = "/run/vre"
 STAGE = "/mnt/vre-stage"
 USER_NAME = "researcher"
 INNER_UID = 1000
+README_FD = 3
+X11_FOLDER = "/tmp/.X11-unix"
+DISPLAY = ":1"
 
 # What of the host's /etc a desktop needs to draw and a program needs to start; no secrets.
 ETC_ENTRIES = ("alternatives", "fonts", "X11", "xdg", "ld.so.cache", "ld.so.conf",
@@ -73,6 +82,10 @@ class SandboxPlan:
     platform_env: Mapping[str, str] = field(default_factory=dict)
     host_etc: tuple[str, ...] = ()  # the ETC_ENTRIES that exist on this host
     hostname: str = "vre-desktop"
+    readme: str | None = None  # a host file shown read-only as ~/datasets/README
+    x11: str | None = None  # the host folder of the desktop's X11 socket
+    x11_writable: bool = False  # the display's side creates the socket; the session's reads
+    stage_name: str = "w"  # staged binds' prefix, distinct for each sandbox of one launcher
 
 
 def dataset_folder(name: str, dataset_id: str, taken: set[str]) -> str:
@@ -106,12 +119,26 @@ def binds_of(plan: SandboxPlan) -> list[Bind]:
     if plan.persistent:
         binds.append(Bind(plan.persistent, f"{HOME}/persistent", writable=True))
     binds.append(Bind(plan.run_dir, RUN, writable=True))
+    if plan.x11:
+        binds.append(Bind(plan.x11, X11_FOLDER, writable=plan.x11_writable))
     return binds
 
 
-def staged(index: int) -> str:
-    """Where bind number `index` is staged by root before bubblewrap takes it."""
-    return f"{STAGE}/{index}"
+def staged(plan: SandboxPlan, index: int) -> str:
+    """Where bind number `index` of a plan is staged by root before bubblewrap takes it."""
+    return f"{STAGE}/{plan.stage_name}{index}"
+
+
+def display_command(clipboard_out: bool, geometry: str = "1600x900") -> tuple[str, ...]:
+    """The display sandbox's VNC server: on a Unix socket in its run folder, no TCP, one
+    viewer at a time, the viewer's clipboard taken (paste in) and its own sent only when the
+    platform allows copy-out; a client of the X server may change nothing but the name."""
+    send = "1" if clipboard_out else "0"
+    return ("Xvnc", DISPLAY, "-rfbport", "-1", "-rfbunixpath", f"{RUN}/vnc.sock",
+            "-rfbunixmode", "0600", "-SecurityTypes", "None", "-nolisten", "tcp",
+            "-geometry", geometry, "-depth", "24", "-AlwaysShared=0",
+            "-AllowOverride=desktop", f"-SendCutText={send}", f"-SendPrimary={send}",
+            "-AcceptCutText=1")
 
 
 def environment_of(plan: SandboxPlan) -> dict[str, str]:
@@ -145,8 +172,12 @@ def bwrap_argv(plan: SandboxPlan, bwrap: str = "bwrap", direct: bool = False) ->
     for name in ("passwd", "group"):
         argv += ["--ro-bind", f"{etc}/{name}", f"/etc/{name}"]
     for index, bind in enumerate(binds_of(plan)):
-        source = bind.source if direct else staged(index)
+        source = bind.source if direct else staged(plan, index)
         argv += ["--bind" if bind.writable else "--ro-bind", source, bind.target]
+    if plan.readme:
+        # Copied from the descriptor the launcher opens (see `launch_lines`), before the
+        # datasets folder turns read-only.
+        argv += ["--file", str(README_FD), f"{HOME}/datasets/README"]
     argv += ["--remount-ro", f"{HOME}/datasets", "--chdir", HOME, "--clearenv"]
     for name, value in environment_of(plan).items():
         argv += ["--setenv", name, value]
@@ -154,24 +185,57 @@ def bwrap_argv(plan: SandboxPlan, bwrap: str = "bwrap", direct: bool = False) ->
     return argv
 
 
-def launch_script(plan: SandboxPlan, user: HostUser, bwrap: str = "bwrap") -> str:
-    """A shell script for root, run in a mount namespace of its own: stage every bind below a
+def _command(plan: SandboxPlan, argv: list[str]) -> str:
+    """A sandbox's command line for the shell, with the README's descriptor open (by the
+    launcher, which may read it; the sandbox's account need not)."""
+    line = shlex.join(argv)
+    if plan.readme:
+        line += f" {README_FD}< {shlex.quote(plan.readme)}"
+    return line
+
+
+def launch_lines(plan: SandboxPlan, argv: list[str], display: SandboxPlan | None = None,
+                 display_argv: list[str] | None = None) -> str:
+    """The end of a launcher: exec the sandbox; or, for a desktop, start the display and the
+    session side by side and end both as soon as either ends (a VNC server that dies ends
+    the desktop, saying so)."""
+    if display is None or display_argv is None:
+        return "exec " + _command(plan, argv) + "\n"
+    return "\n".join([
+        f"{_command(display, display_argv)} & display=$!",
+        f"{_command(plan, argv)} & session=$!",
+        "trap 'kill -TERM $display $session 2>/dev/null' TERM INT",
+        "wait -n $display $session; status=$?",
+        "if ! kill -0 $display 2>/dev/null; then",
+        '  echo "desktop: the VNC server ended (status $status)"; [ "$status" = 0 ] && status=1',
+        "fi",
+        "kill -TERM $display $session 2>/dev/null; wait",
+        "exit $status"]) + "\n"
+
+
+def launch_script(plan: SandboxPlan, user: HostUser, bwrap: str = "bwrap",
+                  display: SandboxPlan | None = None) -> str:
+    """A bash script for root, run in a mount namespace of its own: stage every bind below a
     private tmpfs (read-only ones remounted read-only), then become the workload account,
-    without privileges to regain, and exec bubblewrap."""
+    without privileges to regain, and run bubblewrap (twice for a desktop: the display and
+    the session)."""
     lines = ["set -eu", f"mkdir -p {STAGE}",
              f"mount -t tmpfs -o mode=0755,size=1m vre-stage {STAGE}",
              f"mkdir {STAGE}/etc", f"mount --bind {shlex.quote(plan.etc_dir)} {STAGE}/etc",
              f"mount -o remount,bind,ro {STAGE}/etc"]
-    for index, bind in enumerate(binds_of(plan)):
-        target = shlex.quote(staged(index))
-        lines.append(f"mkdir {target}")
-        lines.append(f"mount --rbind {shlex.quote(bind.source)} {target}")
-        if not bind.writable:
-            lines.append(f"mount -o remount,bind,ro {target}")
+    for each in (plan, display) if display else (plan,):
+        for index, bind in enumerate(binds_of(each)):
+            target = shlex.quote(staged(each, index))
+            lines.append(f"mkdir {target}")
+            lines.append(f"mount --rbind {shlex.quote(bind.source)} {target}")
+            if not bind.writable:
+                lines.append(f"mount -o remount,bind,ro {target}")
+    lines.append("set +e")
     setpriv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
                "--no-new-privs", "--"]
-    lines.append("exec " + shlex.join(setpriv + bwrap_argv(plan, bwrap)))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + launch_lines(
+        plan, setpriv + bwrap_argv(plan, bwrap), display,
+        setpriv + bwrap_argv(display, bwrap) if display else None)
 
 
 def passwd_files(user_name: str = USER_NAME) -> dict[str, str]:

@@ -11,6 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from portal.compute import DatasetMount, Resources, WorkloadSpec, dataset_folders
+from portal.compute.charts import desktop_values
+from portal.compute.sandbox import HOME, SandboxPlan, binds_of
 from tests.deploy.charts import (
     CHARTS,
     KUBE_VERSIONS,
@@ -27,8 +30,8 @@ from tests.deploy.charts import (
 RELEASE, NAMESPACE = "desktop-7f3a", "vre-workloads"
 GRANTED: dict[str, Any] = {
     "desktop": {"id": "7f3a", "owner": "u-42"},
-    "datasets": [{"id": "ds-0001", "subPath": "datasets/ds-0001/v1"},
-                 {"id": "ds-0002", "subPath": "datasets/ds-0002/v3"}],
+    "datasets": [{"id": "ds-0001", "folder": "Chest-CT", "subPath": "datasets/ds-0001"},
+                 {"id": "ds-0002", "folder": "ds-0002", "subPath": "datasets/ds-0002"}],
     "token": {"existingSecret": "desktop-7f3a-token"},
     "vnc": {"existingSecret": "desktop-7f3a-vnc"},
     "home": {"existingClaim": "home-u-42"},
@@ -84,15 +87,15 @@ def test_granted_datasets_are_mounted_read_only_and_nothing_else(
                                                    "readOnly": True}
     mounts = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "repository"]
     assert mounts == [
-        {"name": "repository", "mountPath": "/datasets/ds-0001",
-         "subPath": "datasets/ds-0001/v1", "readOnly": True},
-        {"name": "repository", "mountPath": "/datasets/ds-0002",
-         "subPath": "datasets/ds-0002/v3", "readOnly": True},
+        {"name": "repository", "mountPath": "/home/researcher/datasets/Chest-CT",
+         "subPath": "datasets/ds-0001", "readOnly": True},
+        {"name": "repository", "mountPath": "/home/researcher/datasets/ds-0002",
+         "subPath": "datasets/ds-0002", "readOnly": True},
     ]
-    # Every mount but the home and scratch space is read-only.
+    # Every mount but the persistent folder and scratch space is read-only.
     writable = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]
                 if not m.get("readOnly")}
-    assert writable == {"/home/researcher", "/tmp"}
+    assert writable == {"/home/researcher", "/home/researcher/persistent", "/tmp"}
 
 
 def test_without_grants_no_repository_is_mounted(rendered: dict[str, list[Manifest]]) -> None:
@@ -102,8 +105,8 @@ def test_without_grants_no_repository_is_mounted(rendered: dict[str, list[Manife
 
 @pytest.mark.parametrize("sub_path", ["../secrets", "datasets/../../etc", "/datasets/ds-1"])
 def test_a_sub_path_outside_the_repository_is_refused(helm_home: Path, sub_path: str) -> None:
-    result = template(helm_home, "desktop", RELEASE, NAMESPACE,
-                      {"datasets": [{"id": "ds-1", "subPath": sub_path}]}, check=False)
+    result = template(helm_home, "desktop", RELEASE, NAMESPACE, {"datasets": [
+        {"id": "ds-1", "folder": "ds-1", "subPath": sub_path}]}, check=False)
     assert result.returncode != 0
     assert "subPath" in result.stderr or "does not match pattern" in result.stderr
 
@@ -212,3 +215,44 @@ def test_a_desktop_without_brought_secrets_makes_its_own(
     assert set(secret["data"]) == {"password"}
     [home] = of_kind(defaults, "PersistentVolumeClaim")
     assert home["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+@pytest.mark.parametrize("folder", ["../persistent", "a/b", ".hidden"])
+def test_a_folder_outside_the_datasets_folder_is_refused(helm_home: Path, folder: str) -> None:
+    result = template(helm_home, "desktop", RELEASE, NAMESPACE, {"datasets": [
+        {"id": "ds-1", "folder": folder, "subPath": "datasets/ds-1"}]}, check=False)
+    assert result.returncode != 0
+    assert "folder" in result.stderr or "does not match pattern" in result.stderr
+
+
+def test_a_pod_mounts_what_a_local_sandbox_binds(helm_home: Path) -> None:
+    """One mount contract: from the same grant, the desktop chart and the local sandbox put
+    each dataset's tree at the same place, read-only, and the persistent folder beside it."""
+    mounts = (DatasetMount("ds-1", "Knee MR (demo)", "1", "a" * 64, "datasets/ds-1"),
+              DatasetMount("ds-2", "Knee MR (demo)", "2", "b" * 64, "datasets/ds-2"),
+              DatasetMount("ds-3", "", "1", "c" * 64, "datasets/ds-3"))
+    spec = WorkloadSpec(workload_id="d7f3a", owner="u-42", kind="desktop", application="desktop",
+                        command=("desktop-session",), mounts=mounts, image="vre/desktop:0.1.0",
+                        resources=Resources(cpus=2, memory_mib=4096, gpus=1))
+    values = desktop_values(spec, home_claim="home-u-42", token_secret="d7f3a-token",
+                            vnc_secret="d7f3a-vnc")
+    pod = _pod(parse(template(helm_home, "desktop", RELEASE, NAMESPACE, values).stdout))["spec"]
+    container = pod["containers"][0]
+    in_pod = {m["mountPath"]: (m["subPath"], m["readOnly"])
+              for m in container["volumeMounts"] if m["name"] == "repository"}
+    plan = SandboxPlan(workload_id=spec.workload_id, command=spec.command, run_dir="/run-dir",
+                       etc_dir="/etc-dir", persistent="/persistent",
+                       datasets=tuple((f"/repository/{m.tree}", folder) for m, folder
+                                      in zip(mounts, dataset_folders(mounts), strict=True)))
+    binds = binds_of(plan)
+    in_sandbox = {b.target: (b.source.removeprefix("/repository/"), not b.writable)
+                  for b in binds if b.source.startswith("/repository/")}
+    assert in_pod == in_sandbox == {
+        f"{HOME}/datasets/Knee-MR-demo": ("datasets/ds-1", True),
+        f"{HOME}/datasets/ds-2": ("datasets/ds-2", True),
+        f"{HOME}/datasets/ds-3": ("datasets/ds-3", True)}
+    persistent = next(b.target for b in binds if b.source == "/persistent")
+    assert {"name": "home", "mountPath": persistent} in container["volumeMounts"]
+    assert container["image"] == "vre/desktop:0.1.0"
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "4096Mi",
+                                                "nvidia.com/gpu": 1}

@@ -17,7 +17,7 @@ import pytest
 
 from portal.compute import ComputeError, DatasetMount, Exited, Resources
 from portal.compute.local import LocalBackend
-from tests.sandbox.conftest import SECRET, python, spec, wait_exit
+from tests.sandbox.conftest import GRANTED, SECRET, python, spec, wait_exit
 
 Run = Callable[..., tuple[Exited, str]]
 
@@ -33,8 +33,10 @@ def test_granted_dataset_is_readable_and_read_only(run: Run) -> None:
     seen = probe(run, """
 root = os.path.expanduser("~/datasets")
 out = {"folders": sorted(os.listdir(root)),
-       "text": open(root + "/Chest-CT/series/slice.dcm").read()}
-for target in (root + "/Chest-CT/series/slice.dcm", root + "/Chest-CT/new", root + "/new"):
+       "text": open(root + "/Chest-CT/series/slice.dcm").read(),
+       "readme": open(root + "/README").read()}
+for target in (root + "/Chest-CT/series/slice.dcm", root + "/Chest-CT/new", root + "/new",
+               root + "/README"):
     try:
         open(target, "a").write("x")
         out[target] = "written"
@@ -42,8 +44,12 @@ for target in (root + "/Chest-CT/series/slice.dcm", root + "/Chest-CT/new", root
         out[target] = exc.errno
 print(json.dumps(out))
 """)
-    assert seen.pop("folders") == ["Chest-CT"]
+    assert seen.pop("folders") == ["Chest-CT", "README"]
     assert seen.pop("text") == "granted pixels"
+    # The README names each mounted dataset exactly: folder, version and content hash.
+    readme = seen.pop("readme")
+    assert "Chest-CT/" in readme and "version:      1.0" in readme
+    assert f"content hash: {GRANTED.content_hash}" in readme
     assert set(seen.values()) <= {30, 13}, seen  # EROFS or EACCES, never written
 
 

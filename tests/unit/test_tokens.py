@@ -9,7 +9,16 @@ from pathlib import Path
 import jwt
 import pytest
 
-from vre.tokens import TokenError, TokenIssuer, TokenValidator, bearer_token, generate_signing_key
+from vre.config import load_config
+from vre.tokens import (
+    WORKLOAD_SCOPE,
+    TokenError,
+    TokenIssuer,
+    TokenValidator,
+    bearer_token,
+    generate_signing_key,
+)
+from vre.web import validator_for
 
 
 @pytest.fixture
@@ -66,3 +75,59 @@ def test_authorization_header_parsing() -> None:
     assert bearer_token("Bearer abc") == "abc"
     with pytest.raises(TokenError):
         bearer_token("Basic dXNlcjpwYXNz")
+
+
+@pytest.fixture
+def realm_and_portal(tmp_path: Path) -> tuple[TokenIssuer, TokenIssuer, TokenValidator]:
+    """An identity provider's realm that signs people in, and the portal beside it."""
+    keys = {}
+    for name in ("realm", "portal"):
+        generate_signing_key(tmp_path / f"{name}.pem")
+        keys[name] = TokenIssuer.from_file(tmp_path / f"{name}.pem", f"http://{name}", "vre", 60)
+        (tmp_path / f"{name}.json").write_text(json.dumps(keys[name].jwks()))
+    validator = TokenValidator("http://realm", "vre", (tmp_path / "realm.json").as_uri(),
+                               platform=("http://portal", (tmp_path / "portal.json").as_uri()))
+    return keys["realm"], keys["portal"], validator
+
+
+def test_the_portal_is_trusted_beside_the_realm_for_what_it_makes(
+        realm_and_portal: tuple[TokenIssuer, TokenIssuer, TokenValidator]) -> None:
+    realm, portal, validator = realm_and_portal
+    assert validator.validate(realm.issue("alice", ["researcher"])[0]).subject == "alice"
+    workload = portal.issue("alice", ["researcher"], scope=WORKLOAD_SCOPE, wid="d1")[0]
+    assert validator.validate(workload).workload_id == "d1"
+    service = portal.issue("service:tracer", ["service"])[0]
+    assert validator.validate(service).is_service
+
+
+def test_the_portal_makes_no_person_tokens_beside_a_realm(
+        realm_and_portal: tuple[TokenIssuer, TokenIssuer, TokenValidator],
+        tmp_path: Path) -> None:
+    realm, portal, validator = realm_and_portal
+    refused = [
+        portal.issue("alice", ["admin"])[0],  # a person's, unscoped
+        portal.issue("alice", ["admin"], scope="openid profile")[0],  # OIDC scopes limit nothing
+        # The realm's key cannot pass as the portal's, nor the portal's as the realm's.
+        realm.issue("alice", ["researcher"], iss="http://portal", scope=WORKLOAD_SCOPE)[0],
+        portal.issue("alice", ["researcher"], iss="http://realm")[0],
+    ]
+    for token in refused:
+        with pytest.raises(TokenError) as caught:
+            validator.validate(token)
+        assert caught.value.code == "token_invalid"
+
+
+def test_with_a_realm_the_portal_signs_as_itself(tmp_path: Path) -> None:
+    local = load_config(env={}, home=tmp_path, portal_url="https://vre.example.org")
+    assert local.portal_issuer == local.issuer == "https://vre.example.org"
+    realm = "https://id.example.org/realms/vre"
+    oidc = load_config(env={}, home=tmp_path, portal_url="https://vre.example.org",
+                       identity="oidc", oidc_server_url="https://id.example.org",
+                       oidc_realm="vre", oidc_client_id="vre-portal",
+                       oidc_client_secret="x" * 32)
+    assert oidc.issuer == realm
+    assert oidc.portal_issuer == "https://vre.example.org"
+    assert oidc.portal_jwks == "https://vre.example.org/.well-known/jwks.json"
+    validator = validator_for(oidc)
+    assert validator.issuer == realm and validator.platform is not None
+    assert validator.platform[0] == "https://vre.example.org"
