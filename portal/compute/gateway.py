@@ -35,6 +35,7 @@ from portal.models import Workload
 from vre.config import Config
 from vre.db import Database
 from vre.tokens import WORKLOAD_SCOPE, TokenError, TokenIssuer, TokenValidator, bearer_token
+from vre.web import validator_for
 
 log = logging.getLogger("vre.compute.gateway")
 SYNC_SECONDS = 1.0
@@ -253,10 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     config = load_config()
     db = Database.for_service(config, "portal", service("portal").migrations)
-    issuer = TokenIssuer.from_file(config.signing_key_path, config.issuer,
+    issuer = TokenIssuer.from_file(config.signing_key_path, config.portal_issuer,
                                    config.token_audience, config.token_ttl_seconds)
-    gateway = WorkloadGateway(config, db, TokenValidator(
-        config.issuer, config.token_audience, config.jwks), issuer)
+    gateway = WorkloadGateway(config, db, validator_for(config), issuer)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     beat = heartbeat_path(config)
