@@ -296,9 +296,11 @@ def open_dataset(where: str | os.PathLike[str], home: Path | None = None) -> Mou
     """Open a mounted dataset by its path, or by its folder name under ~/datasets."""
     path = Path(where).expanduser()
     if not (path / INDEX_NAME).is_file() and len(path.parts) == 1:
-        named = (home or datasets_home()) / path
-        if named.is_dir():
-            path = named
+        home = home or datasets_home()
+        if not (home / path).is_dir():
+            raise DataError("dataset_not_found", f"no dataset folder {str(path)!r} here nor "
+                            f"under {home} (its README lists the granted ones)")
+        path = home / path
     return MountedDataset.open(path)
 
 

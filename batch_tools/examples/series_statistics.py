@@ -69,13 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
         return 2
+    from pyspark.sql import SparkSession
+
     from batch_tools.spark import spark_session
 
+    # A session already open in this process (a notebook's, a caller's) is used and left
+    # open; one started here is stopped here.
+    ours = SparkSession.getActiveSession() is None
     spark = spark_session("series-statistics")
     try:
         series, groups = run(mounted, spark)
     finally:
-        spark.stop()
+        if ours:
+            spark.stop()
     with open(output / "series_statistics.csv", "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()

@@ -153,6 +153,17 @@ def test_a_series_loads_as_pydicom_reads_it_rescaled_and_in_order(tree: Path) ->
     assert ct.min() < -900, "CT is in Hounsfield units: air is about -1000"
 
 
+def test_slices_are_stacked_in_space_whatever_their_file_names(tree: Path,
+                                                                writable_copy: Path) -> None:
+    record = open_dataset(tree).series()[0]
+    files = sorted((writable_copy / record.folder).glob("*.dcm"))
+    first, last = files[0].read_bytes(), files[-1].read_bytes()
+    files[0].write_bytes(last)
+    files[-1].write_bytes(first)
+    np.testing.assert_array_equal(open_dataset(writable_copy).load_series(record),
+                                  open_dataset(tree).load_series(record))
+
+
 def test_a_corrupted_file_is_named_relative_to_the_dataset(writable_copy: Path) -> None:
     dataset = open_dataset(writable_copy)
     record = dataset.series()[0]
@@ -316,16 +327,21 @@ def test_train_classifier_writes_a_model_and_its_metrics(tree: Path, tmp_path: P
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["classes"] == metrics["classes"] and saved["state_dict"]
     assert _snapshot(tree) == before
-    refused = _run_example("train_classifier", str(tree))
-    assert refused.returncode == 2 and "VRE_JOB_OUTPUT" in refused.stderr
+    for example in ("train_classifier", "series_statistics"):
+        refused = _run_example(example, str(tree), env={"VRE_JOB_OUTPUT": ""})
+        assert refused.returncode == 2 and "VRE_JOB_OUTPUT" in refused.stderr
 
 
-def test_series_statistics_computes_per_series_figures_with_spark(tree: Path,
+def test_series_statistics_computes_per_series_figures_with_spark(spark, tree: Path,
                                                                  tmp_path: Path) -> None:
     import csv
 
-    done = _run_example("series_statistics", str(tree), str(tmp_path / "out"))
-    assert done.returncode == 0, done.stderr
+    from batch_tools.examples import series_statistics
+
+    # In this process, on the module's Spark session (a second JVM would double the cost):
+    # the job's own entry point, from its arguments to its files.
+    assert series_statistics.main([str(tree), str(tmp_path / "out")]) == 0
+    assert not spark.sparkContext._jsc.sc().isStopped(), "a caller's session stays open"
     dataset = open_dataset(tree)
     with open(tmp_path / "out" / "series_statistics.csv", newline="") as rows:
         table = {r["series_uid"]: r for r in csv.DictReader(rows)}
