@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from batch_tools.data import MountedDataset
+from batch_tools.data import MountedDataset, open_dataset
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -35,7 +35,8 @@ def session_settings(master: str = "local[2]",
 def spark_session(app_name: str = "vre-job", master: str = "local[2]",
                   extra: Mapping[str, str] | None = None) -> SparkSession:
     """A SparkSession in local mode, bound to loopback, without a web UI."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # The sandbox has loopback only: whatever the environment says, Spark binds there.
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     # Python workers run the interpreter of this job (its virtual environment, with pydicom
     # and batch_tools), not whichever python3 comes first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -58,14 +59,22 @@ _SERIES_COLUMNS = (
 )
 
 
+Source = MountedDataset | str | os.PathLike[str]
+
+
+def _opened(dataset: Source) -> MountedDataset:
+    return dataset if isinstance(dataset, MountedDataset) else open_dataset(dataset)
+
+
 def series_rows(dataset: MountedDataset) -> list[tuple[Any, ...]]:
     return [tuple(getattr(se, name) for name, _ in _SERIES_COLUMNS) for se in dataset.series()]
 
 
-def series_frame(spark: SparkSession, dataset: MountedDataset) -> DataFrame:
-    """One row per series of the index (its folder relative to the dataset)."""
+def series_frame(spark: SparkSession, dataset: Source) -> DataFrame:
+    """One row per series of the index (its folder relative to the dataset); `dataset` is
+    an opened dataset, its path or its folder name under ~/datasets."""
     schema = ", ".join(f"`{name}` {kind}" for name, kind in _SERIES_COLUMNS)
-    return spark.createDataFrame(series_rows(dataset), schema)
+    return spark.createDataFrame(series_rows(_opened(dataset)), schema)
 
 
 def _column_kind(values: list[Any]) -> str:
@@ -104,8 +113,8 @@ def clinical_table(dataset: MountedDataset) -> tuple[list[tuple[str, str]], list
     return columns, rows
 
 
-def clinical_frame(spark: SparkSession, dataset: MountedDataset) -> DataFrame:
+def clinical_frame(spark: SparkSession, dataset: Source) -> DataFrame:
     """One row per subject: demographics, diagnosis and the clinical values."""
-    columns, rows = clinical_table(dataset)
+    columns, rows = clinical_table(_opened(dataset))
     schema = ", ".join(f"`{name}` {kind}" for name, kind in columns)
     return spark.createDataFrame(rows, schema)

@@ -295,7 +295,7 @@ def test_spark_reads_the_index_and_the_clinical_data(spark, tree: Path) -> None:
                    for r in series.groupBy("modality").sum("instances").collect()}
     assert by_modality == {m: sum(s.instances for s in dataset.series(modality=m))
                            for m in ("CT", "MR")}
-    clinical = clinical_frame(spark, dataset)
+    clinical = clinical_frame(spark, str(tree))  # by its path as well as opened
     assert clinical.count() == len(dataset.subjects)
     assert {"subject", "age", "sex", "diagnosis"} <= set(clinical.columns)
     ages = {r.subject: r.age for r in clinical.collect()}
