@@ -15,7 +15,7 @@ def serve(svc: Service, config: Config, port: int) -> None:
     """Run until SIGTERM/SIGINT. Each worker builds the app with `create_app()` from the
     environment, as the caller did to check it; the app logs each request itself."""
     Granian(
-        f"{svc.package}:create_app", factory=True, interface=Interfaces.WSGI,
+        svc.factory, factory=True, interface=Interfaces.WSGI,
         address=config.host, port=port, workers=config.workers,
         blocking_threads=config.threads, log_level=LogLevels.warning, log_access=False,
         respawn_failed_workers=True, workers_kill_timeout=10,

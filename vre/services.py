@@ -22,8 +22,15 @@ class Service:
     def migrations(self) -> str:
         return f"{self.package}:migrations"
 
+    @property
+    def factory(self) -> str:
+        """Where its app factory is, as a server names it ('portal.app:create_app'): the
+        package itself stays light, for the clients that ship into workloads."""
+        return f"{self.package}.app:create_app"
+
     def module(self) -> Any:
-        return importlib.import_module(self.package)
+        """The module holding the service's app factory (and, through it, all its models)."""
+        return importlib.import_module(f"{self.package}.app")
 
 
 SERVICES: tuple[Service, ...] = (

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-import portal
+import portal.app
 from dataset_service.models import Project, ProjectMember
 from portal.catalogues import DEFAULT_APPLICATIONS, DEFAULT_FLAVORS, seed_defaults
 from portal.models import EVERYONE, Application, Flavor, Quota, User
@@ -635,7 +635,7 @@ def test_quota_forms(admin_portal: Flask) -> None:
 
 
 def test_empty_catalogues_say_so(config: Config) -> None:
-    app = portal.create_app(config)
+    app = portal.app.create_app(config)
     app.extensions["vre.db"].migrate(config, "portal")
     app.testing = True
     add_people(app)
