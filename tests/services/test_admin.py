@@ -14,12 +14,12 @@ from flask import Flask
 
 import portal.app
 from dataset_service.models import Project, ProjectMember
+from launcher.local import first_start
 from portal.catalogues import DEFAULT_APPLICATIONS, DEFAULT_FLAVORS, seed_defaults
 from portal.models import EVERYONE, Application, Flavor, Quota, User
 from tests.helpers import auth, serving
 from tests.portal_helpers import AS_ROLE, add_people, make_portal, post, signed_in
 from vre.config import Config
-from vre.local import first_start
 
 ROLES = ("anonymous", "researcher", "steward", "admin")
 HOST = {"host_cpus": 16, "host_memory_mib": 65536, "host_gpus": 0}
