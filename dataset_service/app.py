@@ -17,7 +17,7 @@ from dataset_service.ingest import Ingestor
 from dataset_service.models import RevokedUser, trace_outbox
 from dataset_service.repository import Repository
 from tracer.client import TracerClient, checked_trace
-from vre import revocation
+from vre import revocation, revocation_feed
 from vre.config import Config, ConfigError, load_config
 from vre.db import Database
 from vre.outbox import install_outbox, outbox_of
@@ -50,7 +50,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["dataset.tracer"] = TracerClient(config.url_of("tracer"), tokens)
     install_outbox(app, trace_outbox, lambda traces, timeout: app.extensions[
         "dataset.tracer"].record_many(traces, timeout=timeout))
-    revocation.install(app, _revoked_people(app.extensions["vre.db"]), tokens)
+    revocation_feed.install(app, _revoked_people(app.extensions["vre.db"]), tokens)
     return app
 
 

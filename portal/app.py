@@ -29,7 +29,7 @@ from portal.identity import install_identity
 from portal.models import User, trace_outbox
 from portal.ratelimit import SignInLimiter, install_limiter
 from portal.revocations import SESSION_HANDLE, browser_session_holds, own_revocations
-from vre import revocation
+from vre import revocation_feed
 from vre.config import Config, ConfigError, load_config
 from vre.errors import ApiError
 from vre.outbox import install_outbox
@@ -91,7 +91,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     clients.install(app)
-    revocation.install(app, own_revocations(db_of(app)), app.extensions["portal.service_token"])
+    revocation_feed.install(app, own_revocations(db_of(app)),
+                            app.extensions["portal.service_token"])
     fragments.install(app)
     pagecache.install(app, config.page_cache_seconds)
     app.register_blueprint(pages_catalogue.bp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from vre import revocation
+from vre import revocation_feed
 from vre.config import Config, ConfigError, load_config
 from vre.service_auth import IssuedToken
 from vre.services import service
@@ -34,6 +34,6 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["tracer.tree"] = LogTree()
     app.register_blueprint(api.bp)
     # Auditors are people: the tracer refuses them as the portal and the dataset service do.
-    revocation.install(app, None, IssuedToken.for_service(
+    revocation_feed.install(app, None, IssuedToken.for_service(
         config.url_of("portal"), SERVICE.name, config.service_secret or ""))
     return app
