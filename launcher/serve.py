@@ -3,12 +3,26 @@ run on a pool of Python threads per worker process; graceful stop on SIGTERM."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from granian import Granian
 from granian.constants import Interfaces
 from granian.log import LogLevels
 
 from vre.config import Config
 from vre.services import Service
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+
+def app_factory(svc: Service) -> Callable[[Config], Flask]:
+    """The service's `create_app`, imported by the name the registry gives (the core names
+    the services but imports none of them; the launcher, above them, does)."""
+    module, _, name = svc.factory.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def serve(svc: Service, config: Config, port: int) -> None:

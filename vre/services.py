@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,10 +25,6 @@ class Service:
         """Where its app factory is, as a server names it ('portal.app:create_app'): the
         package itself stays light, for the clients that ship into workloads."""
         return f"{self.package}.app:create_app"
-
-    def module(self) -> Any:
-        """The module holding the service's app factory (and, through it, all its models)."""
-        return importlib.import_module(f"{self.package}.app")
 
 
 SERVICES: tuple[Service, ...] = (
