@@ -8,15 +8,20 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from portal.client import PortalClient, PortalError
-from vre.config import ConfigError, load_config
-from vre.service_auth import StaticToken, TokenSource, command_line_tokens
+# The client, the configuration (pydantic) and HTTP are imported once the arguments are
+# parsed: `vre-job --help` and a mistyped command answer at once, without loading them.
+if TYPE_CHECKING:
+    from portal.client import PortalClient
+    from vre.service_auth import TokenSource
 
 
 def _tokens(args: argparse.Namespace) -> TokenSource | None:
     """A desktop's own token (VRE_TOKEN), one given, or a user's (password on stdin)."""
+    from vre.config import load_config
+    from vre.service_auth import StaticToken, command_line_tokens
+
     token = args.token or os.environ.get("VRE_TOKEN")
     if token:
         return StaticToken(token)
@@ -72,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from portal.client import PortalClient, PortalError
+    from vre.config import ConfigError, load_config
+
     try:
         portal = args.portal or load_config().url_of("portal")
         client = PortalClient(portal, _tokens(args))
