@@ -22,6 +22,7 @@ import pytest
 from batch_tools.data import DataError, MountedDataset, SeriesCache, open_dataset
 from dataset_service.demo import DemoSpec, generate_demo_data
 from dataset_service.models import Project, ProjectMember
+from launcher.serve import app_factory
 from tests.conftest import ISSUER
 from tests.helpers import auth, serving
 from tracer.client import TracerClient
@@ -36,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _app(config, name: str):
-    app = service(name).module().create_app(config)
+    app = app_factory(service(name))(config)
     app.extensions["vre.db"].migrate(config, name)
     app.testing = True
     return app
