@@ -8,17 +8,21 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from portal.client import PortalClient, PortalError
-from vre.client import unix_socket_pool
-from vre.config import ConfigError, load_config
-from vre.service_auth import FileToken, StaticToken, TokenSource, command_line_tokens
+# The client, the configuration (pydantic) and HTTP are imported once the arguments are
+# parsed: `vre-job --help` and a mistyped command answer at once, without loading them.
+if TYPE_CHECKING:
+    from portal.client import PortalClient
+    from vre.service_auth import TokenSource
 
 
 def _tokens(args: argparse.Namespace) -> TokenSource | None:
     """One given (--token, VRE_TOKEN), the workload's own that the platform keeps current
     (VRE_TOKEN_FILE, inside a desktop or job), or a user's (password on stdin)."""
+    from vre.config import load_config
+    from vre.service_auth import FileToken, StaticToken, command_line_tokens
+
     token = args.token or os.environ.get("VRE_TOKEN")
     if token:
         return StaticToken(token)
@@ -31,6 +35,10 @@ def _tokens(args: argparse.Namespace) -> TokenSource | None:
 def _client(args: argparse.Namespace) -> PortalClient:
     """The portal through the workload's API socket inside a desktop or job (it has no
     network), else over HTTP."""
+    from portal.client import PortalClient
+    from vre.client import unix_socket_pool
+    from vre.config import load_config
+
     socket_path = os.environ.get("VRE_API_SOCKET")
     if socket_path and not args.portal:
         return PortalClient("http://localhost", _tokens(args), pool=unix_socket_pool(socket_path))
@@ -85,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from portal.client import PortalError
+    from vre.config import ConfigError
+
     try:
         print(args.func(_client(args), args))
     except ConfigError as exc:

@@ -44,9 +44,9 @@ from dataset_service import datasets as ds
 from dataset_service.dicom import dataset_hash
 from dataset_service.models import Dataset, DatasetStudy, Project, Series, Study, Subject
 from dataset_service.search import backend_for
+from launcher.local import service_env
 from vre.config import Config, load_config
 from vre.db import Database, bulk_insert, drop_schemas
-from vre.local import service_env
 
 SERVICE, MIGRATIONS = "dataset_service", "dataset_service:migrations"
 
@@ -293,7 +293,7 @@ def serving(config: Config, name: str = SERVICE) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
     env.update(service_env(config, name))
     log = open(config.home / f"{name}.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "vre", "serve", name], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "serve", name], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = config.url_of(name)
     try:

@@ -53,7 +53,7 @@ from catalogue_search import (
     serving,
 )
 
-from vre import local
+from launcher import local
 from vre.db import Database, drop_schemas
 from vre.services import service
 

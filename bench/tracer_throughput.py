@@ -206,14 +206,14 @@ def main() -> int:
         contract = JsonRpcChainClient(chain_url, ANVIL_DEV_PRIVATE_KEY).deploy()
         config, issuer = make_config(home, args.database_url or None, chain_url, contract)
         token = issuer.issue("service:bench", ["service"])[0]
-        from vre.local import migrate_all
+        from launcher.local import migrate_all
 
         migrate_all(config)
         url = config.url_of("tracer")
         print(f"tracer on {url}, database "
               f"{'PostgreSQL' if args.database_url else 'SQLite'}, chain {chain_url}")
         try:
-            with process("tracer", [sys.executable, "-m", "vre", "serve", "tracer"], config), \
+            with process("tracer", [sys.executable, "-m", "launcher", "serve", "tracer"], config), \
                     process("anchor", [sys.executable, "-m", "tracer", "worker"], config):
                 wait_ready(url + "/readyz")
                 plain, plain_total = batched_rate(url, token, args.seconds, args.batch,

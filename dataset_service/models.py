@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 from vre.db import NAMING_CONVENTION, UtcDateTime, utcnow
 from vre.outbox import outbox_table
@@ -252,8 +256,78 @@ class RevokedUser(Base):
     reason: Mapped[str] = mapped_column(sa.Text, default="")
 
 
-# The catalogue's tables live with their search backend; importing it puts them on Base.metadata.
-from dataset_service.search import database as _catalogue_tables  # noqa: E402, F401
+# -- the public catalogue, as the database search backend (dataset_service.search.database)
+# reads and writes it; declared here with every other table, so the models import no search.
+
+class SearchVector(sa.types.TypeDecorator[str]):
+    """The weighted document: `tsvector` on PostgreSQL; on SQLite an unused TEXT column
+    (always NULL; FTS5 holds the text there), declared so one model fits both."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TSVECTOR())
+        return dialect.type_descriptor(sa.Text())
+
+
+class FacetValues(sa.types.TypeDecorator[list[str]]):
+    """The entry's facet values as "facet=value" strings: `text[]` on PostgreSQL, where a
+    search counts facets by unnesting its matches' arrays (no join); JSON on SQLite."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(sa.Text()))
+        return dialect.type_descriptor(sa.JSON())
+
+
+class CatalogueEntry(Base):
+    """One published dataset as the catalogue searches and sorts it."""
+
+    __tablename__ = "catalogue"
+    __table_args__ = (
+        # GIN for @@ on PostgreSQL; on SQLite the column is always NULL, so the partial
+        # index there is empty and costs nothing.
+        sa.Index("ix_catalogue_document", "document", postgresql_using="gin",
+                 sqlite_where=sa.text("document IS NOT NULL")),
+        # One index per sort, in the sort's own order (ties: newest, then id).
+        sa.Index("ix_catalogue_published_at", "published_at", "dataset_id"),
+        sa.Index("ix_catalogue_subjects", "subjects", "published_at", "dataset_id"),
+        sa.Index("ix_catalogue_sort_name", "sort_name"),
+    )
+
+    dataset_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    sort_name: Mapped[str] = mapped_column(sa.String(200))  # casefolded name
+    description: Mapped[str] = mapped_column(sa.Text)
+    keywords: Mapped[list] = mapped_column(sa.JSON)
+    project: Mapped[str] = mapped_column(sa.String(200))
+    license_id: Mapped[str] = mapped_column(sa.String(64))
+    published_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    subjects: Mapped[int] = mapped_column(sa.Integer)
+    studies: Mapped[int] = mapped_column(sa.Integer)
+    document: Mapped[str | None] = mapped_column(SearchVector)
+    facet_values: Mapped[list[str] | None] = mapped_column(FacetValues)
+
+
+class CatalogueFacet(Base):
+    """One value a catalogue entry is filtered and counted under (facet: modality,
+    body_part, license or project)."""
+
+    __tablename__ = "catalogue_facets"
+    # (facet, value) finds the datasets of a filter; dataset_id in it makes it covering.
+    __table_args__ = (
+        sa.Index("ix_catalogue_facets_facet_value", "facet", "value", "dataset_id"),
+    )
+
+    dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("catalogue.dataset_id"),
+                                            primary_key=True)
+    facet: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
 
 
 class CatalogueGeneration(Base):

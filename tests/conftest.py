@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from flask import Flask
 
+from launcher.serve import app_factory
 from tracer.checkpoints import CheckpointSigner
 from vre.config import Config, load_config
 from vre.db import Database, drop_schemas
@@ -94,7 +95,7 @@ def make_app(config: Config) -> Iterator[Callable[[str], Flask]]:
 
     def make(name: str) -> Flask:
         svc = service(name)
-        app = svc.module().create_app(config)
+        app = app_factory(svc)(config)
         app.extensions["vre.db"].migrate(config, name)
         app.testing = True
         created.append(app)

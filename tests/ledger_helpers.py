@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from eth_account import Account
 from web3 import Web3
 
+from launcher.local import service_env
 from tracer.anchoring import Anchorer, AnchorPolicy, StepResult
 from tracer.chain_jsonrpc import JsonRpcChainClient, load_artifact
 from tracer.checkpoints import CheckpointSigner
@@ -40,7 +41,6 @@ from tracer.schema import canonical_json
 from tracer.verify import VerifyReport
 from vre.config import Config
 from vre.db import Database
-from vre.local import service_env
 from vre.service_auth import StaticToken
 from vre.services import service
 
@@ -270,15 +270,16 @@ def leaf_events(chain_url: str, contract: str) -> list[tuple[int, bytes]]:
 # -- the tracer as its own process ----------------------------------------------------------------
 
 class TracerProcess:
-    """`python -m vre serve tracer` (Granian) in its own session, so it can be killed whole."""
+    """`python -m launcher serve tracer` (Granian) in its own session, so it can be killed whole."""
 
     def __init__(self, config: Config, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
         env = service_env(config.model_copy(update={"tracer_port": port}), "tracer")
         self._log = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vre", "serve", "tracer"], env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "launcher", "serve", "tracer"], env=env,
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
         deadline = time.monotonic() + 60
         while True:
             try:

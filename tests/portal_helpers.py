@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-import portal
+import portal.app
 from portal.models import User
 from portal.revocations import SESSION_HANDLE, open_browser_session
 from tests.dataset_helpers import create
@@ -65,7 +65,7 @@ def post(client: FlaskClient, path: str, data: dict[str, Any] | None = None,
 
 def make_portal(config: Config, people: dict[str, list[str]] = PEOPLE) -> Flask:
     """A migrated portal on the configuration, with one person per role."""
-    app = portal.create_app(config)
+    app = portal.app.create_app(config)
     app.extensions["vre.db"].migrate(config, "portal")
     app.testing = True
     add_people(app, people)

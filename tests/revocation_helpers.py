@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from vre.revocation import CachedFeed, FeedClient, revocations_of
+from vre.revocation import CachedFeed, revocations_of
+from vre.revocation_feed import FeedClient
 from vre.service_auth import TokenSource
 
 

@@ -8,8 +8,6 @@ import sys
 import time
 from typing import Any
 
-from flask import g, has_request_context
-
 # The header a request's id travels in: taken from the caller when harmless, passed on to
 # the services a request calls, so one id follows a page through every service's logs.
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -47,7 +45,12 @@ class JsonFormatter(logging.Formatter):
 
 def current_request_id() -> str | None:
     """The id of the request being served, if any."""
-    return g.request_id if has_request_context() and "request_id" in g else None
+    # Flask is looked up, not imported: the service clients use this module inside workloads,
+    # where Flask is never loaded, and a process that has not loaded it serves no request.
+    flask = sys.modules.get("flask")
+    if flask is None or not flask.has_request_context():
+        return None
+    return flask.g.get("request_id")
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

@@ -5,7 +5,9 @@ Each service holds a snapshot merged from its own records and the feeds of the o
 tokens count (a changed password, a disabled account), which tokens and workloads are revoked;
 the dataset service says which people are revoked. The deciding part is pure
 (`token_refusal`, `person_refusal`); `RevocationState` keeps the snapshot fresh, and refuses
-people's requests once a feed has been unreachable for longer than its grace."""
+people's requests once a feed has been unreachable for longer than its grace. The feed's
+route, and the wiring of a service's feeds, are `vre.revocation_feed`: this module imports
+neither the token validator nor the API layer, which both ask it."""
 
 from __future__ import annotations
 
@@ -13,14 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask
-from pydantic import BaseModel
-
-from vre.client import ServiceClient, ServiceError
+from vre.client import ServiceError
 from vre.errors import ApiError
-from vre.service_auth import TokenSource
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 @dataclass(frozen=True)
@@ -193,65 +194,6 @@ class RevocationState:
     def invalidate(self) -> None:
         for feed in self.feeds:
             feed.invalidate()
-
-
-class SubjectOut(BaseModel):
-    not_before: float | None
-    disabled: bool
-
-
-class RevocationsOut(BaseModel):
-    """A service's own revocations, as its feed answers them."""
-
-    subjects: dict[str, SubjectOut]
-    tokens: list[str]
-    workloads: list[str]
-    people: list[str]
-
-
-class FeedClient(ServiceClient):
-    """Reads another service's revocation feed, as this service."""
-
-    def revocations(self) -> Revocations:
-        return Revocations.from_json(self._call("GET", "/api/v1/revocations"))
-
-
-def install(app: Flask, own: Loader | None, tokens: TokenSource | None) -> RevocationState:
-    """Give the service its revocation state: its own records (`own`, also served as its
-    feed) and the feeds the configuration names, read with the service's `tokens`."""
-    from vre.api import endpoint  # vre.api asks this module, so not at import time
-
-    config = app.extensions["vre.config"]
-    name = app.extensions["vre.service"]
-
-    def feed(source: str, load: Loader) -> CachedFeed:
-        return CachedFeed(
-            source, load, config.revocation_max_age_seconds, config.revocation_grace_seconds
-        )
-
-    state = RevocationState()
-    if own is not None:
-        state.add(feed(name, own))
-        bp = Blueprint("revocations", __name__)
-
-        @bp.get("/api/v1/revocations")
-        @endpoint(
-            "What this service revokes: accounts, tokens, workloads, people",
-            response=RevocationsOut,
-            roles=["service"],
-            tags=["revocations"],
-        )
-        def revocations() -> RevocationsOut:
-            return RevocationsOut.model_validate(own().to_json())
-
-        app.register_blueprint(bp)
-    for source in config.revocation_feed_names:
-        if source != name:
-            client = FeedClient(config.url_of(source), tokens, timeout=3.0)
-            state.add(feed(source, client.revocations))
-    app.extensions["vre.revocations"] = state
-    app.extensions["vre.validator"].revocations = state
-    return state
 
 
 def revocations_of(app: Flask) -> RevocationState | None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,8 +20,11 @@ class Service:
     def migrations(self) -> str:
         return f"{self.package}:migrations"
 
-    def module(self) -> Any:
-        return importlib.import_module(self.package)
+    @property
+    def factory(self) -> str:
+        """Where its app factory is, as a server names it ('portal.app:create_app'): the
+        package itself stays light, for the clients that ship into workloads."""
+        return f"{self.package}.app:create_app"
 
 
 SERVICES: tuple[Service, ...] = (

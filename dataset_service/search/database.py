@@ -1,7 +1,8 @@
 """Catalogue search in the service's own database: PostgreSQL full-text search (tsvector,
 GIN, websearch_to_tsquery, ts_rank) or SQLite FTS5 (bm25), with facets in a child table.
 
-Both dialects keep the same two plain tables, declared here on the dataset service's `Base`:
+Both dialects keep the same two plain tables, declared with the service's other tables in
+`dataset_service.models` (which imports nothing of search):
 `catalogue` (one row per published dataset: what is sorted on, and on PostgreSQL the
 weighted `document` tsvector) and `catalogue_facets` (one row per dataset, facet and value,
 indexed by facet and value for filters and counts). SQLite adds the FTS5 virtual table
@@ -19,16 +20,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import Mapped, Session, mapped_column
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.orm import Session
 
-from dataset_service.models import Base
+from dataset_service.models import CatalogueEntry, CatalogueFacet
 from dataset_service.search import (
     FACET_VALUES_LIMIT,
     FACETS,
@@ -39,7 +37,6 @@ from dataset_service.search import (
     TextTerm,
     parse_text,
 )
-from vre.db import UtcDateTime
 
 TEXT_CONFIG = "english"
 # websearch_to_tsquery's and ts_rank's configuration and weights are constants, never input.
@@ -59,77 +56,6 @@ def websearch_text(text: str) -> str:
     ("---x" is "-x", "--x" is "x"): same meaning, and no input nests NOTs deep enough to
     make PostgreSQL fail."""
     return _DASH_RUN.sub(lambda m: "-" if m.group().count("-") % 2 else " ", text)
-
-
-class SearchVector(sa.types.TypeDecorator[str]):
-    """The weighted document: `tsvector` on PostgreSQL; on SQLite an unused TEXT column
-    (always NULL; FTS5 holds the text there), declared so one model fits both."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.TSVECTOR())
-        return dialect.type_descriptor(sa.Text())
-
-
-class FacetValues(sa.types.TypeDecorator[list[str]]):
-    """The entry's facet values as "facet=value" strings: `text[]` on PostgreSQL, where a
-    search counts facets by unnesting its matches' arrays (no join); JSON on SQLite."""
-
-    impl = sa.JSON
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.ARRAY(sa.Text()))
-        return dialect.type_descriptor(sa.JSON())
-
-
-class CatalogueEntry(Base):
-    """One published dataset as the catalogue searches and sorts it."""
-
-    __tablename__ = "catalogue"
-    __table_args__ = (
-        # GIN for @@ on PostgreSQL; on SQLite the column is always NULL, so the partial
-        # index there is empty and costs nothing.
-        sa.Index("ix_catalogue_document", "document", postgresql_using="gin",
-                 sqlite_where=sa.text("document IS NOT NULL")),
-        # One index per sort, in the sort's own order (ties: newest, then id).
-        sa.Index("ix_catalogue_published_at", "published_at", "dataset_id"),
-        sa.Index("ix_catalogue_subjects", "subjects", "published_at", "dataset_id"),
-        sa.Index("ix_catalogue_sort_name", "sort_name"),
-    )
-
-    dataset_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(200))
-    sort_name: Mapped[str] = mapped_column(sa.String(200))  # casefolded name
-    description: Mapped[str] = mapped_column(sa.Text)
-    keywords: Mapped[list] = mapped_column(sa.JSON)
-    project: Mapped[str] = mapped_column(sa.String(200))
-    license_id: Mapped[str] = mapped_column(sa.String(64))
-    published_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    subjects: Mapped[int] = mapped_column(sa.Integer)
-    studies: Mapped[int] = mapped_column(sa.Integer)
-    document: Mapped[str | None] = mapped_column(SearchVector)
-    facet_values: Mapped[list[str] | None] = mapped_column(FacetValues)
-
-
-class CatalogueFacet(Base):
-    """One value a catalogue entry is filtered and counted under (facet: modality,
-    body_part, license or project)."""
-
-    __tablename__ = "catalogue_facets"
-    # (facet, value) finds the datasets of a filter; dataset_id in it makes it covering.
-    __table_args__ = (
-        sa.Index("ix_catalogue_facets_facet_value", "facet", "value", "dataset_id"),
-    )
-
-    dataset_id: Mapped[str] = mapped_column(sa.ForeignKey("catalogue.dataset_id"),
-                                            primary_key=True)
-    facet: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
-    value: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
 
 
 _catalogue = CatalogueEntry.__table__

@@ -112,7 +112,7 @@ def start_platform(workdir: Path, **settings: str) -> Platform:
                VRE_LOG_LEVEL="WARNING", VRE_ANCHOR_INTERVAL_SECONDS="1", **settings)
     log = workdir / "vre-up.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "vre", "up"], env=env, cwd=workdir,
+        process = subprocess.Popen([sys.executable, "-m", "launcher", "up"], env=env, cwd=workdir,
                                    stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     platform = Platform(Path(env["VRE_HOME"]), env, process, log)

@@ -62,7 +62,7 @@ def oidc_portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcPortal
         patch.setattr(oidc, "PORTAL_URL", url)
         with oidc.running_provider(workdir) as provider:
             env = _portal_env(workdir, port, provider)
-            vre = [sys.executable, "-m", "vre"]
+            vre = [sys.executable, "-m", "launcher"]
             migrated = subprocess.run([*vre, "migrate", "portal"], env=env, cwd=workdir,
                                       capture_output=True, text=True, timeout=60)
             assert migrated.returncode == 0, migrated.stdout + migrated.stderr

@@ -1,6 +1,6 @@
 """The container images (images/*/Dockerfile), read statically since no image can be built
 here: pinned bases, a non-root user that matches the charts, no secrets, only files that
-exist, and the commands the charts run."""
+exist, the commands the charts run, and workload images that carry the clients but no server."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ import fnmatch
 import re
 import shlex
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.deploy.charts import CHARTS, REPO
+from tests.workload_imports import (
+    ENTRY_POINTS,
+    FIRST_PARTY,
+    first_party,
+    loaded_modules,
+    module_file,
+    server_libraries,
+)
 
 IMAGES = sorted(p.parent.name for p in (REPO / "images").glob("*/Dockerfile"))
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|API_KEY|CREDENTIAL)",
@@ -215,3 +224,79 @@ def test_the_batch_images_offer_cpu_and_gpu_torch_and_java_17_spark() -> None:
     spark = (REPO / "images" / "batch-spark" / "Dockerfile").read_text()
     assert "openjdk-17-jre-headless" in spark and "JAVA_HOME=/opt/java" in spark
     assert re.search(r"ARG PYSPARK_VERSION=3\.5\.\d+", spark)
+
+
+WORKLOAD_IMAGES = ("desktop", "batch-python", "batch-spark")
+
+
+def _copied_sources(image: str) -> set[str]:
+    """The repository files the image's COPY instructions take (folders expanded)."""
+    files: set[str] = set()
+    for ins in instructions(REPO / "images" / image / "Dockerfile"):
+        flags, words = _flags_and_words(ins.args)
+        if ins.keyword != "COPY" or "from" in flags:
+            continue
+        for source in words[:-1]:
+            path = REPO / source
+            found = path.rglob("*") if path.is_dir() else [path]
+            files |= {p.relative_to(REPO).as_posix() for p in found
+                      if p.is_file() and "__pycache__" not in p.parts}
+    return files
+
+
+@pytest.fixture(scope="module")
+def workload_modules() -> set[str]:
+    """Every module a fresh interpreter loads for the clients and vre-job."""
+    return loaded_modules(*ENTRY_POINTS)
+
+
+@pytest.mark.parametrize("image", WORKLOAD_IMAGES)
+def test_a_workload_image_copies_the_clients_and_no_server_code(
+        image: str, workload_modules: set[str]) -> None:
+    needed = {module_file(m).as_posix() for m in first_party(workload_modules)}
+    code = {f for f in _copied_sources(image) if f.split("/")[0] in FIRST_PARTY}
+    assert needed - code == set(), f"{image}: the clients import these, the image lacks them"
+    # Beyond what the clients load, only batch_tools (what workloads run) is taken whole.
+    extra = {f for f in code - needed if not f.startswith("batch_tools/")}
+    assert extra == set(), f"{image}: copies server code a workload never imports"
+
+
+def _requirement_names(requirements: list[str] | None) -> set[str]:
+    names = set()
+    for requirement in requirements or []:
+        if "extra ==" not in requirement:
+            names.add(re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0].lower()
+                      .replace("_", "-"))
+    return names
+
+
+@pytest.mark.parametrize("image", WORKLOAD_IMAGES)
+def test_a_workload_image_installs_what_the_clients_import_and_no_server_library(
+        image: str, workload_modules: set[str]) -> None:
+    commands = [c.strip() for i in instructions(REPO / "images" / image / "Dockerfile")
+                if i.keyword == "RUN" for c in i.args.split("&&")]
+    installs = [shlex.split(c) for c in commands if re.search(r"\bpip install\b", c)]
+    # The project itself without its dependencies (those of the servers).
+    project = [words for words in installs if "." in words]
+    assert project and all("--no-deps" in words for words in project), image
+    named = {re.split(r"[<>=~!]", word)[0].lower() for words in installs for word in words
+             if re.match(r"[A-Za-z0-9_.-]+[<>=~!]", word)}
+    installed = set(named)
+    pending = list(named)
+    while pending:  # what pip brings with the named ones
+        try:
+            requires = metadata.requires(pending.pop())
+        except metadata.PackageNotFoundError:
+            continue
+        for name in _requirement_names(requires) - installed:
+            installed.add(name)
+            pending.append(name)
+    distributions = metadata.packages_distributions()
+    bare = loaded_modules()  # the interpreter's own start (site hooks included)
+    imported = {m.split(".")[0] for m in workload_modules - bare} - set(FIRST_PARTY)
+    needed = {d.lower().replace("_", "-") for top in imported
+              for d in distributions.get(top, [])}
+    assert needed - installed == set(), f"{image}: the clients import these, not installed"
+    # None asked for by name; what a named library brings along is its own affair (torch
+    # needs jinja2 for its compiler, which is no server).
+    assert server_libraries({n.replace("-", "_") for n in named}) == set(), image

@@ -20,6 +20,7 @@ import pytest
 import requests
 from eth_account import Account
 
+from launcher.supervisor import RESTART_MAX
 from tests.integration.test_vre_up import Platform, drop_schemas, vre_env
 from tracer.chain import ChainError
 from tracer.chain_config import chain_key_file, contract_address
@@ -27,7 +28,6 @@ from tracer.chain_jsonrpc import JsonRpcChainClient
 from tracer.devnode import ANVIL_DEV_ADDRESS, ANVIL_DEV_PRIVATE_KEY
 from vre.config import Config, load_config
 from vre.service_auth import command_line_tokens
-from vre.supervisor import RESTART_MAX
 
 pytestmark = pytest.mark.integration
 NOBODY = 65534
@@ -66,7 +66,7 @@ def chain_node_pid(platform: Platform) -> int:
 
 def vre_status(platform: Platform) -> tuple[int, dict[str, str]]:
     result = subprocess.run(
-        [sys.executable, "-m", "vre", "status"],
+        [sys.executable, "-m", "launcher", "status"],
         env=platform.env,
         capture_output=True,
         text=True,

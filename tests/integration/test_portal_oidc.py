@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-import dataset_service
-import portal
+import dataset_service.app
+import portal.app
 from dataset_service.models import Project, ProjectMember
 from portal.accounts import SignInError
 from portal.clients import project_roles
@@ -60,7 +60,7 @@ def oidc_config(config: Config, provider: OidcProvider, **extra: Any) -> Config:
 @pytest.fixture
 def app(config: Config, provider: OidcProvider) -> Iterator[Flask]:
     cfg = oidc_config(config, provider)
-    application = portal.create_app(cfg)
+    application = portal.app.create_app(cfg)
     application.extensions["vre.db"].migrate(cfg, "portal")
     application.testing = True
     yield application
@@ -139,12 +139,12 @@ def test_the_portals_own_service_token_comes_from_the_realm(app: Flask) -> None:
 def test_groups_make_project_memberships_at_the_dataset_service(
         config: Config, provider: OidcProvider) -> None:
     cfg = oidc_config(config, provider)
-    datasets = dataset_service.create_app(cfg)
+    datasets = dataset_service.app.create_app(cfg)
     datasets.extensions["vre.db"].migrate(cfg, "dataset_service")
     with datasets.extensions["vre.db"].session() as db:
         db.add(Project(name="lung-ct", title="Lung CT", created_by="admin"))
     with serving(datasets) as url:
-        site = portal.create_app(cfg.model_copy(update={"dataset_url": url}))
+        site = portal.app.create_app(cfg.model_copy(update={"dataset_url": url}))
         site.extensions["vre.db"].migrate(cfg, "portal")
         assert sign_in(site.test_client()).status_code == 302
         with datasets.extensions["vre.db"].session() as db:
@@ -375,7 +375,7 @@ def test_accounts_and_passwords_are_the_providers(app: Flask) -> None:
 
 def test_unreachable_provider_is_a_clear_503(config: Config, provider: OidcProvider) -> None:
     cfg = oidc_config(config, provider, oidc_server_url="http://127.0.0.1:9")
-    application = portal.create_app(cfg)
+    application = portal.app.create_app(cfg)
     application.extensions["vre.db"].migrate(cfg, "portal")
     try:
         response = application.test_client().get("/signin",
@@ -392,7 +392,7 @@ def test_oidc_settings_are_required(config: Config, provider: OidcProvider,
     values = {**config.model_dump(exclude_none=True), **provider.settings()}
     values.pop(missing)
     with pytest.raises(ConfigError) as refused:
-        portal.create_app(load_config(env={}, **values))
+        portal.app.create_app(load_config(env={}, **values))
     assert refused.value.key == "VRE_" + missing.upper()
 
 

@@ -56,7 +56,7 @@ class Platform:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vre", "up"], env=env, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "launcher", "up"], env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.banner: list[str] = []
         deadline = time.monotonic() + 300  # each process may take a while on a loaded machine
@@ -136,7 +136,7 @@ def test_vre_up_runs_the_platform_and_keeps_state(up_env: dict[str, str]) -> Non
             assert refused.json()["error"]["code"] == "json_too_deep"
         for service in ("portal", "dataset_service", "tracer"):
             assert requests.get(platform.url(service) + "/healthz", timeout=5).status_code == 200
-        status = subprocess.run([sys.executable, "-m", "vre", "status"], env=up_env,
+        status = subprocess.run([sys.executable, "-m", "launcher", "status"], env=up_env,
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
         # Each process with a probe answers it: the services, the chain node, the anchorer
@@ -205,7 +205,7 @@ def assert_the_demo_is_published(platform: Platform) -> None:
 
 
 def run_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vre", "up"], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "launcher", "up"], env=env, capture_output=True,
                           text=True, timeout=90)
 
 
@@ -252,7 +252,7 @@ def test_unreachable_database_stops_start(tmp_path: Path) -> None:
 def test_migrate_seeds_catalogues_and_the_administrator_once(tmp_path: Path) -> None:
     env = {**os.environ, "VRE_HOME": str(tmp_path / "home"),
            "VRE_ADMIN_PASSWORD": "pw-" + "x" * 12, "VRE_SECRET_KEY": "s" * 48}
-    vre = [sys.executable, "-m", "vre"]
+    vre = [sys.executable, "-m", "launcher"]
     first = subprocess.run([*vre, "migrate", "--seed", "--admin"], env=env, text=True,
                            capture_output=True, timeout=120)
     assert first.returncode == 0, first.stderr

@@ -12,14 +12,14 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-import portal
+import portal.app
 from dataset_service.models import Project, ProjectMember
+from launcher.local import first_start
 from portal.catalogues import DEFAULT_APPLICATIONS, DEFAULT_FLAVORS, seed_defaults
 from portal.models import EVERYONE, Application, Flavor, Quota, User
 from tests.helpers import auth, serving
 from tests.portal_helpers import AS_ROLE, add_people, make_portal, post, signed_in
 from vre.config import Config
-from vre.local import first_start
 
 ROLES = ("anonymous", "researcher", "steward", "admin")
 HOST = {"host_cpus": 16, "host_memory_mib": 65536, "host_gpus": 0}
@@ -635,7 +635,7 @@ def test_quota_forms(admin_portal: Flask) -> None:
 
 
 def test_empty_catalogues_say_so(config: Config) -> None:
-    app = portal.create_app(config)
+    app = portal.app.create_app(config)
     app.extensions["vre.db"].migrate(config, "portal")
     app.testing = True
     add_people(app)

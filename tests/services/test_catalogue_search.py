@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from dataset_service import create_app
+from dataset_service.app import create_app
 from dataset_service.models import Base, Dataset
 from dataset_service.search import (
     FACETS,

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from launcher.serve import app_factory
 from tests.helpers import auth
 from tests.services.test_error_model import ADMIN, assert_error, call
 from vre.db import UtcDateTime
@@ -248,7 +249,7 @@ def test_timestamps_read_back_in_utc_with_their_offset(
 def test_every_timestamp_column_is_utc_on_every_database() -> None:
     naive = []
     for name in SERVICES:
-        service(name).module()  # every model of the service, registered on its Base
+        app_factory(service(name))  # every model of the service, registered on its Base
         models = importlib.import_module(f"{name}.models")
         for table in models.Base.metadata.tables.values():
             for column in table.columns:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-import dataset_service
+import dataset_service.app
 from dataset_service import cli
 from dataset_service.demo import DemoSpec, generate_demo_data, write_faulty_examples
 from tests.dataset_helpers import DATASET
@@ -201,7 +201,7 @@ def test_an_import_root_over_the_data_directory_stops_start(
     for root in (config.home, config.home.parent, config.repository_path / "blobs"):
         moved = config.model_copy(update={"import_root": root})
         with pytest.raises(ConfigError) as refused:
-            dataset_service.create_app(moved)
+            dataset_service.app.create_app(moved)
         assert refused.value.key == "VRE_IMPORT_ROOT"
 
 

@@ -151,7 +151,7 @@ def test_a_repeated_key_answers_the_original_entry_even_when_racing(make_app, to
 
 KILLED_AT_DELIVERY = """
 import json, os, signal, sys
-from dataset_service import create_app
+from dataset_service.app import create_app
 
 app = create_app()
 class Killed:

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.security import generate_password_hash
 
-import portal
+import portal.app
 from portal.accounts import (
     SignInError,
     authenticate,
@@ -45,7 +45,7 @@ def limited(config: Config) -> Iterator[Callable[..., Flask]]:
 
     def make(**limits: int) -> Flask:
         cfg = config.model_copy(update=limits)
-        application = portal.create_app(cfg)
+        application = portal.app.create_app(cfg)
         application.extensions["vre.db"].migrate(cfg, "portal")
         application.testing = True
         with application.extensions["vre.db"].session() as db:
@@ -295,7 +295,7 @@ def test_access_token_needs_a_signed_in_user(app: Flask) -> None:
 
 def test_session_cookie_flags(config: Config) -> None:
     cfg = config.model_copy(update={"portal_url": "https://vre.example"})
-    app = portal.create_app(cfg)
+    app = portal.app.create_app(cfg)
     app.extensions["vre.db"].migrate(cfg, "portal")
     try:
         client = app.test_client()

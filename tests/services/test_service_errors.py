@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-import dataset_service
+import dataset_service.app
 from dataset_service.client import DatasetClient, DatasetUnavailable
 from tests.helpers import auth, free_port
 from tracer.client import TracerClient, TracerUnavailable
@@ -48,7 +48,7 @@ def test_an_unreachable_token_issuer_is_not_named_to_the_caller(
 ) -> None:
     port = free_port()
     moved = config.model_copy(update={"jwks_url": f"http://127.0.0.1:{port}/jwks.json"})
-    app = dataset_service.create_app(moved)
+    app = dataset_service.app.create_app(moved)
     try:
         response = app.test_client().get(
             "/api/v1/projects", headers=auth(token("steward-1", "steward"))

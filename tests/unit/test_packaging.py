@@ -10,7 +10,7 @@ from pathlib import Path
 from setuptools.config.setupcfg import read_configuration
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("vre", "portal", "dataset_service", "tracer", "batch_tools")
+PACKAGES = ("vre", "launcher", "portal", "dataset_service", "tracer", "batch_tools")
 
 
 def owning_package(path: Path) -> Path:

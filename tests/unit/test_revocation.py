@@ -124,7 +124,7 @@ def test_services_read_the_feeds_their_configuration_names(
 ) -> None:
     app = make_app("tracer")
     assert [f.name for f in app.extensions["vre.revocations"].feeds] == []
-    from tracer import create_app
+    from tracer.app import create_app
 
     linked = create_app(config.model_copy(update={"revocation_feeds": "portal,dataset_service"}))
     try:

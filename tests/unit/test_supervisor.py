@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.supervisor import ProcessSpec, Supervisor, SupervisorError, read_status
 from tests.helpers import free_port
-from vre.supervisor import ProcessSpec, Supervisor, SupervisorError, read_status
 
 
 def http_server(port: int) -> ProcessSpec:

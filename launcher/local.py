@@ -13,10 +13,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import requests
 
+from launcher.supervisor import Probe, ProcessSpec, port_in_use
 from vre.config import Config, ConfigError, to_env
 from vre.db import Database, check_reachable
 from vre.services import SERVICES, derive_service_secret
-from vre.supervisor import Probe, ProcessSpec, port_in_use
 from vre.tokens import generate_signing_key
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ def service_specs(config: Config) -> list[ProcessSpec]:
     specs = []
     for name in ("tracer", "dataset_service", "portal"):
         specs.append(ProcessSpec(
-            name=name, argv=[sys.executable, "-m", "vre", "serve", name],
+            name=name, argv=[sys.executable, "-m", "launcher", "serve", name],
             env=service_env(config, name), ready_url=config.url_of(name) + "/readyz",
             port=config.port_of(name)))
         if name == "tracer":

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from launcher.supervisor import Supervisor, SupervisorError, read_status
 from vre.config import Config, ConfigError, load_config
 from vre.db import Database, DatabaseUnavailable
 from vre.services import SERVICES, service
-from vre.supervisor import Supervisor, SupervisorError, read_status
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -28,8 +28,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start every process of the platform and keep them running until Ctrl-C."""
+    from launcher import local
     from tracer.chain import ChainError
-    from vre import local
 
     config = _config(args)
     local.private_home(config)
@@ -92,13 +92,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve one service in the foreground (what `vre up` runs for each)."""
-    from vre.serve import serve
+    from launcher.serve import app_factory, serve
 
     config = _config(args)
     svc = service(args.service)
     # The workers build the app from the environment: it must say what was resolved here.
     os.environ["VRE_HOME"] = str(config.home)
-    svc.module().create_app(config)  # a bad configuration stops here, with its message
+    app_factory(svc)(config)  # a bad configuration stops here, with its message
     serve(svc, config, config.port_of(svc.name))
     return 0
 
@@ -114,7 +114,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"{svc.name}: at {db.readiness()[1]}")
         db.engine.dispose()
     if args.seed or args.admin:
-        from vre import local
+        from launcher import local
 
         # A cluster's first start: default catalogues and, with local accounts, the
         # administrator. Demo data stays with `vre up`.
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # Files the platform creates (databases, logs, keys) are readable by it alone.
-    from vre.local import PRIVATE_UMASK
+    from launcher.local import PRIVATE_UMASK
 
     os.umask(PRIVATE_UMASK)
     args = build_parser().parse_args(argv)

@@ -1,5 +1,0 @@
-"""`python -m vre` is the `vre` command."""
-
-from vre.cli import main
-
-raise SystemExit(main())
