@@ -135,6 +135,30 @@ def extend_desktop(desktop_id: str) -> dict[str, Any]:
         return desktops.extend(session, _principal(), desktop_id)
 
 
+@bp.post("/desktops/<desktop_id>/restart")
+@endpoint("Stop your desktop and start a fresh one in its place: same application, flavor "
+          "and datasets, a new grant and a new id", response=DesktopOut, status=201,
+          tags=["desktops"])
+def restart_desktop(desktop_id: str) -> dict[str, Any]:
+    with db_of().session() as session:
+        return desktops.restart(session, _principal(), desktop_id, datasets_as_portal(),
+                                utcnow())
+
+
+class ForgottenOut(BaseModel):
+    id: str
+    forgotten: bool
+
+
+@bp.post("/desktops/<desktop_id>/forget")
+@endpoint("Take your ended desktop off your list (refused with desktop_running while it runs)",
+          response=ForgottenOut, tags=["desktops"])
+def forget_desktop(desktop_id: str) -> ForgottenOut:
+    with db_of().session() as session:
+        desktops.forget(session, _principal(), desktop_id)
+    return ForgottenOut(id=desktop_id, forgotten=True)
+
+
 @bp.post("/desktops/<desktop_id>/ticket")
 @endpoint("A single-use ticket that opens the desktop's screen through the VNC proxy",
           response=TicketOut, tags=["desktops"])

@@ -22,6 +22,7 @@ from portal.compute.client import AgentClient
 from portal.compute.local import SESSION
 from portal.models import ACTIVE_STATES, Flavor, Workload
 from portal.quotas import Account, HostCapacity, Requester, Usage, decide
+from vre.db import utcnow
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.tokens import WORKLOAD_SCOPES, Principal, TokenIssuer
 from vre.web import config_of
@@ -189,13 +190,13 @@ def visible(session: Session, principal: Principal, workload_id: str) -> Workloa
 
 
 def stop(session: Session, principal: Principal, workload_id: str,
-         datasets_service: DatasetClient) -> dict[str, Any]:
+         datasets_service: DatasetClient, reason: str | None = None) -> dict[str, Any]:
     """End a desktop and its grant; the stop reason says whether its owner or an
     administrator ended it."""
     row = visible(session, principal, workload_id)
     grant_id = row.grant_id
-    reason = (lifecycle.STOPPED_BY_OWNER if row.owner_id == principal.subject
-              else lifecycle.STOPPED_BY_ADMIN)
+    reason = reason or (lifecycle.STOPPED_BY_OWNER if row.owner_id == principal.subject
+                        else lifecycle.STOPPED_BY_ADMIN)
     try:
         shown = agent().stop(workload_id, reason=reason, actor=principal.subject)
     except ComputeError as exc:
@@ -204,11 +205,40 @@ def stop(session: Session, principal: Principal, workload_id: str,
     return shown
 
 
-def extend(session: Session, principal: Principal, workload_id: str) -> dict[str, Any]:
-    """Move the owner's desktop's expiry a step later, up to its maximum lifetime."""
+def owned(session: Session, principal: Principal, workload_id: str, doing: str) -> Workload:
+    """A desktop the principal owns; an administrator's look at another's is refused."""
     row = visible(session, principal, workload_id)
     if row.owner_id != principal.subject:
-        raise Forbidden("only the desktop's owner may extend it", code="not_the_owner")
+        raise Forbidden(f"only the desktop's owner may {doing} it", code="not_the_owner")
+    return row
+
+
+def restart(session: Session, principal: Principal, workload_id: str,
+            datasets_service: DatasetClient, now: datetime) -> dict[str, Any]:
+    """Stop the owner's desktop (when it still runs) and start a fresh one with the same
+    application, flavor and datasets: a new grant and a new id. A start that is refused
+    (a dataset invalidated since, a flavor disabled) leaves the old one stopped."""
+    row = owned(session, principal, workload_id, "restart")
+    ask = DesktopRequest(application=row.application, flavor=row.flavor,
+                         datasets=tuple(row.datasets))
+    if row.state in ACTIVE_STATES:
+        stop(session, principal, workload_id, datasets_service, lifecycle.RESTARTED)
+        session.expire_all()  # the agent changed it meanwhile; usage is counted afresh
+    return start(session, principal, ask, datasets_service, now)
+
+
+def forget(session: Session, principal: Principal, workload_id: str) -> None:
+    """Take an ended desktop off its owner's list (its record stays, for usage and quotas)."""
+    row = owned(session, principal, workload_id, "forget")
+    if row.state in ACTIVE_STATES:
+        raise ApiError("stop the desktop before taking it off your list",
+                       code="desktop_running", status=409)
+    row.forgotten_at = row.forgotten_at or utcnow()
+
+
+def extend(session: Session, principal: Principal, workload_id: str) -> dict[str, Any]:
+    """Move the owner's desktop's expiry a step later, up to its maximum lifetime."""
+    owned(session, principal, workload_id, "extend")
     try:
         return agent().extend(workload_id)
     except ComputeError as exc:
@@ -227,7 +257,8 @@ def listing(session: Session, principal: Principal) -> list[dict[str, Any]]:
     """The principal's desktops, newest first (an administrator's: everyone's)."""
     from portal.compute.agent import row_out
 
-    query = sa.select(Workload).where(Workload.kind == "desktop")
+    query = sa.select(Workload).where(Workload.kind == "desktop",
+                                      Workload.forgotten_at.is_(None))
     if not principal.has_any("admin"):
         query = query.where(Workload.owner_id == principal.subject)
     since = datetime.now().astimezone() - timedelta(days=30)

@@ -258,6 +258,8 @@ class Workload(Base):
     # Why it stopped (portal.compute.lifecycle's codes, or "failed: ..."), and who asked.
     stop_reason: Mapped[str | None] = mapped_column(sa.Text)
     stopped_by: Mapped[str | None] = mapped_column(sa.String(128))
+    # When its owner took an ended desktop off their list (the record stays, for quotas).
+    forgotten_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         sa.CheckConstraint("kind IN ('desktop', 'job')", name="kind"),

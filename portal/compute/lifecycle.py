@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 STOPPED_BY_OWNER = "stopped_by_owner"
 STOPPED_BY_ADMIN = "stopped_by_admin"
 STOPPED = "stopped"  # asked to stop without a reason (the agent's own API)
+RESTARTED = "restarted"  # its owner asked for a fresh one in its place
 IDLE = "idle"
 MAX_LIFETIME = "max_lifetime"
 OWNER_REVOKED = "owner_revoked"

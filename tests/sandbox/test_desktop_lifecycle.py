@@ -367,3 +367,44 @@ def test_a_crashed_vnc_server_shows_the_desktop_failed_with_its_reason(
     assert "the VNC server ended" in log_of(life, desktop["id"])
     assert open_grants(life, desktop["id"]) == []
     assert traces_of(life, desktop["id"], 2)[1]["details"]["reason"] == shown["stop_reason"]
+
+
+def test_restart_gives_a_fresh_desktop_and_forget_takes_the_old_off_the_list(
+        lifecycle_site: Callable[..., dict[str, Any]], token: Callable[..., str]) -> None:
+    life = lifecycle_site()
+    client = life["portal"].test_client()
+    alice = auth(token("res-1", "researcher"))
+    old = start_desktop(life, alice)
+    path = f"/api/v1/desktops/{old['id']}"
+    running = client.post(f"{path}/forget", headers=alice)
+    assert running.status_code == 409 and running.get_json()["error"]["code"] == \
+        "desktop_running"
+    assert client.post(f"{path}/restart",
+                       headers=auth(token("someone", "researcher"))).status_code == 404
+    assert client.post(f"{path}/restart",
+                       headers=auth(token("admin-1", "admin"))).status_code == 403
+
+    answer = client.post(f"{path}/restart", headers=alice)
+    assert answer.status_code == 201, answer.get_json()
+    fresh = answer.get_json()
+    assert fresh["id"] != old["id"] and fresh["grant_id"] != old["grant_id"]
+    assert (fresh["application"], fresh["flavor"], fresh["datasets"]) == \
+        (old["application"], old["flavor"], old["datasets"])
+    assert fresh["state"] == "running" and len(open_grants(life, fresh["id"])) == 1
+    before = client.get(path, headers=alice).get_json()
+    assert before["state"] == "stopped" and before["stop_reason"] == "restarted"
+    assert open_grants(life, old["id"]) == []
+    assert traces_of(life, old["id"], 2)[1]["details"]["reason"] == "restarted"
+    assert traces_of(life, fresh["id"], 1)[0]["action"] == "DESKTOP_STARTED"
+
+    listed = [d["id"] for d in client.get("/api/v1/desktops", headers=alice).get_json()[
+        "desktops"]]
+    assert listed == [fresh["id"], old["id"]]
+    assert client.post(f"{path}/forget", headers=auth(token("admin-1", "admin"))
+                       ).status_code == 403
+    forgotten = client.post(f"{path}/forget", headers=alice)
+    assert forgotten.status_code == 200 and forgotten.get_json() == {"id": old["id"],
+                                                                    "forgotten": True}
+    listed = [d["id"] for d in client.get("/api/v1/desktops", headers=alice).get_json()[
+        "desktops"]]
+    assert listed == [fresh["id"]]

@@ -1,5 +1,5 @@
 """Desktop lifecycle: a moving expiry, the VNC proxy's activity reports, the idle warning,
-and why (and by whom) a workload was stopped.
+why (and by whom) a workload was stopped, and when its owner took it off their list.
 
 Revision ID: 0007
 Revises: 0006
@@ -13,7 +13,8 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-_MOMENTS = ("expires_at", "viewer_seen_at", "input_at", "idle_warning_at", "culls_at")
+_MOMENTS = ("expires_at", "viewer_seen_at", "input_at", "idle_warning_at", "culls_at",
+            "forgotten_at")
 
 
 def upgrade() -> None:
