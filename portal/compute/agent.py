@@ -210,11 +210,18 @@ class Agent:
                 raise ComputeError("workload_exists", f"workload {spec.workload_id} exists")
             kept = spec_to_json(spec)
             kept.pop("token")
-            session.add(Workload(id=spec.workload_id, owner_id=spec.owner, kind=spec.kind,
-                                 application=spec.application, flavor=flavor,
-                                 state="starting", reason="", datasets=datasets,
-                                 grant_id=grant_id, spec=kept, backend_state={},
-                                 cpu_seconds=0.0, memory_peak_bytes=0))
+            row = Workload(id=spec.workload_id, owner_id=spec.owner, kind=spec.kind,
+                           application=spec.application, flavor=flavor,
+                           state="starting", reason="", datasets=datasets,
+                           grant_id=grant_id, spec=kept, backend_state={},
+                           cpu_seconds=0.0, memory_peak_bytes=0)
+            if row.kind == "desktop":
+                try:  # a desktop whose trace the tracer would refuse never starts
+                    desktop_trace(row, "DESKTOP_STARTED", row.owner_id)
+                except (ValueError, KeyError) as exc:
+                    raise ComputeError("bad_spec", f"the desktop cannot be traced: {exc}") \
+                        from None
+            session.add(row)
         try:
             state = self.backend.start(spec)
         except ComputeError as exc:
@@ -419,8 +426,15 @@ class Agent:
                                f"{lifecycle.FAILED}: {row.reason}")
         row.idle_warning_at = row.culls_at = None
         if row.kind == "desktop":
-            self._trace(object_session(row), desktop_trace(
-                row, "DESKTOP_STOPPED", row.stopped_by or PLATFORM_ACTOR))
+            try:
+                trace = desktop_trace(row, "DESKTOP_STOPPED", row.stopped_by or PLATFORM_ACTOR)
+            except ValueError:
+                # Checked at its start, so only a malformed actor gets here: the platform
+                # is named instead, and the end is recorded rather than retried for ever.
+                log.error("the stop of %s names an actor the tracer refuses: %r", row.id,
+                          row.stopped_by, extra={"event": "trace_refused"})
+                trace = desktop_trace(row, "DESKTOP_STOPPED", PLATFORM_ACTOR)
+            self._trace(object_session(row), trace)
         # Its tokens die with it: refused until the last one issued would have expired.
         revoke_workload(object_session(row), row.id,
                         row.ended_at + timedelta(seconds=self.config.token_ttl_seconds + 60))

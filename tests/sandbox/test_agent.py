@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from portal.compute import ComputeError, DatasetMount
+from portal.compute import ComputeError, DatasetMount, spec_to_json
 from portal.compute.agent import Agent, Served, socket_path
 from portal.compute.client import AgentClient
 from portal.compute.local import LocalBackend
@@ -131,3 +131,39 @@ def test_only_the_platform_account_may_open_the_agent(agent_parts: tuple, config
     seen = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                            sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
     assert seen.stdout.strip() == "PermissionError", seen
+
+
+def test_a_desktop_whose_trace_would_be_refused_never_starts(agent_parts: tuple) -> None:
+    agent, client, db, _ = agent_parts
+    unhashed = DatasetMount(dataset_id="granted", name="Chest CT", version="1.0",
+                            content_hash="not-a-hash", tree="datasets/granted")
+    desktop = spec(["sleep", "300"], mounts=(unhashed,), kind="desktop")
+    with pytest.raises(ComputeError) as refused:
+        client.start(desktop, "small", ["granted"])
+    assert refused.value.code == "bad_spec" and "traced" in refused.value.reason
+    with db.session() as session:
+        assert session.get(Workload, desktop.workload_id) is None
+    assert not (agent.backend.root / desktop.workload_id).exists()
+
+
+def test_the_lifecycle_calls_refuse_what_does_not_apply(agent_parts: tuple) -> None:
+    _agent, client, _db, _ = agent_parts
+    job = spec(["sleep", "300"])
+    client.start(job, "small", ["granted"])
+    with pytest.raises(ComputeError) as not_desktop:
+        client.extend(job.workload_id)
+    assert not_desktop.value.code == "desktop_not_running"
+    with pytest.raises(ComputeError) as unknown:
+        client.activity("w-nothing", True)
+    assert unknown.value.code == "workload_unknown"
+    with pytest.raises(ComputeError) as bad:
+        client._json("POST", f"/workloads/{job.workload_id}/stop", {"reason": 7})
+    assert bad.value.code == "bad_spec"
+    never = spec(["true"])
+    with pytest.raises(ComputeError) as bad_expiry:
+        client._json("POST", "/workloads", {"spec": spec_to_json(never), "expires_in": -5})
+    assert bad_expiry.value.code == "bad_spec" and "expires_in" in bad_expiry.value.reason
+    with pytest.raises(ComputeError):
+        client.show(never.workload_id)
+    stopped = client.stop(job.workload_id, reason="owner_revoked", actor="admin-1")
+    assert stopped["state"] == "stopped" and stopped["stop_reason"] == "owner_revoked"
