@@ -26,7 +26,7 @@ from dataset_service.client import DatasetClient
 from dataset_service.models import Grant
 from portal.catalogues import seed_defaults
 from portal.compute.agent import Agent, PlatformWatch, Served, socket_path
-from portal.compute.local import LocalBackend, _children
+from portal.compute.local import LocalBackend, descendants
 from portal.models import Flavor, Workload
 from portal.vncproxy import TICKET_AUDIENCE, VncProxy, agent_locator, agent_reporter
 from tests.conftest import ISSUER
@@ -366,13 +366,13 @@ def test_a_crashed_vnc_server_shows_the_desktop_failed_with_its_reason(
     wait_for(life, alice, desktop["id"], ready)
     with life["portal"].extensions["vre.db"].session() as session:
         keeper = session.get(Workload, desktop["id"]).backend_state["pid"]
-    servers = [pid for pid in _children(keeper)
+    servers = [pid for pid in descendants(keeper)
                if Path(f"/proc/{pid}/comm").read_text().strip() == "Xvnc"]
-    assert len(servers) == 1
+    assert len(servers) == 1, servers
     os.kill(servers[0], signal.SIGKILL)
     shown = wait_for(life, alice, desktop["id"], ended)
-    assert shown["state"] == "failed" and shown["stop_reason"].startswith("failed: ")
-    assert "exit status" in shown["stop_reason"]
+    assert shown["state"] == "failed" and shown["stop_reason"].startswith("failed: "), shown
+    assert "exit status" in shown["stop_reason"], shown
     assert "the VNC server ended" in log_of(life, desktop["id"])
     grant_ends(life, desktop["id"])
     assert traces_of(life, desktop["id"], 2)[1]["details"]["reason"] == shown["stop_reason"]
