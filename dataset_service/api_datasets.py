@@ -546,6 +546,35 @@ def end_grant(grant_id: str) -> dict[str, Any]:
         return {"id": grant.id, "ended_at": grant.ended_at.isoformat()}
 
 
+class OpenGrantOut(BaseModel):
+    id: str
+    user_id: str
+    workload_id: str
+    datasets: list[str]
+    invalidated: list[str] = Field(
+        description="datasets of the grant that have been invalidated since it was made")
+
+
+class OpenGrantsOut(BaseModel):
+    grants: list[OpenGrantOut]
+
+
+@bp.get("/grants/open")
+@endpoint("Grants not ended yet, each with its datasets invalidated since: the workloads "
+          "holding the others are stopped", response=OpenGrantsOut, roles=["service"],
+          tags=["grants"])
+def open_grants() -> OpenGrantsOut:
+    with db_of().reading() as session:
+        grants = list(session.scalars(sa.select(Grant).where(Grant.ended_at.is_(None))
+                                      .order_by(Grant.created_at)))
+        wanted = {d for g in grants for d in g.dataset_ids}
+        invalidated = set(session.scalars(sa.select(Dataset.id).where(
+            Dataset.id.in_(wanted), Dataset.state == "invalidated"))) if wanted else set()
+    return OpenGrantsOut(grants=[OpenGrantOut(
+        id=g.id, user_id=g.user_id, workload_id=g.workload_id, datasets=list(g.dataset_ids),
+        invalidated=[d for d in g.dataset_ids if d in invalidated]) for g in grants])
+
+
 def _revocable(user_id: str) -> str:
     if not re.fullmatch(_ID, user_id):
         raise Unprocessable(f"{user_id[:64]!r} is not a user id", field="user_id")

@@ -147,6 +147,10 @@ class DatasetClient(ServiceClient):
     def end_grant(self, grant_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/api/v1/grants/{grant_id}")
 
+    def open_grants(self) -> list[dict[str, Any]]:
+        """Grants not ended yet, each naming its datasets invalidated since it was made."""
+        return self._call("GET", "/api/v1/grants/open")["grants"]
+
     def revoke_user(self, user_id: str, reason: str = "") -> dict[str, Any]:
         return self._call("PUT", f"/api/v1/revoked-users/{user_id}", json={"reason": reason})
 

@@ -4,7 +4,8 @@ administrator sees and stops any."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from flask import Blueprint, current_app
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,49 @@ class DesktopIn(BaseModel):
     project: list[str] = Field(default_factory=list, max_length=20)
 
 
+class ProgressOut(BaseModel):
+    percent: int
+    message: str
+
+
+class DesktopOut(BaseModel):
+    """A desktop and where it stands in its lifecycle."""
+
+    id: str
+    owner_id: str
+    kind: str
+    application: str
+    flavor: str
+    state: Literal["starting", "running", "stopping", "stopped", "failed"]
+    reason: str = Field(description="how the sandbox ended, as the backend saw it")
+    stop_reason: str | None = Field(description=(
+        "why it stopped: stopped_by_owner, stopped_by_admin, idle, max_lifetime, "
+        "owner_revoked, dataset_invalidated, grant_ended, ended (its session ended), "
+        "stopped, or 'failed: <why>'; null while it runs"))
+    datasets: list[str]
+    grant_id: str | None
+    exit_status: int | None
+    cpu_seconds: float
+    memory_peak_bytes: int
+    created_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    expires_at: datetime | None = Field(description=(
+        "when it is stopped unless extended (POST .../extend); never later than its start "
+        "plus the maximum lifetime"))
+    idle_warning_at: datetime | None = Field(description=(
+        "since when it is warned of being stopped for lack of use; null when it is not"))
+    culls_at: datetime | None = Field(description=(
+        "when it is stopped for lack of use unless a viewer connects; null when not warned"))
+    last_activity_at: datetime | None = Field(description=(
+        "when a viewer was last seen connected or last sent input; null if never"))
+    progress: list[ProgressOut] | None = Field(None, description="start-up steps so far")
+
+
+class DesktopsOut(BaseModel):
+    desktops: list[DesktopOut]
+
+
 class TicketOut(BaseModel):
     url: str = Field(description="WebSocket URL of the VNC proxy with the ticket; usable once")
     expires_in: int
@@ -45,7 +89,7 @@ def _principal() -> Principal:
 
 @bp.post("/desktops")
 @endpoint("Start a desktop with the granted datasets mounted read-only", body=DesktopIn,
-          status=201, tags=["desktops"])
+          response=DesktopOut, status=201, tags=["desktops"])
 def start_desktop(body: DesktopIn) -> dict[str, Any]:
     ask = desktops.DesktopRequest(application=body.application, flavor=body.flavor,
                                   datasets=tuple(dict.fromkeys(body.datasets)),
@@ -55,14 +99,15 @@ def start_desktop(body: DesktopIn) -> dict[str, Any]:
 
 
 @bp.get("/desktops")
-@endpoint("Your desktops (an administrator's: everyone's)", tags=["desktops"])
+@endpoint("Your desktops (an administrator's: everyone's)", response=DesktopsOut,
+          tags=["desktops"])
 def list_desktops() -> dict[str, Any]:
     with db_of().session() as session:
         return {"desktops": desktops.listing(session, _principal())}
 
 
 @bp.get("/desktops/<desktop_id>")
-@endpoint("One desktop, with its start-up progress", tags=["desktops"],
+@endpoint("One desktop, with its start-up progress", response=DesktopOut, tags=["desktops"],
           scopes=[WORKLOAD_SCOPE])
 def show_desktop(desktop_id: str) -> dict[str, Any]:
     with db_of().session() as session:
@@ -76,10 +121,42 @@ def show_desktop(desktop_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/desktops/<desktop_id>")
-@endpoint("Stop a desktop; its grant ends with it", tags=["desktops"])
+@endpoint("Stop a desktop; its grant ends with it", response=DesktopOut, tags=["desktops"])
 def stop_desktop(desktop_id: str) -> dict[str, Any]:
     with db_of().session() as session:
         return desktops.stop(session, _principal(), desktop_id, datasets_as_portal())
+
+
+@bp.post("/desktops/<desktop_id>/extend")
+@endpoint("Move your desktop's expiry one step later, up to its maximum lifetime (refused "
+          "with lifetime_limit once there)", response=DesktopOut, tags=["desktops"])
+def extend_desktop(desktop_id: str) -> dict[str, Any]:
+    with db_of().session() as session:
+        return desktops.extend(session, _principal(), desktop_id)
+
+
+@bp.post("/desktops/<desktop_id>/restart")
+@endpoint("Stop your desktop and start a fresh one in its place: same application, flavor "
+          "and datasets, a new grant and a new id", response=DesktopOut, status=201,
+          tags=["desktops"])
+def restart_desktop(desktop_id: str) -> dict[str, Any]:
+    with db_of().session() as session:
+        return desktops.restart(session, _principal(), desktop_id, datasets_as_portal(),
+                                utcnow())
+
+
+class ForgottenOut(BaseModel):
+    id: str
+    forgotten: bool
+
+
+@bp.post("/desktops/<desktop_id>/forget")
+@endpoint("Take your ended desktop off your list (refused with desktop_running while it runs)",
+          response=ForgottenOut, tags=["desktops"])
+def forget_desktop(desktop_id: str) -> ForgottenOut:
+    with db_of().session() as session:
+        desktops.forget(session, _principal(), desktop_id)
+    return ForgottenOut(id=desktop_id, forgotten=True)
 
 
 @bp.post("/desktops/<desktop_id>/ticket")

@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 
 from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailable
 from portal import catalogues
-from portal.compute import ComputeError, DatasetMount, Resources, WorkloadSpec
+from portal.compute import ComputeError, DatasetMount, Resources, WorkloadSpec, lifecycle
 from portal.compute.agent import socket_path
 from portal.compute.client import AgentClient
 from portal.compute.local import SESSION
 from portal.models import ACTIVE_STATES, Flavor, Workload
 from portal.quotas import Account, HostCapacity, Requester, Usage, decide
+from vre.db import utcnow
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.tokens import WORKLOAD_SCOPES, Principal, TokenIssuer
 from vre.web import config_of
@@ -30,7 +31,8 @@ from vre.web import config_of
 DESKTOP_TOKEN_SCOPE = " ".join(sorted(WORKLOAD_SCOPES))
 WORKLOAD_ROLES = ["researcher"]
 AGENT_STATUS = {"agent_unavailable": 503, "exceeds_host": 422, "mount_refused": 409,
-                "bad_environment": 422, "workload_exists": 409, "workload_unknown": 404}
+                "bad_environment": 422, "workload_exists": 409, "workload_unknown": 404,
+                "desktop_not_running": 409, "lifetime_limit": 409}
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,12 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
     flavor = decide_start(session, principal, ask, host_of(client), now)
     config = config_of()
     workload_id = "d" + uuid.uuid4().hex[:16]
+    application = catalogues.application(session, ask.application)
     try:
         grant = datasets_service.create_grant({
             "user_id": principal.subject, "user_roles": sorted(principal.roles),
             "workload_id": workload_id, "purpose": "desktop", "datasets": list(ask.datasets),
-            "tool": ask.application, "flavor": flavor.name,
-            "image": catalogues.application(session, ask.application).image})
+            "tool": ask.application, "flavor": flavor.name, "image": application.image})
     except DatasetUnavailable:
         raise ServiceUnavailable("the dataset service does not answer; try again",
                                  code="datasets_unavailable") from None
@@ -147,16 +149,20 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
     mounts = tuple(DatasetMount(dataset_id=m["dataset_id"], name=m["name"],
                                 version=str(m["version"]), content_hash=m["content_hash"],
                                 tree=m["tree"]) for m in grant["mounts"])
+    # The backend's hard limit is the maximum lifetime: the agent enforces the expiry, which
+    # starts at the flavor's run time and moves with each extension.
+    cap = int(config.desktop_max_lifetime_hours * 3600)
     spec = WorkloadSpec(
         workload_id=workload_id, owner=principal.subject, kind="desktop",
         application=ask.application, command=(str(SESSION / "desktop-session"),),
         resources=Resources(cpus=flavor.cpus, memory_mib=flavor.memory_mib, gpus=flavor.gpus,
-                            max_runtime_seconds=flavor.max_runtime_minutes * 60),
-        mounts=mounts,
+                            max_runtime_seconds=cap + 60),
+        mounts=mounts, image=application.image,
         token=workload_token(current_app.extensions["vre.issuer"], principal.subject,
                              workload_id, list(ask.datasets), config.token_ttl_seconds))
     try:
-        return client.start(spec, flavor.name, list(ask.datasets), grant_id=grant["id"])
+        return client.start(spec, flavor.name, list(ask.datasets), grant_id=grant["id"],
+                            expires_in=flavor.max_runtime_minutes * 60)
     except ComputeError as exc:
         _end_grant(datasets_service, grant["id"])
         raise _agent_error(exc) from None
@@ -184,16 +190,59 @@ def visible(session: Session, principal: Principal, workload_id: str) -> Workloa
 
 
 def stop(session: Session, principal: Principal, workload_id: str,
-         datasets_service: DatasetClient) -> dict[str, Any]:
-    """End a desktop and its grant."""
+         datasets_service: DatasetClient, reason: str | None = None) -> dict[str, Any]:
+    """End a desktop and its grant; the stop reason says whether its owner or an
+    administrator ended it."""
     row = visible(session, principal, workload_id)
     grant_id = row.grant_id
+    reason = reason or (lifecycle.STOPPED_BY_OWNER if row.owner_id == principal.subject
+                        else lifecycle.STOPPED_BY_ADMIN)
     try:
-        shown = agent().stop(workload_id)
+        shown = agent().stop(workload_id, reason=reason, actor=principal.subject)
     except ComputeError as exc:
         raise _agent_error(exc) from None
     _end_grant(datasets_service, grant_id)
     return shown
+
+
+def owned(session: Session, principal: Principal, workload_id: str, doing: str) -> Workload:
+    """A desktop the principal owns; an administrator's look at another's is refused."""
+    row = visible(session, principal, workload_id)
+    if row.owner_id != principal.subject:
+        raise Forbidden(f"only the desktop's owner may {doing} it", code="not_the_owner")
+    return row
+
+
+def restart(session: Session, principal: Principal, workload_id: str,
+            datasets_service: DatasetClient, now: datetime) -> dict[str, Any]:
+    """Stop the owner's desktop (when it still runs) and start a fresh one with the same
+    application, flavor and datasets: a new grant and a new id. A start that is refused
+    (a dataset invalidated since, a flavor disabled) leaves the old one stopped."""
+    row = owned(session, principal, workload_id, "restart")
+    ask = DesktopRequest(application=row.application, flavor=row.flavor,
+                         datasets=tuple(row.datasets))
+    if row.state in ACTIVE_STATES:
+        stop(session, principal, workload_id, datasets_service, lifecycle.RESTARTED)
+        session.expire_all()  # the agent changed it meanwhile; usage is counted afresh
+    return start(session, principal, ask, datasets_service, now)
+
+
+def forget(session: Session, principal: Principal, workload_id: str) -> None:
+    """Take an ended desktop off its owner's list (its record stays, for usage and quotas)."""
+    row = owned(session, principal, workload_id, "forget")
+    if row.state in ACTIVE_STATES:
+        raise ApiError("stop the desktop before taking it off your list",
+                       code="desktop_running", status=409)
+    row.forgotten_at = row.forgotten_at or utcnow()
+
+
+def extend(session: Session, principal: Principal, workload_id: str) -> dict[str, Any]:
+    """Move the owner's desktop's expiry a step later, up to its maximum lifetime."""
+    owned(session, principal, workload_id, "extend")
+    try:
+        return agent().extend(workload_id)
+    except ComputeError as exc:
+        raise _agent_error(exc) from None
 
 
 def retire_ended(session: Session, datasets_service: DatasetClient,
@@ -208,7 +257,8 @@ def listing(session: Session, principal: Principal) -> list[dict[str, Any]]:
     """The principal's desktops, newest first (an administrator's: everyone's)."""
     from portal.compute.agent import row_out
 
-    query = sa.select(Workload).where(Workload.kind == "desktop")
+    query = sa.select(Workload).where(Workload.kind == "desktop",
+                                      Workload.forgotten_at.is_(None))
     if not principal.has_any("admin"):
         query = query.where(Workload.owner_id == principal.subject)
     since = datetime.now().astimezone() - timedelta(days=30)

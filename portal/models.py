@@ -246,6 +246,20 @@ class Workload(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # A desktop's deadline: its flavor's run time after start, moved on by extensions up to
+    # the configured maximum lifetime; the agent stops it then.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Written by the VNC proxy's reports (through the agent): a viewer connected, input.
+    viewer_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    input_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Set while the desktop is warned of being stopped for idleness, and when it will be.
+    idle_warning_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    culls_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Why it stopped (portal.compute.lifecycle's codes, or "failed: ..."), and who asked.
+    stop_reason: Mapped[str | None] = mapped_column(sa.Text)
+    stopped_by: Mapped[str | None] = mapped_column(sa.String(128))
+    # When its owner took an ended desktop off their list (the record stays, for quotas).
+    forgotten_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         sa.CheckConstraint("kind IN ('desktop', 'job')", name="kind"),

@@ -25,6 +25,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from portal.compute.lifecycle import ACTIVITY_REPORT_SECONDS
 from vre.tokens import TokenError, TokenIssuer, TokenValidator
 
 log = logging.getLogger("vre.vncproxy")
@@ -35,6 +36,9 @@ CHUNK = 1 << 16
 
 # Answers where a user's running desktop listens, or None when it is not theirs or not running.
 Locate = Callable[[str, str], Path | None]
+# Tells the compute agent a viewer of a desktop is connected, and whether input arrived since
+# the last report; called every few seconds while a connection is open (the idle culling).
+Report = Callable[[str, bool], None]
 
 
 def issue_ticket(issuer: TokenIssuer, user_id: str, workload_id: str) -> str:
@@ -91,14 +95,19 @@ class VncProxy:
     """Checks tickets and relays each admitted connection to its own desktop."""
 
     def __init__(self, validator: TokenValidator, locate: Locate,
-                 allowed_origins: frozenset[str]) -> None:
+                 allowed_origins: frozenset[str], report: Report | None = None) -> None:
         self.validator = validator
         self.locate = locate
         self.allowed_origins = allowed_origins
+        self.report = report
         self.tickets = TicketBook()
 
     def admit(self, path: str, headers: Headers) -> Path:
         """The VNC socket a request may reach, or a `Refusal`."""
+        return self._admit(path, headers)[1]
+
+    def _admit(self, path: str, headers: Headers) -> tuple[str, Path]:
+        """The desktop a request may reach and its VNC socket, or a `Refusal`."""
         origin = headers.get("Origin")
         if origin is not None and origin not in self.allowed_origins:
             raise Refusal(403, "origin_refused")
@@ -122,11 +131,12 @@ class VncProxy:
         target = self.locate(principal.subject, workload_id)
         if target is None:
             raise Refusal(403, "desktop_unavailable")
-        return target
+        return workload_id, target
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
-            connection.vnc_target = self.admit(request.path, request.headers)  # type: ignore[attr-defined]
+            connection.vnc_workload, connection.vnc_target = self._admit(  # type: ignore[attr-defined]
+                request.path, request.headers)
         except Refusal as refused:
             log.info("vnc connection refused: %s", refused.code)
             return connection.respond(refused.status, refused.code + "\n")
@@ -140,8 +150,11 @@ class VncProxy:
             await connection.close(1011, "desktop_unreachable")
             return
 
+        typed = [False]
+
         async def upstream() -> None:
             async for message in connection:
+                typed[0] = True
                 writer.write(message if isinstance(message, bytes) else message.encode())
                 await writer.drain()
 
@@ -149,7 +162,19 @@ class VncProxy:
             while data := await reader.read(CHUNK):
                 await connection.send(data)
 
-        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        async def reporting() -> None:
+            workload_id: str = connection.vnc_workload  # type: ignore[attr-defined]
+            while self.report is not None:
+                seen, typed[0] = typed[0], False
+                try:
+                    await asyncio.to_thread(self.report, workload_id, seen)
+                except Exception as exc:  # a missed report only makes the desktop look idle
+                    log.warning("cannot report activity of %s: %s", workload_id, exc)
+                await asyncio.sleep(ACTIVITY_REPORT_SECONDS)
+            await asyncio.Event().wait()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream()),
+                 asyncio.create_task(reporting())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         except ConnectionClosed:
@@ -194,6 +219,14 @@ def agent_locator(config: object) -> Locate:
     return locate
 
 
+def agent_reporter(config: object) -> Report:
+    """Activity reports to the compute agent, which records them for the idle culling."""
+    from portal.compute.agent import socket_path
+    from portal.compute.client import AgentClient
+
+    return AgentClient(socket_path(config), timeout=10).activity  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m portal.vncproxy`: the process `vre up` starts."""
     from vre.config import load_config
@@ -203,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     portal = urlsplit(config.url_of("portal"))
     # Tickets come from the portal alone, whoever signs people in.
     proxy = VncProxy(TokenValidator(config.portal_issuer, TICKET_AUDIENCE, config.portal_jwks),
-                     agent_locator(config), frozenset({f"{portal.scheme}://{portal.netloc}"}))
+                     agent_locator(config), frozenset({f"{portal.scheme}://{portal.netloc}"}),
+                     agent_reporter(config))
 
     async def run() -> None:
         async with proxy.serve(config.host, config.vnc_proxy_port) as server:

@@ -14,16 +14,17 @@ SUDO=""
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # System packages: only what is missing, so a second run is quick and offline-friendly.
-# bubblewrap, Xvnc, a window manager, a terminal and noVNC make the desktops and jobs; a
-# file manager, an editor, DICOM viewers (aeskulap, amide) and converters (dcmtk, dcm2niix)
-# are the research desktop's tools.
+# bubblewrap, Xvnc, a window manager, a terminal, xmessage (x11-utils: the platform's notices
+# on a desktop's screen) and noVNC make the desktops and jobs; a file manager, an editor,
+# DICOM viewers (aeskulap, amide) and converters (dcmtk, dcm2niix) are the research desktop's
+# tools.
 APT_PACKAGES=(python3 python3-venv python3-dev build-essential nodejs npm bubblewrap
-              tigervnc-standalone-server openbox xterm novnc
+              tigervnc-standalone-server openbox xterm x11-utils novnc
               pcmanfm mousepad aeskulap amide dcmtk dcm2niix)
 if (( WITH_TESTS )); then
   # chromium for the browser tests; the desktop's VNC server and window manager for its
   # start-up script's tests; a Java runtime for Spark (pyspark 4 needs Java 17 or later).
-  APT_PACKAGES+=(postgresql postgresql-client chromium tigervnc-tools x11-utils xclip
+  APT_PACKAGES+=(postgresql postgresql-client chromium tigervnc-tools xclip
                  openjdk-17-jre-headless)
 fi
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

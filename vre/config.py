@@ -165,6 +165,26 @@ class Config(BaseModel):
     workload_user: str = Field(
         "vre-workload", pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
         description="Unprivileged host account the local sandboxes run as (created if missing).")
+    desktop_max_lifetime_hours: float = Field(
+        24.0, gt=0, le=24 * 31,
+        description="Longest a desktop may run, from its start, however often it is extended; "
+        "it first expires after its flavor's maximum run time.")
+    desktop_extend_minutes: float = Field(
+        60.0, gt=0, le=24 * 60,
+        description="How much later each extension of a desktop moves its expiry (never "
+        "past its maximum lifetime).")
+    desktop_idle_minutes: float = Field(
+        30.0, gt=0, le=7 * 24 * 60,
+        description="A desktop with no viewer connected and no input for this long is warned "
+        "that it will be stopped.")
+    desktop_idle_grace_minutes: float = Field(
+        10.0, ge=0, le=24 * 60,
+        description="How long after that warning an idle desktop is stopped, unless a viewer "
+        "connects or input arrives meanwhile.")
+    desktop_watch_seconds: float = Field(
+        5.0, gt=0, le=3600,
+        description="How often the compute agent checks running workloads against revoked "
+        "owners, ended grants and invalidated datasets.")
     identity: str = Field(
         "local", pattern=r"^(local|oidc)$",
         description="Who signs people in to the portal: local accounts, or an OpenID Connect "

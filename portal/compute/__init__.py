@@ -165,6 +165,8 @@ class ComputeBackend(ABC):
     - `api_socket(workload_id)`: the socket inside the workload's run folder through which it
       reaches the platform's API, or None.
     - `capacity()`: what it can run now and the largest workload it could ever run.
+    - `notify(workload_id, text)`: show a message inside a desktop (an idle warning), or take
+      it away with None; a backend that cannot show one ignores it.
     """
 
     def __init__(self, config: Config) -> None:
@@ -205,6 +207,9 @@ class ComputeBackend(ABC):
     @abstractmethod
     def capacity(self) -> Capacity:
         """What this backend can run now, and ever."""
+
+    def notify(self, workload_id: str, text: str | None) -> None:  # noqa: B027 - optional
+        """Show `text` inside the desktop, or take the message away (None)."""
 
 
 def spec_to_json(spec: WorkloadSpec) -> dict[str, Any]:

@@ -4,7 +4,12 @@ they never spawn a sandbox themselves.
 
 Workload state lives in the portal's database. At start the agent re-adopts every workload
 the database says is active and marks the ones that vanished meanwhile as failed, with the
-reason; then it polls the running ones and records how each ended."""
+reason; then it polls the running ones and records how each ended.
+
+It also ends desktops that must not go on (`portal.compute.lifecycle` decides): an owner
+revoked, a grant ended or a dataset invalidated, a lifetime reached, nobody using it. Each
+desktop's start and stop is traced through the portal's outbox in the transaction that
+records it, so a tracer outage delays those traces and never loses them."""
 
 from __future__ import annotations
 
@@ -16,32 +21,107 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from flask import Flask, jsonify, request
 from sqlalchemy.orm import object_session
 from werkzeug.serving import make_server
 
+from dataset_service.client import DatasetClient, DatasetError
 from portal.compute import (
     ComputeBackend,
     ComputeError,
     Exited,
     WorkloadSpec,
     backend_for,
+    lifecycle,
     spec_from_json,
     spec_to_json,
 )
-from portal.models import ACTIVE_STATES, Workload
+from portal.models import ACTIVE_STATES, User, Workload, trace_outbox
 from portal.revocations import revoke_workload
+from tracer.client import TracerClient, checked_trace
+from vre.client import ServiceError
 from vre.config import Config
 from vre.db import Database, utcnow
+from vre.outbox import Outbox
+from vre.revocation import FeedClient
+from vre.service_auth import TokenSource
 
 log = logging.getLogger("vre.compute.agent")
 POLL_SECONDS = 1.0
 ExitHook = Callable[[Workload], None]
+# Who a trace names for what the platform did on its own (a desktop idle, expired, revoked).
+PLATFORM_ACTOR = "service:portal"
+IDLE_NOTICE = ("This desktop has had no viewer for a while. It will be stopped at {at} UTC "
+               "unless you open it again.")
+
+
+class Watch(Protocol):
+    """Where the agent learns who is revoked and which grants still hold."""
+
+    def revoked_owners(self) -> frozenset[str]:
+        """Token subjects whose workloads must stop (disabled, or revoked)."""
+
+    def open_grants(self) -> dict[str, lifecycle.OpenGrant] | None:
+        """Every grant the dataset service holds open; None when it cannot be asked."""
+
+
+class OwnAccounts:
+    """The portal's own records only: its disabled accounts; grants are not checked."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def revoked_owners(self) -> frozenset[str]:
+        with self.db.reading() as session:
+            rows = session.execute(sa.select(User.id, User.external_subject)
+                                   .where(User.active.is_(False)))
+            return frozenset(external or user_id for user_id, external in rows)
+
+    def open_grants(self) -> dict[str, lifecycle.OpenGrant] | None:
+        return None
+
+
+class PlatformWatch(OwnAccounts):
+    """The portal's disabled accounts, the people the dataset service revoked (its revocation
+    feed), and the grants it holds open. While the dataset service does not answer, only the
+    portal's own accounts are acted on."""
+
+    def __init__(self, db: Database, datasets: DatasetClient, feed: FeedClient) -> None:
+        super().__init__(db)
+        self.datasets = datasets
+        self.feed = feed
+
+    def revoked_owners(self) -> frozenset[str]:
+        owners = super().revoked_owners()
+        try:
+            return owners | self.feed.revocations().people
+        except (ServiceError, OSError, ValueError) as exc:
+            log.warning("the dataset service's revocation feed does not answer: %s", exc)
+            return owners
+
+    def open_grants(self) -> dict[str, lifecycle.OpenGrant] | None:
+        try:
+            grants = self.datasets.open_grants()
+        except (DatasetError, ServiceError, OSError, KeyError) as exc:
+            log.warning("cannot read the open grants: %s", exc)
+            return None
+        return {g["id"]: lifecycle.OpenGrant(g["id"], tuple(g.get("invalidated", ())))
+                for g in grants}
+
+    def end_grant(self, row: Workload) -> None:
+        """The after-exit work: a workload's grant ends with it."""
+        if not row.grant_id:
+            return
+        try:
+            self.datasets.end_grant(row.grant_id)
+        except DatasetError as exc:
+            if exc.status != 404:
+                raise
 
 
 def socket_path(config: Config) -> Path:
@@ -58,19 +138,48 @@ def row_out(row: Workload) -> dict[str, Any]:
             "memory_peak_bytes": row.memory_peak_bytes,
             "created_at": row.created_at.isoformat() if row.created_at else None,
             "started_at": row.started_at.isoformat() if row.started_at else None,
-            "ended_at": row.ended_at.isoformat() if row.ended_at else None}
+            "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+            "stop_reason": row.stop_reason, "expires_at": _iso(row.expires_at),
+            "idle_warning_at": _iso(row.idle_warning_at), "culls_at": _iso(row.culls_at),
+            "last_activity_at": _iso(_activity(row).last())}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _activity(row: Workload) -> lifecycle.Activity:
+    return lifecycle.Activity(started_at=row.started_at or row.created_at or utcnow(),
+                              viewer_seen_at=row.viewer_seen_at, input_at=row.input_at)
+
+
+def desktop_trace(row: Workload, action: str, actor: str) -> dict[str, Any]:
+    """A desktop's DESKTOP_STARTED or DESKTOP_STOPPED trace: the datasets with the content
+    hashes it mounted, the application and image, the flavor, the owner, and why it stopped."""
+    mounts = row.spec.get("mounts", [])
+    return checked_trace({
+        "actor": actor, "action": action,
+        "datasets": [{"id": m["dataset_id"], "hash": m["content_hash"]} for m in mounts],
+        "details": {k: v for k, v in {
+            "workload_id": row.id, "subject_user": row.owner_id, "tool": row.application,
+            "image": row.spec.get("image") or None, "flavor": row.flavor or None,
+            "reason": (row.stop_reason or "")[:500] or None}.items() if v is not None}})
 
 
 class Agent:
     """Workloads on one backend, with their state kept in the portal's database."""
 
     def __init__(self, config: Config, db: Database, backend: ComputeBackend | None = None,
-                 on_exit: ExitHook | None = None) -> None:
+                 on_exit: ExitHook | None = None, outbox: Outbox | None = None,
+                 watch: Watch | None = None) -> None:
         self.config = config
         self.db = db
         self.backend = backend or backend_for(config)
         self.on_exit = on_exit
+        self.outbox = outbox
+        self.watch = watch or OwnAccounts(db)
         self._lock = threading.Lock()
+        self._watched_at = 0.0
 
     def reattach(self) -> dict[str, list[str]]:
         """Adopt every workload the database calls active; fail the ones that vanished."""
@@ -92,18 +201,27 @@ class Agent:
         return {"adopted": adopted, "vanished": vanished}
 
     def start(self, spec: WorkloadSpec, flavor: str, datasets: list[str],
-              grant_id: str | None = None) -> dict[str, Any]:
-        """Record the workload, then start it; a refusal leaves it failed with the reason."""
+              grant_id: str | None = None, expires_in: float | None = None) -> dict[str, Any]:
+        """Record the workload, then start it; a refusal leaves it failed with the reason.
+        A desktop expires `expires_in` seconds after it started (its flavor's longest run,
+        by default the spec's), never later than the configured maximum lifetime."""
         with self.db.session() as session:
             if session.get(Workload, spec.workload_id) is not None:
                 raise ComputeError("workload_exists", f"workload {spec.workload_id} exists")
             kept = spec_to_json(spec)
             kept.pop("token")
-            session.add(Workload(id=spec.workload_id, owner_id=spec.owner, kind=spec.kind,
-                                 application=spec.application, flavor=flavor,
-                                 state="starting", reason="", datasets=datasets,
-                                 grant_id=grant_id, spec=kept, backend_state={},
-                                 cpu_seconds=0.0, memory_peak_bytes=0))
+            row = Workload(id=spec.workload_id, owner_id=spec.owner, kind=spec.kind,
+                           application=spec.application, flavor=flavor,
+                           state="starting", reason="", datasets=datasets,
+                           grant_id=grant_id, spec=kept, backend_state={},
+                           cpu_seconds=0.0, memory_peak_bytes=0)
+            if row.kind == "desktop":
+                try:  # a desktop whose trace the tracer would refuse never starts
+                    desktop_trace(row, "DESKTOP_STARTED", row.owner_id)
+                except (ValueError, KeyError) as exc:
+                    raise ComputeError("bad_spec", f"the desktop cannot be traced: {exc}") \
+                        from None
+            session.add(row)
         try:
             state = self.backend.start(spec)
         except ComputeError as exc:
@@ -111,19 +229,28 @@ class Agent:
                 row = session.get(Workload, spec.workload_id)
                 row.state, row.ended_at = "failed", utcnow()
                 row.reason = f"{exc.code}: {exc.reason}"
+                row.stop_reason = f"{lifecycle.FAILED}: {row.reason}"
             raise
         with self.db.session() as session:
             row = session.get(Workload, spec.workload_id)
             row.state, row.backend_state, row.started_at = "running", state, utcnow()
+            if row.kind == "desktop":
+                row.expires_at = lifecycle.first_expiry(
+                    row.started_at, expires_in or spec.resources.max_runtime_seconds,
+                    self._max_lifetime())
+                self._trace(session, desktop_trace(row, "DESKTOP_STARTED", row.owner_id))
             return row_out(row)
 
-    def stop(self, workload_id: str, now: bool = False) -> dict[str, Any]:
-        """End a workload and record how it ended."""
+    def stop(self, workload_id: str, now: bool = False, reason: str = lifecycle.STOPPED,
+             actor: str | None = None) -> dict[str, Any]:
+        """End a workload and record how it ended, why and at whose request."""
         with self.db.session() as session:
             row = self._row(session, workload_id)
             if row.state not in ACTIVE_STATES:
                 return row_out(row)
             row.state = "stopping"
+            row.stop_reason = row.stop_reason or reason
+            row.stopped_by = row.stopped_by or actor
         self.backend.stop(workload_id, now=now)
         self.tick()
         with self.db.session() as session:
@@ -164,10 +291,119 @@ class Agent:
     def run_forever(self, stop: threading.Event) -> None:
         """Poll until asked to stop; an error in one round is logged, never fatal."""
         while not stop.wait(POLL_SECONDS):
+            for work in (self.tick, self.keep_deadlines, self._watch_now_and_then):
+                try:
+                    work()
+                except Exception:  # the agent outlives one bad round
+                    log.exception("watching workloads failed (%s)", work.__name__)
+
+    # -- the lifecycle of desktops ---------------------------------------------------------
+    def keep_deadlines(self, now: datetime | None = None) -> list[str]:
+        """Stop running desktops past their expiry, or idle past their grace; warn the idle
+        ones and clear the warning of those used again. Answers the ids asked to stop."""
+        now = now or utcnow()
+        idle = timedelta(minutes=self.config.desktop_idle_minutes)
+        grace = timedelta(minutes=self.config.desktop_idle_grace_minutes)
+        stops: dict[str, str] = {}
+        notices: dict[str, str | None] = {}
+        with self.db.session() as session:
+            for row in session.scalars(sa.select(Workload).where(
+                    Workload.state == "running", Workload.kind == "desktop")):
+                if row.expires_at is not None and now >= row.expires_at:
+                    stops[row.id] = lifecycle.MAX_LIFETIME
+                    continue
+                verdict = lifecycle.idle_verdict(_activity(row), row.idle_warning_at, now,
+                                                 idle, grace)
+                if verdict.stop:
+                    stops[row.id] = lifecycle.IDLE
+                elif verdict.warning_at != row.idle_warning_at:
+                    notices[row.id] = None if verdict.culls_at is None else IDLE_NOTICE.format(
+                        at=verdict.culls_at.strftime("%H:%M"))
+                row.idle_warning_at, row.culls_at = verdict.warning_at, verdict.culls_at
+        for workload_id, text in notices.items():
+            self._notify(workload_id, text)
+        return [w for w, reason in stops.items() if self.stop_soon(w, reason)]
+
+    def watch_revocations(self) -> list[str]:
+        """Stop the workloads of revoked owners, and those whose grant ended or whose data was
+        invalidated. Answers the ids asked to stop."""
+        with self.db.reading() as session:
+            active = [lifecycle.Running(r.id, r.owner_id, r.grant_id, tuple(r.datasets))
+                      for r in session.scalars(sa.select(Workload).where(
+                          Workload.state.in_(("starting", "running"))))]
+        if not active:
+            return []
+        # Grants are read after the workloads: a workload's grant is made before it is.
+        stops = lifecycle.must_stop(active, self.watch.revoked_owners(),
+                                    self.watch.open_grants())
+        return [w for w, reason in stops.items() if self.stop_soon(w, reason)]
+
+    def stop_soon(self, workload_id: str, reason: str, actor: str = PLATFORM_ACTOR) -> bool:
+        """Mark a running workload stopping, with why, and end it in the background (the
+        poll records its end); False when it was not running any more."""
+        with self.db.session() as session:
+            row = session.get(Workload, workload_id)
+            if row is None or row.state != "running":
+                return False
+            row.state, row.stop_reason, row.stopped_by = "stopping", reason, actor
+        log.info("stopping %s: %s", workload_id, reason)
+        threading.Thread(target=self._stop_quietly, args=(workload_id,), daemon=True).start()
+        return True
+
+    def extend(self, workload_id: str) -> dict[str, Any]:
+        """Move a running desktop's expiry a step later, up to its maximum lifetime."""
+        with self.db.session() as session:
+            row = self._row(session, workload_id)
+            if row.kind != "desktop" or row.state != "running" or row.expires_at is None:
+                raise ComputeError("desktop_not_running", f"the desktop is {row.state}")
             try:
-                self.tick()
-            except Exception:  # the agent outlives one bad round
-                log.exception("polling workloads failed")
+                row.expires_at = lifecycle.extended(
+                    row.started_at or row.created_at, row.expires_at,
+                    timedelta(minutes=self.config.desktop_extend_minutes), self._max_lifetime())
+            except lifecycle.ExtendRefused as exc:
+                raise ComputeError(exc.code, exc.reason) from None
+            return row_out(row)
+
+    def activity(self, workload_id: str, typed: bool) -> None:
+        """The VNC proxy's report: a viewer is connected (and input arrived, when `typed`);
+        an idle warning ends with it."""
+        now = utcnow()
+        with self.db.session() as session:
+            row = self._row(session, workload_id)
+            if row.state != "running":
+                return
+            row.viewer_seen_at = now
+            if typed:
+                row.input_at = now
+            warned = row.idle_warning_at is not None
+            row.idle_warning_at = row.culls_at = None
+        if warned:
+            self._notify(workload_id, None)
+
+    def _watch_now_and_then(self) -> None:
+        if time.monotonic() - self._watched_at >= self.config.desktop_watch_seconds:
+            self._watched_at = time.monotonic()
+            self.watch_revocations()
+
+    def _stop_quietly(self, workload_id: str) -> None:
+        try:
+            self.backend.stop(workload_id)
+            self.tick()
+        except Exception:
+            log.exception("stopping %s failed; the poll records it when it ends", workload_id)
+
+    def _notify(self, workload_id: str, text: str | None) -> None:
+        try:
+            self.backend.notify(workload_id, text)
+        except ComputeError as exc:
+            log.warning("cannot tell desktop %s: %s", workload_id, exc.reason)
+
+    def _max_lifetime(self) -> timedelta:
+        return timedelta(hours=self.config.desktop_max_lifetime_hours)
+
+    def _trace(self, session: Any, trace: dict[str, Any]) -> None:
+        if self.outbox is not None:
+            self.outbox.record(session, trace)
 
     @staticmethod
     def _row(session: Any, workload_id: str) -> Workload:
@@ -184,6 +420,21 @@ class Agent:
         row.cpu_seconds = exited.cpu_seconds
         row.memory_peak_bytes = exited.memory_peak_bytes
         row.ended_at = utcnow()
+        if row.stop_reason is None:
+            row.stop_reason = (lifecycle.ENDED if exited.status == 0 else
+                               lifecycle.MAX_LIFETIME if exited.reason == "time_limit" else
+                               f"{lifecycle.FAILED}: {row.reason}")
+        row.idle_warning_at = row.culls_at = None
+        if row.kind == "desktop":
+            try:
+                trace = desktop_trace(row, "DESKTOP_STOPPED", row.stopped_by or PLATFORM_ACTOR)
+            except ValueError:
+                # Checked at its start, so only a malformed actor gets here: the platform
+                # is named instead, and the end is recorded rather than retried for ever.
+                log.error("the stop of %s names an actor the tracer refuses: %r", row.id,
+                          row.stopped_by, extra={"event": "trace_refused"})
+                trace = desktop_trace(row, "DESKTOP_STOPPED", PLATFORM_ACTOR)
+            self._trace(object_session(row), trace)
         # Its tokens die with it: refused until the last one issued would have expired.
         revoke_workload(object_session(row), row.id,
                         row.ended_at + timedelta(seconds=self.config.token_ttl_seconds + 60))
@@ -200,7 +451,8 @@ class Agent:
 
 
 STATUS = {"workload_unknown": 404, "workload_exists": 409, "bad_spec": 422,
-          "exceeds_host": 422, "mount_refused": 422, "bad_environment": 422}
+          "exceeds_host": 422, "mount_refused": 422, "bad_environment": 422,
+          "desktop_not_running": 409, "lifetime_limit": 409}
 
 
 def create_app(agent: Agent) -> Flask:
@@ -215,9 +467,13 @@ def create_app(agent: Agent) -> Flask:
     def start() -> Any:
         body = request.get_json(force=True, silent=True) or {}
         spec = spec_from_json(body.get("spec") or {})
+        expires_in = body.get("expires_in")
+        if expires_in is not None and (not isinstance(expires_in, int | float)
+                                       or isinstance(expires_in, bool) or expires_in <= 0):
+            raise ComputeError("bad_spec", "expires_in is a positive number of seconds")
         return jsonify(agent.start(spec, str(body.get("flavor", "")),
                                    [str(d) for d in body.get("datasets", [])],
-                                   body.get("grant_id"))), 201
+                                   body.get("grant_id"), expires_in)), 201
 
     @app.get("/workloads/<workload_id>")
     def show(workload_id: str) -> Any:
@@ -225,7 +481,22 @@ def create_app(agent: Agent) -> Flask:
 
     @app.post("/workloads/<workload_id>/stop")
     def stop(workload_id: str) -> Any:
-        return jsonify(agent.stop(workload_id, now=request.args.get("now") == "1"))
+        body = request.get_json(force=True, silent=True) or {}
+        reason, actor = body.get("reason", lifecycle.STOPPED), body.get("actor")
+        if not isinstance(reason, str) or not isinstance(actor, str | None):
+            raise ComputeError("bad_spec", "reason and actor are strings")
+        return jsonify(agent.stop(workload_id, now=request.args.get("now") == "1",
+                                  reason=reason[:500], actor=actor and actor[:128]))
+
+    @app.post("/workloads/<workload_id>/extend")
+    def extend(workload_id: str) -> Any:
+        return jsonify(agent.extend(workload_id))
+
+    @app.post("/workloads/<workload_id>/activity")
+    def activity(workload_id: str) -> Any:
+        body = request.get_json(force=True, silent=True) or {}
+        agent.activity(workload_id, body.get("input") is True)
+        return "", 204
 
     @app.get("/workloads/<workload_id>/logs")
     def logs(workload_id: str) -> Any:
@@ -275,6 +546,19 @@ def serve(agent: Agent, path: Path) -> None:
     Served(agent, path).serve_forever()
 
 
+def service_tokens(config: Config) -> TokenSource:
+    """The portal's service tokens, as its identity makes them, for the agent's own calls
+    (the dataset service's grants and feed, the tracer)."""
+    from portal.identity import make_identity
+    from vre.tokens import TokenIssuer
+
+    holder = Flask("vre-compute-agent")  # the local identity signs with the app's issuer
+    holder.extensions["vre.issuer"] = TokenIssuer.from_file(
+        config.signing_key_path, config.issuer, config.token_audience,
+        config.token_ttl_seconds)
+    return make_identity(config).service_tokens(holder)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m portal.compute.agent`: the process `vre up` starts."""
     from vre.config import load_config
@@ -284,7 +568,15 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config()
     portal = service("portal")
     db = Database.for_service(config, "portal", portal.migrations)
-    agent = Agent(config, db)
+    tokens = service_tokens(config)
+    watch = PlatformWatch(db, DatasetClient(config.url_of("dataset_service"), tokens),
+                          FeedClient(config.url_of("dataset_service"), tokens, timeout=3.0))
+    tracer = TracerClient(config.url_of("tracer"), tokens)
+    outbox = Outbox(db, trace_outbox, lambda traces, timeout: tracer.record_many(
+        traces, timeout=timeout), wait=config.outbox_wait_seconds,
+        retry=config.outbox_retry_seconds)
+    outbox.start()
+    agent = Agent(config, db, on_exit=watch.end_grant, outbox=outbox, watch=watch)
     found = agent.reattach()
     log.info("compute agent: adopted %d, vanished %d", len(found["adopted"]),
              len(found["vanished"]))

@@ -53,15 +53,31 @@ class AgentClient:
         return answer
 
     def start(self, spec: WorkloadSpec, flavor: str, datasets: list[str],
-              grant_id: str | None = None) -> dict[str, Any]:
+              grant_id: str | None = None, expires_in: float | None = None) -> dict[str, Any]:
         return self._json("POST", "/workloads", {"spec": spec_to_json(spec), "flavor": flavor,
-                                                  "datasets": datasets, "grant_id": grant_id})
+                                                  "datasets": datasets, "grant_id": grant_id,
+                                                  "expires_in": expires_in})
 
     def show(self, workload_id: str) -> dict[str, Any]:
         return self._json("GET", f"/workloads/{workload_id}")
 
-    def stop(self, workload_id: str, now: bool = False) -> dict[str, Any]:
-        return self._json("POST", f"/workloads/{workload_id}/stop" + ("?now=1" if now else ""))
+    def stop(self, workload_id: str, now: bool = False, reason: str | None = None,
+             actor: str | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in (("reason", reason), ("actor", actor)) if v is not None}
+        return self._json("POST", f"/workloads/{workload_id}/stop" + ("?now=1" if now else ""),
+                          body)
+
+    def extend(self, workload_id: str) -> dict[str, Any]:
+        """Move a desktop's expiry a step later (refused with `lifetime_limit` at the cap)."""
+        return self._json("POST", f"/workloads/{workload_id}/extend")
+
+    def activity(self, workload_id: str, typed: bool) -> None:
+        """The VNC proxy's report: a viewer is connected, and input arrived when `typed`."""
+        status, data, _ = self._call("POST", f"/workloads/{workload_id}/activity",
+                                     {"input": typed})
+        if status >= 400:
+            answer = json.loads(data or b"{}")
+            raise ComputeError(answer.get("code", "agent_error"), answer.get("reason", ""))
 
     def logs(self, workload_id: str, offset: int = 0) -> tuple[bytes, int]:
         status, data, headers = self._call("GET", f"/workloads/{workload_id}/logs?offset={offset}")

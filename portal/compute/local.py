@@ -297,6 +297,21 @@ class LocalBackend(ComputeBackend):
             free_gpus=max(0, len(self.gpus) - sum(r.gpus for r in used)),
             gpu_ids=self.gpus, limits_enforced=self.limits)
 
+    def notify(self, workload_id: str, text: str | None) -> None:
+        """The message lies in the run folder (`/run/vre/notice` inside), where the desktop's
+        session shows it; written whole and renamed, so it is never read half-written."""
+        run = self._home(workload_id) / "run"
+        notice = run / "notice"
+        if text is None:
+            notice.unlink(missing_ok=True)
+            return
+        partial = run / ".notice.tmp"
+        partial.write_text(text + "\n")
+        partial.chmod(0o644)
+        if os.geteuid() == 0:
+            os.chown(partial, self.user.uid, self.user.gid)
+        partial.replace(notice)
+
     # -- inside ------------------------------------------------------------------------------
     def _tree(self, tree: str) -> Path:
         """The host folder of a granted dataset tree, refused unless it is a dataset tree of

@@ -4,6 +4,7 @@ keeping their state in the portal's database, and re-adopting them after its own
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,15 +15,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
-from portal.compute import ComputeError, DatasetMount
+from portal.compute import ComputeError, DatasetMount, spec_to_json
 from portal.compute.agent import Agent, Served, socket_path
 from portal.compute.client import AgentClient
 from portal.compute.local import LocalBackend
-from portal.models import Workload
+from portal.models import Workload, trace_outbox
 from tests.sandbox.conftest import GRANTED, spec
 from vre.config import Config
+from vre.outbox import Outbox
 
 
 @pytest.fixture
@@ -131,3 +134,78 @@ def test_only_the_platform_account_may_open_the_agent(agent_parts: tuple, config
     seen = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                            sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
     assert seen.stdout.strip() == "PermissionError", seen
+
+
+def test_a_desktop_whose_trace_would_be_refused_never_starts(agent_parts: tuple) -> None:
+    agent, client, db, _ = agent_parts
+    unhashed = DatasetMount(dataset_id="granted", name="Chest CT", version="1.0",
+                            content_hash="not-a-hash", tree="datasets/granted")
+    desktop = spec(["sleep", "300"], mounts=(unhashed,), kind="desktop")
+    with pytest.raises(ComputeError) as refused:
+        client.start(desktop, "small", ["granted"])
+    assert refused.value.code == "bad_spec" and "traced" in refused.value.reason
+    with db.session() as session:
+        assert session.get(Workload, desktop.workload_id) is None
+    assert not (agent.backend.root / desktop.workload_id).exists()
+
+
+def test_the_lifecycle_calls_refuse_what_does_not_apply(agent_parts: tuple) -> None:
+    _agent, client, _db, _ = agent_parts
+    job = spec(["sleep", "300"])
+    client.start(job, "small", ["granted"])
+    with pytest.raises(ComputeError) as not_desktop:
+        client.extend(job.workload_id)
+    assert not_desktop.value.code == "desktop_not_running"
+    with pytest.raises(ComputeError) as unknown:
+        client.activity("w-nothing", True)
+    assert unknown.value.code == "workload_unknown"
+    with pytest.raises(ComputeError) as bad:
+        client._json("POST", f"/workloads/{job.workload_id}/stop", {"reason": 7})
+    assert bad.value.code == "bad_spec"
+    never = spec(["true"])
+    with pytest.raises(ComputeError) as bad_expiry:
+        client._json("POST", "/workloads", {"spec": spec_to_json(never), "expires_in": -5})
+    assert bad_expiry.value.code == "bad_spec" and "expires_in" in bad_expiry.value.reason
+    with pytest.raises(ComputeError):
+        client.show(never.workload_id)
+    stopped = client.stop(job.workload_id, reason="owner_revoked", actor="admin-1")
+    assert stopped["state"] == "stopped" and stopped["stop_reason"] == "owner_revoked"
+
+
+def test_a_tracer_outage_neither_blocks_nor_loses_a_desktops_traces(
+        agent_parts: tuple, config: Config) -> None:
+    """The tracer is replaced by a sender that fails as an unreachable one does (no tracer
+    runs in this test; the site-wide lifecycle tests deliver to a real one)."""
+    agent, client, db, _ = agent_parts
+    delivered: list[dict] = []
+    down = {"tracer": True}
+
+    def send(traces: list[dict], timeout: float) -> list[dict]:
+        if down["tracer"]:
+            raise ConnectionError("the tracer does not answer")
+        delivered.extend(traces)
+        return [{"id": t["id"], "seq": i} for i, t in enumerate(traces)]
+
+    agent.outbox = Outbox(db, trace_outbox, send, wait=0.2, retry=0.01)
+    hashed = DatasetMount(dataset_id="granted", name="Chest CT", version="1.0",
+                          content_hash="sha256:" + "ab" * 32, tree="datasets/granted")
+    desktop = spec(["sleep", "300"], mounts=(hashed,), kind="desktop", image="vre/desktop:1")
+    assert client.start(desktop, "small", ["granted"])["state"] == "running"
+    stopped = client.stop(desktop.workload_id, reason="stopped_by_owner", actor=desktop.owner)
+    assert stopped["state"] == "stopped"
+    with db.session() as session:
+        kept = [json.loads(t) for t in session.scalars(sa.select(trace_outbox.c.trace)
+                                                       .order_by(trace_outbox.c.position))]
+    assert [t["action"] for t in kept] == ["DESKTOP_STARTED", "DESKTOP_STOPPED"]
+    assert kept[0]["datasets"] == [{"id": "granted", "hash": "sha256:" + "ab" * 32}]
+    assert kept[1]["details"]["reason"] == "stopped_by_owner"
+
+    down["tracer"] = False  # back: what waited is delivered, in order, once
+    deadline = time.monotonic() + 30
+    while len(delivered) < 2:
+        assert time.monotonic() < deadline, delivered
+        agent.outbox.drain()
+        time.sleep(0.05)
+    agent.outbox.stop()
+    assert [t["id"] for t in delivered] == [t["id"] for t in kept]
+    assert agent.outbox.pending() == 0

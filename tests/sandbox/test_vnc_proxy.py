@@ -27,7 +27,14 @@ ORIGIN = "http://portal.test"
 
 
 @pytest.fixture
-def desk(compute: LocalBackend, issuer_dir: Path) -> Iterator[tuple[str, str]]:
+def reports() -> list[tuple[str, bool]]:
+    """What the proxy reported of viewers: (workload id, input since the last report)."""
+    return []
+
+
+@pytest.fixture
+def desk(compute: LocalBackend, issuer_dir: Path,
+         reports: list[tuple[str, bool]]) -> Iterator[tuple[str, str]]:
     """A running desktop of alice's, behind a served proxy; answers (proxy URL, workload id)."""
     workload_id = start_desktop(compute)
     owners = {workload_id: "alice"}
@@ -38,7 +45,8 @@ def desk(compute: LocalBackend, issuer_dir: Path) -> Iterator[tuple[str, str]]:
         return compute.vnc_socket(wid)
 
     validator = TokenValidator(ISSUER, TICKET_AUDIENCE, (issuer_dir / "jwks.json").as_uri())
-    proxy = VncProxy(validator, locate, frozenset({ORIGIN}))
+    proxy = VncProxy(validator, locate, frozenset({ORIGIN}),
+                     lambda wid, typed: reports.append((wid, typed)))
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     holder: dict = {}
@@ -103,3 +111,16 @@ def test_a_stopped_desktop_cannot_be_opened(desk: tuple, issuer: TokenIssuer,
     url, workload_id = desk
     compute.stop(workload_id, now=True)
     assert refused(url, issue_ticket(issuer, "alice", workload_id)) == 403
+
+
+def test_an_open_screen_is_reported_with_its_input(desk: tuple, issuer: TokenIssuer,
+                                                   reports: list[tuple[str, bool]]) -> None:
+    url, workload_id = desk
+    assert refused(url, issue_ticket(issuer, "bob", workload_id)) == 403
+    assert reports == []  # a refused connection is no viewer
+    open_screen(url, issue_ticket(issuer, "alice", workload_id))
+    deadline = time.monotonic() + 30
+    while (workload_id, True) not in reports:  # the handshake's bytes are input
+        assert time.monotonic() < deadline, reports
+        time.sleep(0.2)
+    assert {wid for wid, _ in reports} == {workload_id}
