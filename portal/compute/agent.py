@@ -48,7 +48,7 @@ from vre.client import ServiceError
 from vre.config import Config
 from vre.db import Database, utcnow
 from vre.outbox import Outbox
-from vre.revocation import FeedClient
+from vre.revocation_feed import FeedClient
 from vre.service_auth import TokenSource
 
 log = logging.getLogger("vre.compute.agent")

@@ -34,7 +34,7 @@ from tests.dataset_helpers import create
 from tests.helpers import auth
 from tests.portal_helpers import post, signed_in, site  # noqa: F401 - the fixture
 from tests.sandbox.rfb import RfbClient, WebSocketStream
-from vre.revocation import FeedClient
+from vre.revocation_feed import FeedClient
 from vre.tokens import TokenValidator
 
 pytestmark = pytest.mark.skipif(not shutil.which("Xvnc") or not shutil.which("bwrap"),

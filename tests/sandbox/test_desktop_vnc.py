@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from portal.compute import Resources
 from portal.compute.local import SESSION, LocalBackend, descendants
+from portal.vncproxy import connect_unix
 from tests.sandbox.conftest import spec, wait_exit
 from tests.sandbox.rfb import RfbClient
 
@@ -54,9 +54,9 @@ def start_desktop(compute: LocalBackend, *, clipboard_out: bool = False,
 
 
 def connect(path: Path) -> RfbClient:
-    sock = socket.socket(socket.AF_UNIX)
+    sock = connect_unix(path)  # as the proxy does: a test's data directory may be deep
+    sock.setblocking(True)
     sock.settimeout(10)
-    sock.connect(str(path))
     client = RfbClient(sock)
     client.handshake()
     return client
@@ -74,8 +74,11 @@ def test_the_desktop_listens_on_its_socket_only(compute: LocalBackend) -> None:
 def test_another_local_account_cannot_open_the_desktop(compute: LocalBackend) -> None:
     workload_id = start_desktop(compute)
     path = compute.vnc_socket(workload_id)
-    probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
-             "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+    # Through the socket's folder, as the proxy connects: a deep data directory passes the
+    # kernel's limit on socket paths.
+    probe = ("import os, socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+             "try:\n    os.chdir(os.path.dirname(sys.argv[1]))\n"
+             "    s.connect(os.path.basename(sys.argv[1])); print('connected')\n"
              "except OSError as e:\n    print(type(e).__name__)")
     seen = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                            sys.executable, "-c", probe, str(path)],
