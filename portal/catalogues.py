@@ -304,8 +304,11 @@ def quota(session: Session, quota_id: str) -> Quota:
 
 def create_quota(session: Session, values: QuotaIn) -> Quota:
     """Set the quota of a user or project that has none yet."""
-    if values.scope == "user" and values.subject != EVERYONE \
-            and session.get(User, values.subject) is None:
+    # A user's quota is kept under their token subject, the id a workload's owner has.
+    if values.scope == "user" and values.subject != EVERYONE and session.scalar(
+            sa.select(User.id).where(sa.or_(
+                sa.and_(User.external_subject.is_(None), User.id == values.subject),
+                User.external_subject == values.subject))) is None:
         raise ApiError(f"there is no user with id {values.subject!r}", code="unknown_user",
                        field="subject", status=422)
     if quotas(session, values.scope, values.subject):
