@@ -4,6 +4,7 @@ one check before every route, so no page can forget it."""
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -74,8 +75,10 @@ def _number(form: Mapping[str, str], name: str, kind: type = float, scale: float
     try:
         value = float(raw) * scale
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):  # "inf", "nan", "1e400" parse as floats but are no numbers
         raise ApiError(f"{name.replace('_', ' ')} must be a number", code="validation_error",
-                       field=name, status=422) from None
+                       field=name, status=422)
     if kind is int:
         if value != round(value):
             raise ApiError(f"{name.replace('_', ' ')} must be a whole number",
