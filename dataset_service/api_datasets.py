@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from dataset_service import datasets as ds
 from dataset_service import fair
@@ -219,7 +220,10 @@ def _refuse(decision: Decision, dataset_id: str) -> None:
         return
     if decision.code == "not_visible":
         raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
-    raise ApiError(decision.reason, code=str(decision.code), status=403)
+    # The dataset's state, not the caller, stands in the way: the same answer a request
+    # gets when it loses a race for the same transition (see `claim`).
+    status = 409 if decision.code == Code.WRONG_STATE else 403
+    raise ApiError(decision.reason, code=str(decision.code), status=status)
 
 
 def load_dataset(session: Session, dataset_id: str, principal: Principal | None,
@@ -308,13 +312,39 @@ def create_dataset(body: DatasetIn) -> DatasetOut:
         return _out(dataset)
 
 
-def _transition(dataset_id: str, action: Action, update: str, change: Any,
-                details: dict[str, Any] | None = None) -> DatasetOut:
+def claim(session: Session, dataset: Dataset, expected: dict[str, Any],
+          values: dict[str, Any], conflict: str = "wrong_state") -> None:
+    """Change the dataset's row only if it still holds `expected`, in one conditional UPDATE
+    checked by its row count: of two requests that both read the same draft, one wins and
+    the other is refused with 409, on SQLite as on PostgreSQL (the loser's UPDATE waits for
+    the winner's commit, then matches no row). The refusal rolls the loser's transaction
+    back before it traced or built anything, so it leaves no trace and no tree."""
+    matches = [getattr(Dataset, key).is_(None) if value is None else
+               getattr(Dataset, key) == value for key, value in expected.items()]
+    result = session.execute(sa.update(Dataset).where(Dataset.id == dataset.id, *matches)
+                             .values(**values).execution_options(synchronize_session=False))
+    session.refresh(dataset)
+    if result.rowcount == 1:
+        # A Core statement goes past the models' flush, which is where a change of a public
+        # record moves the catalogue on: show it the change.
+        flag_modified(dataset, "modified_at")
+    else:
+        raise ApiError(f"dataset {dataset.id!r} changed meanwhile: it is now {dataset.state}"
+                       + (f" with a next version {dataset.next_id}" if dataset.next_id
+                          and "next_id" in expected else ""),
+                       code=conflict, status=409)
+
+
+def _transition(dataset_id: str, action: Action, update: str, values: dict[str, Any],
+                after: Any = None, details: dict[str, Any] | None = None) -> DatasetOut:
+    """Move a dataset to another state: from the state the policy allowed, or not at all."""
     principal = caller()
     with db_of().session() as session:
         dataset = load_dataset(session, dataset_id, principal, action)
-        change(session, dataset)
-        dataset.modified_at = utcnow()
+        was = dataset.state
+        claim(session, dataset, {"state": was}, {**values, "modified_at": utcnow()})
+        if after is not None:
+            after(session, dataset, was)
         session.flush()
         record_trace(session, principal.subject, "UPDATE_DATASET", [dataset],
                      {"update": update, "version": dataset.version, **(details or {})})
@@ -325,40 +355,38 @@ def _transition(dataset_id: str, action: Action, update: str, change: Any,
 @endpoint("Release a draft: its contents are fixed from now on", response=DatasetOut,
           tags=["datasets"])
 def release(dataset_id: str) -> DatasetOut:
-    def change(session: Session, dataset: Dataset) -> None:
-        dataset.state, dataset.released_at = "released", utcnow()
+    def after(session: Session, dataset: Dataset, _was: str) -> None:
         ds.ensure_tree(session, current_app.extensions["dataset.repository"], dataset)
 
-    return _transition(dataset_id, Action.RELEASE, "RELEASE", change)
+    return _transition(dataset_id, Action.RELEASE, "RELEASE",
+                       {"state": "released", "released_at": utcnow()}, after)
 
 
 @bp.post("/datasets/<dataset_id>/publish")
 @endpoint("Publish a released dataset's metadata in the public catalogue",
           response=DatasetOut, tags=["datasets"])
 def publish(dataset_id: str) -> DatasetOut:
-    def change(session: Session, dataset: Dataset) -> None:
-        dataset.state, dataset.published_at = "published", utcnow()
+    def after(session: Session, dataset: Dataset, _was: str) -> None:
         index = current_app.extensions.get("dataset.catalogue_index")
         if index is not None:
             index(session, dataset)
 
-    return _transition(dataset_id, Action.PUBLISH, "PUBLISH", change)
+    return _transition(dataset_id, Action.PUBLISH, "PUBLISH",
+                       {"state": "published", "published_at": utcnow()}, after)
 
 
 @bp.post("/datasets/<dataset_id>/invalidate")
 @endpoint("Invalidate a dataset: it still resolves, with its reason, but nobody can use it",
           body=InvalidateIn, response=DatasetOut, tags=["datasets"])
 def invalidate(dataset_id: str, body: InvalidateIn) -> DatasetOut:
-    def change(session: Session, dataset: Dataset) -> None:
-        was_published = dataset.state == "published"
-        dataset.state, dataset.invalidated_at = "invalidated", utcnow()
-        dataset.invalidation_reason = body.reason
+    def after(session: Session, dataset: Dataset, was: str) -> None:
         remove = current_app.extensions.get("dataset.catalogue_remove")
-        if was_published and remove is not None:
+        if was == "published" and remove is not None:
             remove(session, dataset)  # still resolves by its PID, no longer offered
 
-    return _transition(dataset_id, Action.INVALIDATE, "INVALIDATE", change,
-                       {"reason": body.reason})
+    return _transition(dataset_id, Action.INVALIDATE, "INVALIDATE",
+                       {"state": "invalidated", "invalidated_at": utcnow(),
+                        "invalidation_reason": body.reason}, after, {"reason": body.reason})
 
 
 @bp.get("/datasets/<dataset_id>")
@@ -694,9 +722,16 @@ def _decide_request(request_id: str, approve: bool, body: DecisionIn) -> AccessR
         if row.state != "pending":
             raise ApiError(f"the request is already {row.state}", code="request_decided",
                            status=409)
-        row.state = "approved" if approve else "rejected"
-        row.decided_by, row.decided_at, row.decision_note = principal.subject, utcnow(), \
-            body.note
+        # Decided once: of two stewards deciding at the same moment, the second is refused.
+        decided = session.execute(sa.update(AccessRequest).where(
+            AccessRequest.id == row.id, AccessRequest.state == "pending").values(
+            state="approved" if approve else "rejected", decided_by=principal.subject,
+            decided_at=utcnow(), decision_note=body.note).execution_options(
+            synchronize_session=False))
+        session.refresh(row)
+        if decided.rowcount != 1:
+            raise ApiError(f"the request is already {row.state}", code="request_decided",
+                           status=409)
         if approve and session.get(DatasetAccess, (dataset.id, row.user_id)) is None:
             session.add(DatasetAccess(dataset_id=dataset.id, user_id=row.user_id,
                                       granted_by=principal.subject))
@@ -766,6 +801,9 @@ def edit_dataset(dataset_id: str, body: DatasetPatch) -> DatasetOut:
         raise Unprocessable("nothing to change", code="empty_change")
     with db_of().session() as session:
         dataset = load_dataset(session, dataset_id, principal, Action.EDIT)
+        # Only in the state the policy allowed: an edit racing an invalidation must not
+        # put the invalidated dataset back into the catalogue.
+        claim(session, dataset, {"state": dataset.state}, {"modified_at": utcnow()})
         old_license = dataset.license_id
         for key, value in changes.items():
             if key == "authors":
@@ -775,7 +813,6 @@ def edit_dataset(dataset_id: str, body: DatasetPatch) -> DatasetOut:
             setattr(dataset, key, value)
         if "license_id" in changes and "license_url" not in changes:
             dataset.license_url = ds.KNOWN_LICENSES[dataset.license_id]
-        dataset.modified_at = utcnow()
         if dataset.state == "published":
             index = current_app.extensions.get("dataset.catalogue_index")
             if index is not None:
@@ -824,7 +861,7 @@ def new_version(dataset_id: str, body: VersionIn) -> DatasetOut:
                       created_by=principal.subject)
         session.add(new)
         session.flush()
-        old.next_id = new.id
+        claim(session, old, {"next_id": None}, {"next_id": new.id}, conflict="version_exists")
         session.add_all(DatasetStudy(dataset_id=new.id, study_id=s.id) for s in studies)
         session.flush()
         record_trace(session, principal.subject, "CREATE_DATASET", [new], {

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dataset_service import dropfolders
 from dataset_service.api import find_project, may_see_project, require_project_steward
 from dataset_service.ingest import Ingestor, IngestReport
-from dataset_service.models import IngestRun, Project, QuarantineEntry
+from dataset_service.models import IngestRun, QuarantineEntry
 from vre.api import current_principal, endpoint
 from vre.errors import ApiError, NotFound, ServiceUnavailable
 from vre.web import config_of, db_of
@@ -58,14 +58,13 @@ def _run_out(session: Any, run: IngestRun, live: IngestReport | None) -> IngestR
     entries = session.scalars(sa.select(QuarantineEntry).where(
         QuarantineEntry.ingest_id == run.id).order_by(QuarantineEntry.id).limit(10_000))
     counts = live.counts() if live is not None and run.state == "running" else run.counts
-    folder = _drop_folder(session.get(Project, run.project_id).name)
+    # Stored relative to the drop folder already (see Ingestor.start).
     return IngestRunOut(
-        id=run.id, project_id=run.project_id, source=dropfolders.shown(run.source, folder),
+        id=run.id, project_id=run.project_id, source=run.source,
         state=run.state, started_by=run.started_by, started_at=run.started_at,
         finished_at=run.finished_at, counts=counts or {},
-        quarantine=[QuarantineOut(path=dropfolders.shown(e.path, folder),
-                                  study_uid=e.study_uid, reason=e.reason, message=e.message)
-                    for e in entries])
+        quarantine=[QuarantineOut(path=e.path, study_uid=e.study_uid, reason=e.reason,
+                                  message=e.message) for e in entries])
 
 
 def _source(path: str, project_name: str) -> Path:
@@ -97,7 +96,7 @@ def start_ingest(body: IngestIn) -> IngestRunOut:
         project_id, project_name = project.id, project.name
     # Only a steward of the project learns anything of its drop folder.
     source = _source(body.path, project_name)
-    run_id = ingestor.start(project_id, source, principal.subject)
+    run_id = ingestor.start(project_id, source, principal.subject, _drop_folder(project_name))
     live = IngestReport()
     current_app.extensions["dataset.live_ingests"][run_id] = live
 

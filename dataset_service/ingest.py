@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from dataset_service import dropfolders
 from dataset_service.dicom import (
     DeidPolicy,
     InstanceHeader,
@@ -276,25 +277,37 @@ class Ingestor:
         self.workers = workers or os.cpu_count() or 1
         self.trace = trace
         self._held: dict[str, int] = {}  # run id -> its lock, from start to run's end
+        # run id -> (its folder, the folder its paths are stored relative to): where they
+        # lie on this host is known to the process that runs them, never stored
+        self._folders: dict[str, tuple[Path, Path]] = {}
         quiet_pydicom()
 
-    def start(self, project_id: str, source: Path, started_by: str) -> str:
-        """Record a new run and return its id (the work is done by `run`)."""
+    def start(self, project_id: str, source: Path, started_by: str,
+              drop_folder: Path | None = None) -> str:
+        """Record a new run and return its id (the work is done by `run`, in this process).
+        The run's folder and its quarantined files are stored relative to `drop_folder`
+        (the source itself when none is given), never by where they lie on the host."""
         run_id = str(uuid.uuid4())
+        base = drop_folder or source
         lock = self.repository.hold(_run_name(run_id))  # before the row: never seen unheld
         try:
             with self.db.session() as session:
-                session.add(IngestRun(id=run_id, project_id=project_id, source=str(source),
+                session.add(IngestRun(id=run_id, project_id=project_id,
+                                      source=dropfolders.shown(source, base),
                                       started_by=started_by))
         except BaseException:
             self.repository.release(_run_name(run_id), lock)
             raise
         self._held[run_id] = lock
+        self._folders[run_id] = (source, base)
         return run_id
 
     def run(self, run_id: str, progress: Callable[[IngestReport], None] | None = None
             ) -> IngestReport:
         """Ingest the run's folder; the run ends 'finished' or 'failed', never half-done."""
+        if run_id not in self._folders:
+            raise ValueError(f"ingestion run {run_id!r} was not started here")
+        source, base = self._folders.pop(run_id)
         lock = self._held.pop(run_id, None)
         if lock is None:
             lock = self.repository.hold(_run_name(run_id))
@@ -303,10 +316,10 @@ class Ingestor:
             with self.db.session() as session:
                 run = session.get(IngestRun, run_id)
                 assert run is not None
-                project_id, source, actor = run.project_id, Path(run.source), run.started_by
+                project_id, actor = run.project_id, run.started_by
             report = IngestReport()
             try:
-                self._ingest(run_id, project_id, actor, source, report,
+                self._ingest(run_id, project_id, actor, source, base, report,
                              progress or (lambda _r: None))
                 state = "finished"
             except Exception:
@@ -349,7 +362,7 @@ class Ingestor:
                         extra={"event": "ingest_recovered", "blobs": dropped})
         return dropped
 
-    def _ingest(self, run_id: str, project_id: str, actor: str, source: Path,
+    def _ingest(self, run_id: str, project_id: str, actor: str, source: Path, base: Path,
                 report: IngestReport, progress: Callable[[IngestReport], None]) -> None:
         paths = dicom_candidates(source)
         report.files = len(paths)
@@ -372,7 +385,9 @@ class Ingestor:
             new = report.quarantine[saved:]
             if new:
                 with self.db.session() as session:
-                    session.add_all(QuarantineEntry(ingest_id=run_id, **e) for e in new)
+                    session.add_all(QuarantineEntry(
+                        ingest_id=run_id, **{**e, "path": dropfolders.shown(e["path"], base)})
+                        for e in new)
                 saved += len(new)
 
         unnamed: list[Refusal] = []  # refused files that cannot name their study

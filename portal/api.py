@@ -240,10 +240,13 @@ def create_user(body: UserCreate) -> UserCreated:
 def get_user(user_id: str) -> UserOut:
     principal = current_principal()
     assert principal is not None
-    if principal.subject != user_id and not principal.has_any("admin"):
-        raise Forbidden("only administrators may read other users")
     with db_of().session() as session:
         user = session.get(User, user_id)
+        # One's own record is the one whose tokens one holds (User.token_subject); to anyone
+        # else a missing user reads as another's.
+        if not principal.has_any("admin") and (
+                user is None or user.token_subject != principal.subject):
+            raise Forbidden("only administrators may read other users")
         if user is None:
             raise NotFound(f"no user with id {user_id!r}", field="user_id")
         return UserOut.of(user)

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
 from portal.models import EVERYONE, Application, Base, Flavor, Quota, User
 from portal.quotas import FlavorSpec, HostCapacity, Limits
-from vre.api import validation_error
+from vre.api import validated as checked
 from vre.config import Config
 from vre.errors import ApiError, Conflict, NotFound
 
@@ -170,12 +170,10 @@ Row = TypeVar("Row", bound=Base)
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def validated(model: type[Model], data: Mapping[str, Any]) -> Model:
-    """The data checked by the schema, or the platform's 422 naming the first wrong field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+def validated(model: type[Model], data: Mapping[str, Any], where: str = "body") -> Model:
+    """The data checked by the schema and as storable (the JSON API's one check, whether it
+    came as JSON or as a form), or the platform's 422 naming the first wrong field."""
+    return checked(model, data, where)
 
 
 def _fields(row: Base, model: type[BaseModel]) -> dict[str, Any]:
@@ -304,8 +302,11 @@ def quota(session: Session, quota_id: str) -> Quota:
 
 def create_quota(session: Session, values: QuotaIn) -> Quota:
     """Set the quota of a user or project that has none yet."""
-    if values.scope == "user" and values.subject != EVERYONE \
-            and session.get(User, values.subject) is None:
+    # A user's quota is kept under their token subject, the id a workload's owner has.
+    if values.scope == "user" and values.subject != EVERYONE and session.scalar(
+            sa.select(User.id).where(sa.or_(
+                sa.and_(User.external_subject.is_(None), User.id == values.subject),
+                User.external_subject == values.subject))) is None:
         raise ApiError(f"there is no user with id {values.subject!r}", code="unknown_user",
                        field="subject", status=422)
     if quotas(session, values.scope, values.subject):

@@ -71,7 +71,9 @@ class User(Base):
 
     @property
     def token_subject(self) -> str:
-        """The `sub` of this person's tokens: the provider's for a mirrored account."""
+        """The `sub` of this person's tokens: the provider's for a mirrored account. The one
+        id other services know the person by (memberships, access lists, grants, revocation,
+        traces): the portal's own `id` differs from it for some mirrored accounts."""
         return self.external_subject or self.id
 
     def get_id(self) -> str:

@@ -74,7 +74,8 @@ def signin_callback() -> Any:
     limiter_of(current_app).check(request.remote_addr, None)
     result = identity.complete_sign_in(request.args)
     try:
-        clients.sync_memberships(result.user.id, list(result.user.groups or []))
+        # Under the person's token subject, as every service knows them (User.token_subject).
+        clients.sync_memberships(result.user.token_subject, list(result.user.groups or []))
     except ServiceError as exc:  # signing in must not depend on the dataset service
         current_app.logger.warning("project memberships not synced for %s: %s",
                                    result.user.id, exc)

@@ -4,6 +4,7 @@ one check before every route, so no page can forget it."""
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -74,8 +75,10 @@ def _number(form: Mapping[str, str], name: str, kind: type = float, scale: float
     try:
         value = float(raw) * scale
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):  # "inf", "nan", "1e400" parse as floats but are no numbers
         raise ApiError(f"{name.replace('_', ' ')} must be a number", code="validation_error",
-                       field=name, status=422) from None
+                       field=name, status=422)
     if kind is int:
         if value != round(value):
             raise ApiError(f"{name.replace('_', ' ')} must be a whole number",
@@ -101,11 +104,19 @@ def _fmt(value: float | None) -> str:
 
 
 def _usernames(session: Session, ids: Iterable[str]) -> dict[str, str]:
+    """User names by the ids other services know people by (their token subjects, see
+    User.token_subject), and by the portal's own ids."""
     wanted = set(ids)
     if not wanted:
         return {}
-    rows = session.execute(sa.select(User.id, User.username).where(User.id.in_(wanted)))
-    return {user_id: username for user_id, username in rows}
+    rows = session.execute(sa.select(User.id, User.external_subject, User.username).where(
+        sa.or_(User.id.in_(wanted), User.external_subject.in_(wanted))))
+    names: dict[str, str] = {}
+    for user_id, external, username in rows:
+        names[user_id] = username
+        if external:
+            names[external] = username
+    return names
 
 
 def _find_user(session: Session, name_or_id: str, field: str) -> User:
@@ -200,7 +211,7 @@ def _user(session: Session, user_id: str) -> User:
 def user(user_id: str) -> Any:
     with db_of().session() as session:
         account = _user(session, user_id)
-        quota = catalogues.effective_quota(session, "user", account.id)
+        quota = catalogues.effective_quota(session, "user", account.token_subject)
     return render_template("admin/user.html", account=account, roles=ROLES, quota=quota,
                            limits=LIMITS)
 
@@ -326,7 +337,7 @@ def put_member(name: str) -> Any:
     try:
         with db_of().session() as session:
             member = _find_user(session, request.form.get("user", ""), "user")
-        clients.datasets().put_member(name, member.id, role)
+        clients.datasets().put_member(name, member.token_subject, role)
         flash(f"{member.username} is a {role} of {name}.", "ok")
     except (ApiError, DatasetError) as err:
         if err.status == 404 or err.status >= 500:
@@ -533,7 +544,7 @@ def create_quota() -> Any:
         subject = values.get("subject", "").strip()
         with db_of().session() as session:
             if scope == "user" and subject != EVERYONE:
-                subject = _find_user(session, subject, "subject").id
+                subject = _find_user(session, subject, "subject").token_subject
             body = validated(QuotaIn, {"scope": scope, "subject": subject,
                                        **_limits_data(values)})
             catalogues.create_quota(session, body)

@@ -1,4 +1,5 @@
-"""Browser-facing protections: CSRF tokens on every form, strict security headers."""
+"""Browser-facing protections: CSRF tokens on every form, the JSON API's checks on every value
+a form or query string sends, strict security headers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import secrets
 
 from flask import Flask, Response, request, session
 
+from vre.api import check_form
 from vre.errors import ApiError
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -30,7 +32,8 @@ def csrf_token() -> str:
 
 
 def install(app: Flask, identity_origin: str | None = None) -> None:
-    """Check CSRF on state-changing form posts and set security headers on every page."""
+    """Check CSRF on state-changing form posts, the values every page receives, and set
+    security headers on every page."""
     policy = content_security_policy(identity_origin)
 
     @app.before_request
@@ -44,6 +47,16 @@ def install(app: Flask, identity_origin: str | None = None) -> None:
         if not expected or not hmac.compare_digest(sent, expected):
             raise ApiError("the form is stale or was not sent by this site; reload and retry",
                            code="csrf_failed", status=400)
+
+    @app.before_request
+    def _check_form() -> None:
+        # What a page receives is held to the JSON API's rules, before any handler runs, so
+        # that no form leaves a half-done change or fails in the database (see check_form).
+        if request.path.startswith("/api/") or request.routing_exception is not None:
+            return
+        check_form(request.args.items(multi=True), "query")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            check_form(request.form.items(multi=True))
 
     @app.after_request
     def _headers(response: Response) -> Response:

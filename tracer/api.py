@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -258,6 +259,19 @@ class EntriesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     start: int = Field(0, ge=0)
     limit: int = Field(10_000, ge=1, le=50_000)
+    index: bool = Field(False, description="also each entry's lookup columns and dataset "
+                        "links, which the log's queries read: 'seq leaf_hash index body', "
+                        "index being base64url JSON {columns, datasets}")
+
+
+class LogIndexOut(BaseModel):
+    """What the log's queries read beyond the entries, for full verification."""
+
+    log_size: int
+    published: dict[str, int] = Field(description="the table of public histories: dataset "
+                                                  "id to the position of its publication")
+    stray_link: int | None = Field(description="the first trace the dataset index lists "
+                                               "that the log does not hold")
 
 
 def _public_key() -> tuple[str, str]:
@@ -333,10 +347,28 @@ def log_entries(query: EntriesQuery) -> Response:
         # Size first, then rows below it: a batch committing in between cannot make the
         # page claim more traces than it served.
         size = store.log_size(session)
-        rows = store.entries(session, query.start, min(query.limit, max(0, size - query.start)))
-    # Plain lines, not JSON objects: verification reads millions and must stay fast.
-    text = b"".join(b"%d %s %s\n" % (seq, bytes(leaf).hex().encode(), bytes(body))
-                    for seq, leaf, body in rows)
+        limit = min(query.limit, max(0, size - query.start))
+        if query.index:
+            text = b"".join(b"%d %s %s %s\n" % (
+                e.seq, e.leaf_hash.hex().encode(), base64.urlsafe_b64encode(json.dumps(
+                    {"columns": e.columns, "datasets": e.datasets}).encode()), e.body)
+                for e in store.indexed_entries(session, query.start, limit))
+        else:
+            rows = store.entries(session, query.start, limit)
+            # Plain lines, not JSON objects: verification reads millions and must stay fast.
+            text = b"".join(b"%d %s %s\n" % (seq, bytes(leaf).hex().encode(), bytes(body))
+                            for seq, leaf, body in rows)
     response = Response(text, mimetype="text/plain")
     response.headers["X-Log-Size"] = str(size)
     return response
+
+
+@bp.get("/log/index")
+@endpoint("What the log's queries read beyond its entries (the table of public histories, "
+          "dataset index rows that name no trace), for full verification", response=LogIndexOut,
+          roles=list(policy.READ_ALL_ROLES), tags=["log"])
+def log_index() -> LogIndexOut:
+    with db_of().session() as session:
+        return LogIndexOut(log_size=store.log_size(session),
+                           published=store.published_positions(session),
+                           stray_link=store.stray_link(session))

@@ -1,7 +1,7 @@
 """Full verification straight from the tracer's database and the chain, given the data
 directory: for when the platform does not run (or refuses to start because of what it would
-verify). Beyond what the entries API shows, it checks what the log's queries answer from:
-the lookup columns, the dataset index and the table of public histories."""
+verify). It checks what `vre-trace verify` checks over HTTP: the entries and what the log's
+queries answer from (the lookup columns, the dataset index, the table of public histories)."""
 
 from __future__ import annotations
 
@@ -18,26 +18,18 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from tracer import store
 from tracer.chain import ChainClient, ChainUnavailable
 from tracer.chain_config import chain_client, contract_address
 from tracer.checkpoints import Checkpoint, CheckpointSigner, verify_checkpoint
-from tracer.models import CheckpointRow, LogHead, PublishedDataset, TraceDataset, TraceRow
-from tracer.schema import DatasetUpdate, format_time
-from tracer.verify import (
-    ExpectedRoot,
-    IndexedEntry,
-    LogVerifier,
-    VerifyReport,
-    index_divergence,
-    publication_divergence,
-)
+from tracer.models import CheckpointRow, LogHead, TraceDataset
+from tracer.verify import ExpectedRoot, IndexedLogVerifier, LogVerifier, VerifyReport
 from vre.config import Config, ConfigError
 from vre.db import Database
 from vre.services import service
 
 PAGE = 20_000
 _NODE_START_TIMEOUT = 30.0
-_PUBLISH = b'"update":"' + DatasetUpdate.PUBLISH.value.encode() + b'"'
 
 
 def verify_database(config: Config, chain: ChainClient) -> VerifyReport:
@@ -81,83 +73,19 @@ def _utc(moment: datetime) -> datetime:
 
 def _verify(session: Session, verifier: LogVerifier) -> VerifyReport:
     log_size = session.scalar(sa.select(LogHead.size).where(LogHead.id == 1)) or 0
-    first_publish: dict[str, int] = {}
-    start, end = 0, 0
+    checker = IndexedLogVerifier(verifier)
+    start = 0
     while True:
-        page = indexed_entries(session, start, PAGE)
+        page = store.indexed_entries(session, start, PAGE)
         for entry in page:
-            if not verifier.feed(entry.seq, entry.body, entry.leaf_hash):
+            if not checker.feed(entry):
                 return verifier.finish(log_size)
-            reason = index_divergence(entry)
-            if reason is not None:
-                verifier.fail(entry.seq, f"the trace at {entry.seq} verifies, but {reason}")
-                return verifier.finish(log_size)
-            if _PUBLISH in entry.body:
-                for dataset_id in entry.datasets:
-                    first_publish.setdefault(dataset_id, entry.seq)
         if len(page) < PAGE:
-            end = page[-1].seq + 1 if page else start
             break
         start = page[-1].seq + 1
-    stray = session.scalar(sa.select(sa.func.min(TraceDataset.seq)).where(TraceDataset.seq >= end))
-    if stray is not None:
-        verifier.fail(
-            stray,
-            f"the dataset index lists trace {stray}, which the log does not "
-            f"hold: the index was edited",
-        )
-        return verifier.finish(log_size)
-    published = dict(
-        session.execute(sa.select(PublishedDataset.dataset_id, PublishedDataset.seq)).all()
-    )
-    wrong = publication_divergence(first_publish, published)
-    if wrong is not None:
-        verifier.fail(wrong.seq, wrong.reason)
-    return verifier.finish(log_size)
-
-
-def indexed_entries(session: Session, start: int, limit: int) -> list[IndexedEntry]:
-    """Stored traces from `start` in log order, with their lookup columns and index rows."""
-    rows = session.execute(
-        sa.select(
-            TraceRow.seq,
-            TraceRow.body,
-            TraceRow.leaf_hash,
-            TraceRow.id,
-            TraceRow.actor,
-            TraceRow.action,
-            TraceRow.update,
-            TraceRow.recorded_at,
-        )
-        .where(TraceRow.seq >= start)
-        .order_by(TraceRow.seq)
-        .limit(limit)
-    ).all()
-    if not rows:
-        return []
-    links: dict[int, list[str]] = {}
-    for seq, dataset_id in session.execute(
-        sa.select(TraceDataset.seq, TraceDataset.dataset_id).where(
-            TraceDataset.seq >= rows[0].seq, TraceDataset.seq <= rows[-1].seq
-        )
-    ):
-        links.setdefault(seq, []).append(dataset_id)
-    return [
-        IndexedEntry(
-            row.seq,
-            bytes(row.body),
-            bytes(row.leaf_hash),
-            {
-                "id": row.id,
-                "actor": row.actor,
-                "action": row.action,
-                "update": row.update,
-                "recorded_at": format_time(_utc(row.recorded_at)),
-            },
-            links.get(row.seq, []),
-        )
-        for row in rows
-    ]
+    stray = session.scalar(sa.select(sa.func.min(TraceDataset.seq)).where(
+        TraceDataset.seq >= checker.end))
+    return checker.finish(log_size, stray, store.published_positions(session))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from tracer.chain import ChainClient, ChainError
 from tracer.chain_config import chain_client, contract_address, contract_file
 from tracer.checkpoints import Checkpoint, CheckpointError, load_public_key, verify_checkpoint
 from tracer.client import TracerClient, TracerError, TraceVerifier
-from tracer.verify import ExpectedRoot, LogVerifier, VerifyReport
+from tracer.verify import ExpectedRoot, IndexedLogVerifier, LogVerifier, VerifyReport
 from vre.config import Config, ConfigError, load_config
 from vre.service_auth import TokenSource, command_line_tokens
 
@@ -50,25 +50,34 @@ def expected_roots(tracer: TracerClient, chain: ChainClient) -> list[ExpectedRoo
 
 
 def run_verify(tracer: TracerClient, chain: ChainClient) -> VerifyReport:
-    """Fetch everything and check it; the report names the first bad sequence number."""
-    verifier = LogVerifier(expected_roots(tracer, chain))
+    """Fetch everything and check it, the lookup columns and dataset links stored beside each
+    trace and the table of public histories too (as `--home` does from the database); the
+    report names the first bad sequence number."""
+    checker = IndexedLogVerifier(LogVerifier(expected_roots(tracer, chain)))
     # Pages download ahead while earlier ones are checked: the database, the tracer and this
     # process work in parallel. A short page marks the end of the log.
     with ThreadPoolExecutor(max_workers=AHEAD) as pool:
-        upcoming = deque(pool.submit(tracer.entries, k * PAGE, PAGE) for k in range(AHEAD))
+        upcoming = deque(pool.submit(tracer.indexed_entries, k * PAGE, PAGE)
+                         for k in range(AHEAD))
         requested = AHEAD
         while True:
             log_size, entries = upcoming.popleft().result()
             if len(entries) == PAGE:
-                upcoming.append(pool.submit(tracer.entries, requested * PAGE, PAGE))
+                upcoming.append(pool.submit(tracer.indexed_entries, requested * PAGE, PAGE))
                 requested += 1
             for entry in entries:
-                if not verifier.feed(entry.seq, entry.body, entry.leaf_hash):
-                    return verifier.finish(log_size)
+                if not checker.feed(entry):
+                    return checker.verifier.finish(log_size)
             if len(entries) < PAGE:
                 for pending in upcoming:
                     pending.cancel()
-                return verifier.finish(log_size)
+                break
+    index = tracer.log_index()
+    # Traces may have arrived since the last page: publications among them are checked by
+    # the next run; one placed where no trace of the log ever was is wrong now.
+    published = {dataset_id: seq for dataset_id, seq in index["published"].items()
+                 if seq < checker.end or seq >= index["log_size"]}
+    return checker.finish(log_size, index["stray_link"], published)
 
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:

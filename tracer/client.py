@@ -3,6 +3,8 @@ traces through their outbox (`vre.outbox`), which sends them here after commit."
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -12,6 +14,7 @@ from pydantic import BaseModel
 from tracer.chain import Anchor, ChainClient, ChainError
 from tracer.merkle import ProofError, verify_inclusion
 from tracer.schema import TraceIn, trace_leaf
+from tracer.verify import IndexedEntry
 from vre.client import ServiceClient, ServiceError
 
 
@@ -87,6 +90,24 @@ class TracerClient(ServiceClient):
             seq, leaf, body = line.split(b" ", 2)
             entries.append(LogEntry(int(seq), bytes.fromhex(leaf.decode()), body))
         return int(response.headers["X-Log-Size"]), entries
+
+    def indexed_entries(self, start: int, limit: int = 10_000
+                        ) -> tuple[int, list[IndexedEntry]]:
+        """(log size, entries from `start` with the lookup columns and dataset links stored
+        beside each), to verify what the log's queries answer from as well."""
+        response = self._call("GET", "/api/v1/log/entries", raw=True,
+                              params={"start": start, "limit": limit, "index": "true"})
+        entries = []
+        for line in response.content.splitlines():
+            seq, leaf, index, body = line.split(b" ", 3)
+            stored = json.loads(base64.urlsafe_b64decode(index))
+            entries.append(IndexedEntry(int(seq), body, bytes.fromhex(leaf.decode()),
+                                        stored["columns"], stored["datasets"]))
+        return int(response.headers["X-Log-Size"]), entries
+
+    def log_index(self) -> dict[str, Any]:
+        """The table of public histories and the first dataset index row naming no trace."""
+        return self._call("GET", "/api/v1/log/index")
 
 
 def checked_trace(trace: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,10 +20,12 @@ from tracer.schema import (
     DatasetUpdate,
     TraceIn,
     dataset_links,
+    format_time,
     lookup_columns,
     trace_leaf,
     trace_record,
 )
+from tracer.verify import IndexedEntry
 from vre.db import bulk_insert, utcnow
 from vre.errors import Conflict
 
@@ -164,6 +166,40 @@ def entries(session: Session, start: int, limit: int) -> list[tuple[int, bytes, 
     return [(seq, bytes(leaf), bytes(body)) for seq, leaf, body in session.execute(
         sa.select(TraceRow.seq, TraceRow.leaf_hash, TraceRow.body)
         .where(TraceRow.seq >= start).order_by(TraceRow.seq).limit(limit))]
+
+
+def indexed_entries(session: Session, start: int, limit: int) -> list[IndexedEntry]:
+    """Stored traces from `start` in log order, with what the log's queries read beside each:
+    its lookup columns and its dataset index rows (for verification of both)."""
+    rows = session.execute(
+        sa.select(TraceRow.seq, TraceRow.body, TraceRow.leaf_hash, TraceRow.id, TraceRow.actor,
+                  TraceRow.action, TraceRow.update, TraceRow.recorded_at)
+        .where(TraceRow.seq >= start).order_by(TraceRow.seq).limit(limit)).all()
+    if not rows:
+        return []
+    links: dict[int, list[str]] = {}
+    for seq, dataset_id in session.execute(
+            sa.select(TraceDataset.seq, TraceDataset.dataset_id).where(
+                TraceDataset.seq >= rows[0].seq, TraceDataset.seq <= rows[-1].seq)):
+        links.setdefault(seq, []).append(dataset_id)
+    return [IndexedEntry(row.seq, bytes(row.body), bytes(row.leaf_hash), {
+        "id": row.id, "actor": row.actor, "action": row.action, "update": row.update,
+        # SQLite hands back naive datetimes; every stored time is UTC
+        "recorded_at": format_time(row.recorded_at if row.recorded_at.tzinfo
+                                   else row.recorded_at.replace(tzinfo=UTC))},
+        links.get(row.seq, [])) for row in rows]
+
+
+def stray_link(session: Session) -> int | None:
+    """The first trace the dataset index lists that the log does not hold (None: none)."""
+    return session.scalar(sa.select(sa.func.min(TraceDataset.seq)).where(
+        ~sa.exists().where(TraceRow.seq == TraceDataset.seq)))
+
+
+def published_positions(session: Session) -> dict[str, int]:
+    """The table of public histories: dataset id to the position of its publication."""
+    return dict(session.execute(sa.select(PublishedDataset.dataset_id,
+                                          PublishedDataset.seq)).all())
 
 
 def log_size(session: Session) -> int:

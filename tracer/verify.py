@@ -1,8 +1,8 @@
 """Full verification of the log without trusting the tracer's database: every entry must sit
 at its position, hash to its leaf, name its predecessor's leaf, and the roots recomputed from
 all leaves must equal the roots anchored on the chain (and those in the tracer's signed
-checkpoints). Read from the database, the columns and the index the log's queries answer from
-must also be exactly what the hashed traces say."""
+checkpoints). The columns and the index the log's queries answer from must also be exactly
+what the hashed traces say, whether read from the database or over HTTP."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.merkle import MerkleTree
-from tracer.schema import dataset_links, lookup_columns
+from tracer.schema import DatasetUpdate, dataset_links, lookup_columns
 
 # Canonical records have sorted keys, so "seq" is always followed by "time" (and preceded by
 # "prev" where the trace names its predecessor); a string value cannot contain this byte
 # sequence because its quotes would be escaped.
 _SEQ = re.compile(rb'(?:"prev":"([0-9a-f]{64})",)?"seq":(\d+),"time":"')
+_PUBLISH = b'"update":"' + DatasetUpdate.PUBLISH.value.encode() + b'"'
 
 
 @dataclass(frozen=True)
@@ -203,3 +204,45 @@ def publication_divergence(first_publish: dict[str, int],
                                    f"{have} but its first PUBLISH trace is at {want}: the "
                                    f"published-datasets table was edited")
     return None
+
+
+class IndexedLogVerifier:
+    """The log and what its queries answer from, verified together, the same whether read
+    from the database or over HTTP: each entry as LogVerifier checks it, then its lookup
+    columns and dataset links against its hashed record; at the end, the dataset index rows
+    that name no trace of the log and the table of public histories."""
+
+    def __init__(self, verifier: LogVerifier) -> None:
+        self.verifier = verifier
+        self.end = 0  # entries fed so far
+        self._first_publish: dict[str, int] = {}
+
+    def feed(self, entry: IndexedEntry) -> bool:
+        """Check one entry; False once a divergence is found (then stop feeding)."""
+        if not self.verifier.feed(entry.seq, entry.body, entry.leaf_hash):
+            return False
+        reason = index_divergence(entry)
+        if reason is not None:
+            return self.verifier.fail(entry.seq, f"the trace at {entry.seq} verifies, "
+                                                 f"but {reason}")
+        if _PUBLISH in entry.body:
+            for dataset_id in entry.datasets:
+                self._first_publish.setdefault(dataset_id, entry.seq)
+        self.end = entry.seq + 1
+        return True
+
+    def finish(self, log_size: int, stray_link: int | None,
+               published: dict[str, int]) -> VerifyReport:
+        """Close the run. `stray_link`: the first trace the dataset index lists that the log
+        does not hold; `published`: the table of public histories, dataset id to the position
+        of its publication, as far as the entries fed reach."""
+        if self.verifier.report.divergence is None:
+            if stray_link is not None:
+                self.verifier.fail(stray_link, f"the dataset index lists trace {stray_link}, "
+                                               f"which the log does not hold: the index was "
+                                               f"edited")
+            else:
+                wrong = publication_divergence(self._first_publish, published)
+                if wrong is not None:
+                    self.verifier.fail(wrong.seq, wrong.reason)
+        return self.verifier.finish(log_size)

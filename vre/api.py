@@ -7,7 +7,7 @@ import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -19,6 +19,7 @@ from vre.tokens import Principal, bearer_token
 
 PUBLIC = "public"  # no token needed
 ANY = "any"  # any valid token
+Model = TypeVar("Model", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -99,19 +100,57 @@ def _maybe_unstorable(raw: bytes) -> bool:
         _LONG_NUMBER.search(jsonbody.outside_strings(raw)))
 
 
+# The longest text a page's form sends (a dataset's description); longer is no form's.
+MAX_FORM_VALUE = 20_000
 _UNSTORABLE = {"out_of_range": f"integer out of range [{INT_MIN}, {INT_MAX}]",
-               "invalid_character": "text must be UTF-8 without the NUL character"}
+               "invalid_character": "text must be UTF-8 without the NUL character",
+               "value_too_long": f"longer than {MAX_FORM_VALUE} characters"}
+
+
+def _refusal(loc: tuple[str, ...], code: str, where: str) -> ApiError:
+    field = ".".join(loc) or None
+    return ApiError(f"{where} field {field!r}: {_UNSTORABLE[code]}", code=code, field=field,
+                    status=422)
 
 
 def check_storable(parsed: Any, where: str) -> Any:
     """Refuse (422, naming the field) a body, query or path with a value no database stores."""
     found = _unstorable(parsed)
     if found is not None:
-        loc, code = found
-        field = ".".join(loc) or None
-        raise ApiError(f"{where} field {field!r}: {_UNSTORABLE[code]}", code=code,
-                       field=field, status=422)
+        raise _refusal(*found, where)
     return parsed
+
+
+def validated(model: type[Model], data: Any, where: str = "body") -> Model:
+    """`data` checked by the model and then as storable: the one check of what a caller sends,
+    whether it came as JSON or as a form; a 422 naming the first wrong field otherwise."""
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, where) from None
+    return check_storable(parsed, where)
+
+
+_NUMERAL = re.compile(r"\s*[+-]?([0-9]+)\s*")
+
+
+def check_form(fields: Iterable[tuple[str, str]], where: str = "form") -> None:
+    """Refuse (422, naming the field) a submitted form or query string that no handler could
+    store, by the rules a JSON body is held to: text is UTF-8 without NUL, and a whole
+    number is within 64 bits (a form sends numbers as text, so a numeral is taken as one);
+    besides, no value is longer than any form field of the platform."""
+    for name, value in fields:
+        for text in (name, value):
+            found = _unstorable(text, (name,))
+            if found is not None:
+                raise _refusal(*found, where)
+        if len(value) > MAX_FORM_VALUE:
+            raise _refusal((name,), "value_too_long", where)
+        numeral = _NUMERAL.fullmatch(value)
+        # past 19 digits it is out of range (and int() of thousands of digits is refused)
+        if numeral and (len(numeral.group(1).lstrip("0")) > 19 or
+                        not INT_MIN <= int(value) <= INT_MAX):
+            raise _refusal((name,), "out_of_range", where)
 
 
 def parse_body(model: type[BaseModel]) -> BaseModel:
@@ -136,11 +175,7 @@ def parse_query(model: type[BaseModel]) -> BaseModel:
     for key in request.args:
         values = request.args.getlist(key)
         data[key] = values if len(values) > 1 else values[0]
-    try:
-        parsed = model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc, where="query") from None
-    return check_storable(parsed, "query")
+    return validated(model, data, "query")
 
 
 def current_principal(required: bool = True) -> Principal | None:

@@ -328,6 +328,38 @@ def test_tampering_is_named_at_its_seq_with_the_platform_down(
     assert word in failed[0], out
 
 
+# -- 2c. the same insider, verified over HTTP against the running tracer ------------------------
+
+def verify_over_http(ledger: Ledger, monkeypatch: pytest.MonkeyPatch,
+                     capsys: pytest.CaptureFixture[str], home: Path) -> tuple[int, str]:
+    """`vre-trace verify --tracer`: an auditor's machine, the tracer's API and the chain."""
+    for key in list(os.environ):
+        if key.startswith("VRE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("VRE_HOME", str(home))
+    monkeypatch.setenv("VRE_CHAIN_URL", ledger.chain_url)
+    code = cli.main(["verify", "--tracer", ledger.tracer_url, "--contract", ledger.contract,
+                     "--token", ledger.auditor_token])
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+def test_tampering_is_named_at_its_seq_over_http(
+        anchored: Ledger, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path, tampering: str) -> None:
+    """What `--home` finds in the database, verification over HTTP finds too: the lookup
+    columns, the dataset index and the table of public histories come with the entries."""
+    code, out = verify_over_http(anchored, monkeypatch, capsys, tmp_path / "auditor-home")
+    assert code == 0, out
+    tamper, seq, word = TAMPERING[tampering]
+    tamper(anchored.db)
+    code, out = verify_over_http(anchored, monkeypatch, capsys, tmp_path / "auditor-home")
+    assert code == 1, out
+    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
+    assert failed and failed[0].startswith(f"FAILED: first bad sequence number {seq}:"), out
+    assert word in failed[0], out
+
+
 # -- 3. the chain goes away ----------------------------------------------------------------------
 
 def test_traces_arriving_while_the_chain_is_down_are_kept_and_anchored_in_one_transaction(

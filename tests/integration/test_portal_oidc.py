@@ -20,12 +20,13 @@ from flask.testing import FlaskClient
 
 import dataset_service.app
 import portal.app
-from dataset_service.models import Project, ProjectMember
+from dataset_service import datasets as ds
+from dataset_service.models import Project, ProjectMember, RevokedUser
 from portal.accounts import SignInError
 from portal.clients import project_roles
 from portal.identity import access_token, identity_of
 from portal.identity.keycloak import KeycloakIdentity, groups_of, platform_roles
-from portal.models import ProviderSession, User
+from portal.models import ProviderSession, Quota, User
 from tests.helpers import auth, request_as, serving
 from tests.oidc.provider import (
     CLIENT_ID,
@@ -434,3 +435,66 @@ def test_the_test_provider_requires_pkce(provider: OidcProvider) -> None:
     assert response.is_redirect
     error = parse_qs(urlsplit(response.headers["Location"]).query)
     assert error["error"] == ["invalid_request"] and "PKCE" in error["error_description"][0]
+
+
+def test_a_mirrored_person_is_one_id_at_every_service(config: Config,
+                                                      provider: OidcProvider) -> None:
+    """Memberships, revocation and restoring address a person mirrored from the provider by
+    their tokens' subject, the id the dataset service sees them by, also where the portal's
+    own id of the account differs from it: disabling her takes effect where she is a member."""
+    cfg = oidc_config(config, provider)
+    datasets = dataset_service.app.create_app(cfg)
+    datasets.extensions["vre.db"].migrate(cfg, "dataset_service")
+    db = datasets.extensions["vre.db"]
+    with db.session() as session:
+        session.add_all([Project(name="lung-ct", title="Lung CT", created_by="admin"),
+                         Project(name="brain-mri", title="Brain MRI", created_by="admin")])
+    carol = USERS["carol"]["sub"]
+
+    def ids(model: Any) -> list[tuple[str, ...]]:
+        with db.session() as session:
+            if model is RevokedUser:
+                return [(r,) for r in session.scalars(sa.select(RevokedUser.user_id))]
+            return sorted(session.execute(sa.select(Project.name, ProjectMember.user_id).join(
+                Project, Project.id == ProjectMember.project_id)).all())
+
+    with serving(datasets) as url:
+        site = portal.app.create_app(cfg.model_copy(update={"dataset_url": url}))
+        site.extensions["vre.db"].migrate(cfg, "portal")
+        her = site.test_client()
+        assert sign_in(her, "carol").status_code == 302
+        account = stored_user(site, "carol")
+        assert account.id != carol, "the case at hand: her portal id is not her subject"
+        with request_as(site, her):
+            token = access_token()
+        assert her.get(f"/api/v1/users/{account.id}", headers=auth(token)).status_code == 200, \
+            "her own record is the one whose tokens she holds"
+        assert ids(ProjectMember) == [("lung-ct", carol)], "her group, under her subject"
+
+        admin = site.test_client()
+        assert sign_in(admin, "erin").status_code == 302
+        csrf = csrf_of(admin)
+        added = admin.post("/admin/projects/brain-mri/members",
+                           data={"csrf_token": csrf, "user": "carol", "role": "steward"})
+        assert added.status_code == 302
+        assert ids(ProjectMember) == [("brain-mri", carol), ("lung-ct", carol)]
+        assert "carol" in admin.get("/admin/projects/brain-mri").get_data(as_text=True), \
+            "a member's name is found from the id the dataset service keeps"
+
+        quota = admin.post("/admin/quotas", data={"csrf_token": csrf, "scope": "user",
+                                                  "subject": "carol", "max_desktops": "1"})
+        assert quota.status_code == 302, quota.get_data(as_text=True)
+        with site.extensions["vre.db"].session() as session:
+            assert session.scalars(sa.select(Quota.subject)).all() == [carol], \
+                "kept under the id her workloads are owned by"
+        disabled = admin.post(f"/admin/users/{account.id}/active",
+                              data={"csrf_token": csrf, "active": "0"})
+        assert disabled.status_code == 302
+        assert ids(RevokedUser) == [(carol,)], "revoked under the id her memberships have"
+        with db.session() as session:
+            assert ds.actor_for(session, carol, frozenset({"researcher"})).revoked
+        enabled = admin.post(f"/admin/users/{account.id}/active",
+                             data={"csrf_token": csrf, "active": "1"})
+        assert enabled.status_code == 302 and ids(RevokedUser) == []
+        site.extensions["vre.db"].engine.dispose()
+    db.engine.dispose()

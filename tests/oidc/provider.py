@@ -36,6 +36,14 @@ USERS: dict[str, dict[str, Any]] = {
               "groups": ["/lung-ct", "/lung-ct/annotators"]},
     "bob": {"password": "bob-password", "sub": "bob-subject",
             "email": "bob@example.org", "realmRoles": ["auditor"], "groups": []},
+    # A user federated from LDAP: Keycloak's "f:<provider id>:<name>" subject is longer than
+    # the portal's ids, so the portal's id of her account is not her tokens' subject.
+    "carol": {"password": "carol-password",
+              "sub": "f:6a1e0f3c-2b7d-4c1e-9f5a-3d2c1b0a9e8f:carol",
+              "email": "carol@example.org", "realmRoles": ["researcher"],
+              "groups": ["/lung-ct"]},
+    "erin": {"password": "erin-password", "sub": "0b8f5e2a-7c41-4d3e-a9b6-5e4f3a2b1c0d",
+             "email": "erin@example.org", "realmRoles": ["admin"], "groups": []},
 }
 
 

@@ -8,15 +8,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
 from flask import Flask
 
 import dataset_service.app
 from dataset_service import cli
 from dataset_service.demo import DemoSpec, generate_demo_data, write_faulty_examples
+from dataset_service.models import Base
 from tests.dataset_helpers import DATASET
 from tests.helpers import auth, serving
 from tracer.client import TracerClient
 from vre.config import Config, ConfigError
+from vre.db import Database, alembic_config
 from vre.service_auth import StaticToken
 
 
@@ -331,3 +335,64 @@ def test_a_steward_of_another_project_meets_it_as_one_that_does_not_exist(
         return response.get_json()
 
     assert json.dumps(call("lung")).replace("lung", "nope") == json.dumps(call("nope"))
+
+
+def test_no_server_path_is_stored_returned_or_logged(
+        service: Flask, steward: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever a run refuses, nothing of where the drop folder lies on the host reaches the
+    database (a dump of every table), the answers or the logs: a copy of the database, a
+    report or a log line shared with a steward must not map the host."""
+    make_project(service, steward)
+    batch = drop_folder(service) / "faulty"
+    write_faulty_examples(batch)
+    (batch / "clinical.csv").write_text("subject_id,name\nS1,Jane Doe\n")
+    home = str(service.extensions["vre.config"].home)
+    with caplog.at_level("DEBUG"):
+        response = service.test_client().post("/api/v1/ingest", headers=steward, json={
+            "path": str(batch), "project": "lung"})
+        assert response.status_code == 202, response.get_json()
+        run = wait_finished(service, steward, response.get_json()["id"])
+    assert run["quarantine"] and run["source"] == "faulty", run
+    assert home not in json.dumps(run) and home not in response.get_data(as_text=True)
+    assert not [r.getMessage() for r in caplog.records if home in r.getMessage()
+                or home in json.dumps(getattr(r, "__dict__", {}), default=str)]
+    db = service.extensions["vre.db"]
+    with db.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            for row in conn.execute(table.select()):
+                assert home not in json.dumps(list(row), default=str), (table.name, row)
+
+
+def test_runs_stored_with_host_paths_are_made_relative(config: Config) -> None:
+    """Rows written before runs were stored relative to the drop folder are rewritten so by
+    the migration (the demo's folder, outside any drop folder, relative to itself)."""
+    db = Database.for_service(config, "dataset_service", "dataset_service:migrations")
+    try:
+        db.migrate(config, "dataset_service")
+        command.downgrade(alembic_config(db.migrations, db.engine), "0008")
+        drop = "/srv/vre/import/lung"
+        with db.engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO projects (id, name, title, description, created_by, created_at)"
+                " VALUES ('p1', 'lung', 'Lung', '', 'steward-1', CURRENT_TIMESTAMP)"))
+            for run_id, source in (("r1", f"{drop}/batch-1"), ("r2", "/opt/demo/in"),
+                                   ("r3", drop)):
+                conn.execute(sa.text(
+                    "INSERT INTO ingest_runs (id, project_id, source, started_by, started_at,"
+                    " state, counts) VALUES (:id, 'p1', :source, 'steward-1',"
+                    " CURRENT_TIMESTAMP, 'finished', '{}')"), {"id": run_id, "source": source})
+            for run_id, path in (("r1", f"{drop}/batch-1/a/1.dcm"), ("r1", "/etc/passwd"),
+                                 ("r2", "/opt/demo/in/s1/2.dcm"), ("r3", f"{drop}/x.dcm")):
+                conn.execute(sa.text(
+                    "INSERT INTO quarantine (ingest_id, path, reason, message)"
+                    " VALUES (:run, :path, 'not_dicom', 'not a DICOM file')"),
+                    {"run": run_id, "path": path})
+        db.migrate(config, "dataset_service")
+        with db.engine.connect() as conn:
+            sources = dict(conn.execute(sa.text("SELECT id, source FROM ingest_runs")).all())
+            paths = sorted(conn.execute(sa.text("SELECT ingest_id, path FROM quarantine")).all())
+        assert sources == {"r1": "batch-1", "r2": ".", "r3": "."}
+        assert [tuple(p) for p in paths] == [("r1", "batch-1/a/1.dcm"), ("r1", "passwd"),
+                                             ("r2", "s1/2.dcm"), ("r3", "x.dcm")]
+    finally:
+        db.engine.dispose()
