@@ -25,9 +25,9 @@ LIGHT = {
     "portal.client": {"portal", "portal.client"},
     "dataset_service.client": {"dataset_service", "dataset_service.client"},
     # The pure parts the inclusion-proof check needs: the chain contract (no transport), the
-    # Merkle proofs and the trace schema.
+    # Merkle proofs, the trace schema and the log's verifier of indexed entries.
     "tracer.client": {"tracer", "tracer.client", "tracer.chain", "tracer.merkle",
-                      "tracer.schema"},
+                      "tracer.schema", "tracer.verify"},
 }
 
 
