@@ -92,13 +92,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve one service in the foreground (what `vre up` runs for each)."""
-    from launcher.serve import app_factory, serve
+    from launcher.serve import checked_before_fork, serve
 
     config = _config(args)
     svc = service(args.service)
     # The workers build the app from the environment: it must say what was resolved here.
     os.environ["VRE_HOME"] = str(config.home)
-    app_factory(svc)(config)  # a bad configuration stops here, with its message
+    checked_before_fork(svc.name, config)  # a bad configuration stops here, with its message
     serve(svc, config, config.port_of(svc.name))
     return 0
 

@@ -4,6 +4,7 @@ run on a pool of Python threads per worker process; graceful stop on SIGTERM."""
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,8 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 
 from vre.config import Config
-from vre.services import Service
+from vre.services import Service, service
+from vre.web import close_app
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -23,6 +25,20 @@ def app_factory(svc: Service) -> Callable[[Config], Flask]:
     the services but imports none of them; the launcher, above them, does)."""
     module, _, name = svc.factory.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def checked_before_fork(name: str, config: Config) -> Flask:
+    """Build the service's app once, so a bad configuration stops here with its message,
+    then close it: Granian forks its workers from this process, which must hold no thread
+    and no connection then (see vre.web.close_app); each worker builds its own app."""
+    before = set(threading.enumerate())
+    app = app_factory(service(name))(config)
+    close_app(app)
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    if left:
+        raise RuntimeError(f"{name}: threads still run after closing the app, and would "
+                           f"hold locks across the workers' fork: {', '.join(sorted(left))}")
+    return app
 
 
 def serve(svc: Service, config: Config, port: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import Executor
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -45,6 +46,19 @@ def validator_for(config: Config, audience: str | None = None) -> TokenValidator
     """The one token validator: people's issuer, and the portal for what it makes."""
     return TokenValidator(config.issuer, audience or config.token_audience, config.jwks,
                           platform=(config.portal_issuer, config.portal_jwks))
+
+
+def close_app(app: Flask) -> None:
+    """Stop what an app started (its trace sender, its thread pools) and close its database
+    connections, as a process must before it forks: a fork copies into the child any lock
+    another thread holds at that moment (SQLite's, say), and the child waits on it for ever."""
+    outbox = app.extensions.get("vre.outbox")
+    if outbox is not None:
+        outbox.stop()
+    for extension in app.extensions.values():
+        if isinstance(extension, Executor):
+            extension.shutdown(wait=True, cancel_futures=True)
+    app.extensions["vre.db"].engine.dispose()
 
 
 def config_of(app: Flask | None = None) -> Config:
