@@ -29,10 +29,11 @@ from dataset_service.models import (
     Study,
 )
 from dataset_service.policy import Action, Code, Decision, decide, decide_use, visible_to
+from dataset_service.repository import Repository
 from tracer.client import TracerClient, TracerError, checked_trace
 from vre.api import PUBLIC, current_principal, endpoint
-from vre.db import utcnow
-from vre.errors import ApiError, NotFound, Unprocessable
+from vre.db import after_commit, utcnow
+from vre.errors import ApiError, Forbidden, NotFound, Unprocessable
 from vre.outbox import outbox_of
 from vre.revocation import revocations_of
 from vre.tokens import Principal
@@ -379,10 +380,16 @@ def publish(dataset_id: str) -> DatasetOut:
 @endpoint("Invalidate a dataset: it still resolves, with its reason, but nobody can use it",
           body=InvalidateIn, response=DatasetOut, tags=["datasets"])
 def invalidate(dataset_id: str, body: InvalidateIn) -> DatasetOut:
+    repository = current_app.extensions["dataset.repository"]
+
     def after(session: Session, dataset: Dataset, was: str) -> None:
         remove = current_app.extensions.get("dataset.catalogue_remove")
         if was == "published" and remove is not None:
             remove(session, dataset)  # still resolves by its PID, no longer offered
+        # Its tree is retired once the invalidation is kept: no grant mounts it again, and
+        # the workloads that mount it are stopped (portal.compute.lifecycle).
+        dataset_id = dataset.id
+        after_commit(session, lambda: repository.remove_tree(dataset_id))
 
     return _transition(dataset_id, Action.INVALIDATE, "INVALIDATE",
                        {"state": "invalidated", "invalidated_at": utcnow(),
@@ -526,8 +533,10 @@ def revoke_access(dataset_id: str, user_id: str) -> dict[str, str]:
 @endpoint("Decide and trace what a workload may mount; answer with its read-only mounts",
           body=GrantIn, response=GrantOut, status=201, roles=["service"], tags=["grants"])
 def create_grant(body: GrantIn) -> GrantOut:
+    wanted = list(dict.fromkeys(body.datasets))
+    repository = current_app.extensions["dataset.repository"]
+    _restore_trees(repository, wanted)
     with db_of().session() as session:
-        wanted = list(dict.fromkeys(body.datasets))
         rows = {d.id: d for d in session.scalars(sa.select(Dataset).where(
             Dataset.id.in_(wanted)))}
         actor = ds.actor_for(session, body.user_id, frozenset(body.user_roles))
@@ -543,11 +552,12 @@ def create_grant(body: GrantIn) -> GrantOut:
             raise ApiError("some datasets may not be used: " + "; ".join(
                 f"{i}: {r['reason']}" for i, r in refused.items()),
                 code="grant_refused", status=403, details={"refused": refused})
-        repository = current_app.extensions["dataset.repository"]
         mounts = []
         for dataset_id in wanted:
             dataset = rows[dataset_id]
-            ds.ensure_tree(session, repository, dataset)
+            if not repository.tree_path(dataset.id).is_dir():
+                raise ApiError(f"dataset {dataset.id!r} has no tree to mount; try again",
+                               code="dataset_tree_missing", status=409)
             mounts.append(Mount(dataset_id=dataset.id, name=dataset.name,
                                 version=dataset.version, content_hash=dataset.content_hash,
                                 tree=repository.tree_name(dataset.id)))
@@ -563,14 +573,40 @@ def create_grant(body: GrantIn) -> GrantOut:
                         purpose=grant.purpose, mounts=mounts)
 
 
+def _restore_trees(repository: Repository, wanted: list[str]) -> None:
+    """Lay out again, before a grant and outside its transaction, the tree of a released
+    dataset that went missing (a repository restored from a backup without its trees): trees
+    are made at release, never inside a grant."""
+    with db_of().reading() as session:
+        for dataset in session.scalars(sa.select(Dataset).where(
+                Dataset.id.in_(wanted), Dataset.state.in_(("released", "published")))):
+            if not repository.tree_path(dataset.id).is_dir():
+                ds.build_tree(session, repository, dataset)
+
+
+# Who may end a grant: the portal, which asked for it, and an administrator.
+GRANT_HOLDERS = frozenset({"service:portal"})
+
+
 @bp.delete("/grants/<grant_id>")
-@endpoint("End a grant when its workload stops", roles=["service"], tags=["grants"])
+@endpoint("End a grant when its workload stops (the portal, or an administrator); traced "
+          "once", roles=["service", "admin"], tags=["grants"])
 def end_grant(grant_id: str) -> dict[str, Any]:
+    principal = caller()
+    if principal.is_service and principal.subject not in GRANT_HOLDERS:
+        raise Forbidden("only the portal, which asked for grants, ends them",
+                        code="not_the_grant_holder")
     with db_of().session() as session:
         grant = session.get(Grant, grant_id)
         if grant is None:
             raise NotFound(f"no grant {grant_id!r}", field="grant_id")
-        grant.ended_at = grant.ended_at or utcnow()
+        if grant.ended_at is None:
+            grant.ended_at = utcnow()
+            datasets = list(session.scalars(sa.select(Dataset).where(
+                Dataset.id.in_(grant.dataset_ids))))
+            record_trace(session, principal.subject, "GRANT_ENDED", datasets, {
+                "workload_id": grant.workload_id, "subject_user": grant.user_id,
+                "purpose": grant.purpose})
         return {"id": grant.id, "ended_at": grant.ended_at.isoformat()}
 
 

@@ -217,19 +217,24 @@ def tree_contents(session: Session, dataset_id: str) -> tuple[list[TreeFile], di
     return files, index
 
 
+def build_tree(session: Session, repository: Repository, dataset: Dataset) -> str:
+    """Lay out the dataset's own read-only directory from its rows (whole or not at all; its
+    contents never change once released)."""
+    files, index = tree_contents(session, dataset.id)
+    index = {"dataset": {"id": dataset.id, "name": dataset.name, "version": dataset.version,
+                         "content_hash": dataset.content_hash}, **index}
+    return str(repository.build_tree(dataset.id, files, index))
+
+
 def ensure_tree(session: Session, repository: Repository, dataset: Dataset) -> str:
-    """The dataset's own read-only directory (built once; its contents never change). One
-    built in this transaction goes again if the transaction rolls back: a failed release or
-    grant leaves no tree behind."""
+    """The tree a release builds, in the release's transaction: one built here goes again if
+    the transaction rolls back, so a failed release leaves no tree behind."""
     dataset_id = dataset.id
     existed = repository.tree_path(dataset_id).is_dir()
-    files, index = tree_contents(session, dataset_id)
-    index = {"dataset": {"id": dataset_id, "name": dataset.name, "version": dataset.version,
-                         "content_hash": dataset.content_hash}, **index}
-    tree = repository.build_tree(dataset_id, files, index)
+    tree = build_tree(session, repository, dataset)
     if not existed:
         on_rollback(session, lambda: repository.remove_tree(dataset_id))
-    return str(tree)
+    return tree
 
 
 def fair_record(config: Config, session: Session, dataset: Dataset) -> fair.DatasetRecord:

@@ -233,6 +233,9 @@ def test_invalidating_its_data_or_ending_its_grant_stops_the_desktop(
     life = lifecycle_site()
     alice = auth(token("res-1", "researcher"))
     desktop = start_desktop(life, alice)
+    # Running with its data mounted: invalidation retires the dataset's tree at once, and a
+    # sandbox still mounting it would fail instead of being stopped.
+    wait_for(life, alice, desktop["id"], ready)
     datasets = life["datasets"].test_client()
     if withdraw == "invalidate":
         answer = datasets.post(f"/api/v1/datasets/{life['dataset']['id']}/invalidate",
@@ -244,7 +247,8 @@ def test_invalidating_its_data_or_ending_its_grant_stops_the_desktop(
         expected = "grant_ended"
     assert answer.status_code == 200, answer.get_json()
     shown = wait_for(life, alice, desktop["id"], ended)
-    assert shown["state"] == "stopped" and shown["stop_reason"] == expected
+    assert shown["state"] == "stopped" and shown["stop_reason"] == expected, (
+        shown["reason"], shown["stop_reason"])
     grant_ends(life, desktop["id"])
     assert traces_of(life, desktop["id"], 2)[1]["details"]["reason"] == expected
 

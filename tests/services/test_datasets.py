@@ -4,6 +4,7 @@ by the real tracer once it committed; grants decide what a workload mounts."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import sqlalchemy as sa
@@ -431,3 +432,50 @@ def test_a_published_pid_keeps_resolving_after_invalidation(platform, steward) -
     assert landing["dataset"]["invalidation_reason"] == "labels were wrong"
     assert client.get(f"/api/v1/datasets/{released_one['id']}").status_code == 404, \
         "never public, so not public now"
+
+
+def test_trees_are_made_at_release_and_retired_at_invalidation(platform, steward, portal,
+                                                               config) -> None:
+    service, _ = platform
+    client = service.test_client()
+    dataset = create(service, steward)
+    tree = config.repository_path / "datasets" / dataset["id"]
+    assert not tree.exists(), "a draft has no tree"
+    client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+    assert (tree / "index.json").is_file(), "the release lays out the tree"
+    # A tree lost since (a repository restored without its trees) is laid out again before
+    # the grant, outside its transaction; the grant itself only names it.
+    shutil.rmtree(tree)
+    assert grant(service, portal, "res-1", dataset["id"]).status_code == 201
+    assert (tree / "index.json").is_file()
+    invalidated = client.post(f"/api/v1/datasets/{dataset['id']}/invalidate",
+                              headers=steward, json={"reason": "consent withdrawn"})
+    assert invalidated.status_code == 200
+    assert not tree.exists(), "an invalidated dataset's tree is retired"
+    refused = grant(service, portal, "res-1", dataset["id"])
+    assert refused.status_code == 403 and not tree.exists()
+
+
+def test_a_grant_is_ended_by_its_holder_and_traced_once(platform, steward, portal,
+                                                        token) -> None:
+    service, auditor = platform
+    client = service.test_client()
+    dataset = create(service, steward)
+    client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+    made = grant(service, portal, "res-1", dataset["id"]).get_json()
+    path = f"/api/v1/grants/{made['id']}"
+    # Another service, the researcher and the dataset's steward may not end it.
+    for caller in (auth(token("service:tracer", "service")), auth(token("res-1", "researcher")),
+                   steward):
+        refused = client.delete(path, headers=caller)
+        assert refused.status_code == 403, refused.get_json()
+    assert client.delete(path, headers=portal).status_code == 200
+    again = client.delete(path, headers=auth(token("admin-1", "admin")))
+    assert again.status_code == 200
+    ended = [t for t in auditor.query(dataset=dataset["id"]) if t["action"] == "GRANT_ENDED"]
+    assert len(ended) == 1, "ended once, traced once"
+    assert ended[0]["actor"] == "service:portal"
+    assert ended[0]["details"]["workload_id"] == made["workload_id"]
+    assert ended[0]["details"]["subject_user"] == "res-1"
+    assert ended[0]["datasets"] == [{"id": dataset["id"], "hash": dataset["content_hash"]}]
+    assert client.delete("/api/v1/grants/no-such-grant", headers=portal).status_code == 404
