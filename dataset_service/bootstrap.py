@@ -13,10 +13,12 @@ from dataset_service.demo import generate_demo_data
 from dataset_service.dicom import DeidPolicy
 from dataset_service.dropfolders import check_import_root, locate
 from dataset_service.ingest import Ingestor, IngestReport
-from dataset_service.models import Project, ProjectMember
+from dataset_service.models import Project, ProjectMember, trace_outbox
 from dataset_service.repository import Repository
+from tracer.client import checked_trace
 from vre.config import Config
 from vre.db import Database
+from vre.outbox import keep_trace
 from vre.services import service
 
 DEMO_PROJECT = "demo"
@@ -69,8 +71,11 @@ def load_demo(config: Config, steward_id: str) -> IngestReport | None:
                 session.add(ProjectMember(project_id=project.id, user_id=steward_id,
                                           role="steward"))
             project_id = project.id
+        # Traced as every ingest is, in each batch's transaction: kept in the service's
+        # outbox, whose deliverer sends them to the ledger once the dataset service runs.
         ingestor = Ingestor(db, Repository(config.repository_path), DeidPolicy(),
-                            config.ingest_workers)
+                            config.ingest_workers, trace=lambda session, trace: keep_trace(
+                                session, trace_outbox, checked_trace(trace)))
         report = ingestor.run(ingestor.start(project_id, Path(demo_dir), steward_id))
     finally:
         db.engine.dispose()

@@ -93,17 +93,7 @@ class Outbox:
     def record(self, session: Session, trace: dict[str, Any]) -> str:
         """Write a trace in the session's transaction; returns its id. It is delivered once
         that transaction commits, and never if it rolls back."""
-        trace_id = str(uuid.uuid4())
-        now = utcnow()
-        session.execute(
-            self.table.insert().values(
-                trace_id=trace_id,
-                trace=json.dumps({**trace, "id": trace_id}),
-                created_at=now,
-                due_at=now,
-                attempts=0,
-            )
-        )
+        trace_id = keep_trace(session, self.table, trace)
         pending: list[str] | None = session.info.get(_PENDING)
         if pending is None:
             pending = session.info[_PENDING] = []
@@ -353,6 +343,18 @@ class Outbox:
         if due is None:
             return None
         return min(self.poll, max(0.01, (due - utcnow()).total_seconds()))
+
+
+def keep_trace(session: Session, table: sa.Table, trace: dict[str, Any]) -> str:
+    """Write a trace into the outbox in the session's transaction, and nothing more; its id.
+    A process that delivers nothing itself (the first start, before any service runs) keeps
+    its traces so: the service's own deliverer sends them when it starts."""
+    trace_id = str(uuid.uuid4())
+    now = utcnow()
+    session.execute(table.insert().values(
+        trace_id=trace_id, trace=json.dumps({**trace, "id": trace_id}), created_at=now,
+        due_at=now, attempts=0))
+    return trace_id
 
 
 def install_outbox(app: Flask, table: sa.Table, send: Send) -> Outbox:
