@@ -96,12 +96,21 @@ class ApplicationIn(BaseModel):
     command: list[str] = Field(default_factory=list, max_length=64,
                                description="Run when a request names none; empty: the "
                                "image's entrypoint.")
+    local_command: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="What runs on one machine, where there are no images: a platform "
+        "session by name (session:desktop) or a command; empty: a job's own command, and no "
+        "desktop.")
     enabled: bool = True
 
     @model_validator(mode="after")
     def _command(self) -> ApplicationIn:
-        if any(not part or len(part) > 1000 for part in self.command):
-            raise ValueError("command: each argument has 1 to 1000 characters")
+        for name in ("command", "local_command"):
+            if any(not part or len(part) > 1000 for part in getattr(self, name)):
+                raise ValueError(f"{name}: each argument has 1 to 1000 characters")
+        if self.local_command and self.local_command[0].startswith("session:") and \
+                not re.fullmatch(r"session:[a-z][a-z0-9-]{0,31}", self.local_command[0]):
+            raise ValueError("local_command: a session is named session:<lowercase name>")
         return self
 
 
@@ -115,6 +124,7 @@ class ApplicationPatch(BaseModel):
     image: str | None = None
     image_digest: str | None = None
     command: list[str] | None = None
+    local_command: list[str] | None = None
     enabled: bool | None = None
 
 
@@ -383,7 +393,7 @@ DEFAULT_FLAVORS = (
 )
 DEFAULT_APPLICATIONS = (
     ApplicationIn(id="desktop", name="Research desktop", kind="desktop",
-                  image="vre/desktop:0.1.0",
+                  image="vre/desktop:0.1.0", local_command=["session:desktop"],
                   description="A Linux desktop in the browser with the granted datasets "
                   "mounted read-only, a terminal, and vre-job to submit batch jobs."),
     ApplicationIn(id="pytorch", name="Python (PyTorch)", kind="batch",

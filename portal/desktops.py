@@ -19,7 +19,6 @@ from portal import catalogues
 from portal.compute import ComputeError, DatasetMount, Resources, WorkloadSpec, lifecycle
 from portal.compute.agent import socket_path
 from portal.compute.client import AgentClient
-from portal.compute.local import SESSION
 from portal.models import ACTIVE_STATES, Flavor, Workload
 from portal.quotas import Account, HostCapacity, Requester, Usage, decide
 from vre.db import utcnow
@@ -32,7 +31,8 @@ DESKTOP_TOKEN_SCOPE = " ".join(sorted(WORKLOAD_SCOPES))
 WORKLOAD_ROLES = ["researcher"]
 AGENT_STATUS = {"agent_unavailable": 503, "exceeds_host": 422, "mount_refused": 409,
                 "bad_environment": 422, "workload_exists": 409, "workload_unknown": 404,
-                "desktop_not_running": 409, "lifetime_limit": 409}
+                "desktop_not_running": 409, "lifetime_limit": 409,
+                "application_not_local": 422}
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,10 @@ def decide_start(session: Session, principal: Principal, ask: DesktopRequest,
     if application.kind != "desktop" or not application.enabled:
         raise ApiError(f"application {ask.application!r} is not a desktop that may start",
                        code="application_unavailable", status=422, field="application")
+    if config_of().compute_backend == "local" and not application.local_command:
+        raise ApiError(f"application {ask.application!r} names nothing to run on one "
+                       "machine (its local_command)", code="application_not_local",
+                       status=422, field="application")
     row = session.get(Flavor, ask.flavor)
     spec = catalogues.spec_of(row) if row is not None else None
     quota = catalogues.effective_quota(session, "user", principal.subject)
@@ -154,7 +158,7 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
     cap = int(config.desktop_max_lifetime_hours * 3600)
     spec = WorkloadSpec(
         workload_id=workload_id, owner=principal.subject, kind="desktop",
-        application=ask.application, command=(str(SESSION / "desktop-session"),),
+        application=ask.application, command=tuple(application.local_command),
         resources=Resources(cpus=flavor.cpus, memory_mib=flavor.memory_mib, gpus=flavor.gpus,
                             max_runtime_seconds=cap + 60),
         mounts=mounts, image=application.image,

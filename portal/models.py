@@ -160,6 +160,9 @@ class Application(Base):
     image_digest: Mapped[str | None] = mapped_column(sa.String(100))
     # Run when a request names no command; empty means the image's own entrypoint.
     command: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    # What the local backend runs instead of the image (one machine): a desktop's session by
+    # name ("session:desktop"); empty: a job's own command, and no desktop at all.
+    local_command: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow,

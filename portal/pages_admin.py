@@ -360,23 +360,30 @@ def remove_member(name: str, user_id: str) -> Any:
 
 # -- applications -------------------------------------------------------------------------
 
-def _application_data(form: Mapping[str, str], app_id: str) -> dict[str, Any]:
+def _words(form: Mapping[str, str], name: str) -> list[str]:
     try:
-        command = shlex.split(form.get("command", ""))
+        return shlex.split(form.get(name, ""))
     except ValueError as exc:
-        raise ApiError(f"command: {exc}", code="validation_error", field="command",
+        raise ApiError(f"{name}: {exc}", code="validation_error", field=name,
                        status=422) from None
+
+
+def _application_data(form: Mapping[str, str], app_id: str) -> dict[str, Any]:
     return {"id": app_id, "name": form.get("name", "").strip(),
             "description": form.get("description", "").strip(),
             "kind": form.get("kind", ""), "image": form.get("image", "").strip(),
             "image_digest": form.get("image_digest", "").strip() or None,
-            "command": command, "enabled": form.get("enabled") == "on"}
+            "command": _words(form, "command"),
+            "local_command": _words(form, "local_command"),
+            "enabled": form.get("enabled") == "on"}
 
 
 def _application_values(row: Any) -> dict[str, Any]:
     return {"id": row.id, "name": row.name, "description": row.description, "kind": row.kind,
             "image": row.image, "image_digest": row.image_digest or "",
-            "command": shlex.join(row.command or []), "enabled": "on" if row.enabled else ""}
+            "command": shlex.join(row.command or []),
+            "local_command": shlex.join(row.local_command or []),
+            "enabled": "on" if row.enabled else ""}
 
 
 def _applications_page(status: int = 200, values: Mapping[str, Any] | None = None) -> Any:

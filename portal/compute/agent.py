@@ -452,7 +452,7 @@ class Agent:
 
 STATUS = {"workload_unknown": 404, "workload_exists": 409, "bad_spec": 422,
           "exceeds_host": 422, "mount_refused": 422, "bad_environment": 422,
-          "desktop_not_running": 409, "lifetime_limit": 409}
+          "desktop_not_running": 409, "lifetime_limit": 409, "application_not_local": 422}
 
 
 def create_app(agent: Agent) -> Flask:

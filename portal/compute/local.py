@@ -22,8 +22,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,22 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _TREE = re.compile(r"^datasets/[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 STOP_GRACE_SECONDS = 10.0
 LOG_CHUNK = 1 << 20
+
+
+def local_launch(command: Sequence[str]) -> tuple[str, ...]:
+    """An application's local command as the sandbox runs it: `session:NAME` names one of the
+    platform's own sessions (portal/compute/session/NAME-session). Refused when the
+    application names nothing to run here, or a session the platform does not have."""
+    if not command:
+        raise ComputeError("application_not_local",
+                           "this application names nothing to run on one machine")
+    first, rest = command[0], tuple(command[1:])
+    if first.startswith("session:"):
+        script = SESSION / f"{first.removeprefix('session:')}-session"
+        if not script.is_file():
+            raise ComputeError("application_not_local", f"there is no session {first!r}")
+        return (str(script), *rest)
+    return (first, *rest)
 
 
 def api_socket_path(config: Config, workload_id: str) -> Path:
@@ -186,8 +202,7 @@ class LocalBackend(ComputeBackend):
         why = self.capacity().never_fits(spec.resources)
         if why:
             raise ComputeError("exceeds_host", why)
-        if not spec.command:
-            raise ComputeError("bad_spec", "the workload has no command")
+        command = local_launch(spec.command)
         trees = [self._tree(m.tree) for m in spec.mounts]
         datasets = tuple(zip(map(str, trees), dataset_folders(spec.mounts), strict=True))
         try:
@@ -200,7 +215,7 @@ class LocalBackend(ComputeBackend):
         except FileExistsError:
             raise ComputeError("workload_exists", f"workload {spec.workload_id} exists") from None
         try:
-            return self._launch(spec, home, datasets, environment)
+            return self._launch(replace(spec, command=command), home, datasets, environment)
         except BaseException:
             cgroups.remove(spec.workload_id)
             shutil.rmtree(home, ignore_errors=True)

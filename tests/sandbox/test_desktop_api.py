@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from websockets.sync.client import connect
 
 from dataset_service.models import Grant
-from portal.catalogues import seed_defaults
+from portal.catalogues import ApplicationIn, create_application, seed_defaults
 from portal.compute.agent import Agent, Served, socket_path
 from portal.compute.local import LocalBackend
 from portal.models import RevokedWorkload, Workload
@@ -132,7 +132,19 @@ def test_refusals_start_nothing_and_grant_nothing(desks: dict[str, Any], token,
     client = desks["portal"].test_client()
     alice = as_user(token, "res-1")
     draft = create(desks["datasets"], steward)
+    # A desktop only a cluster could run (no local command), and one naming a session the
+    # platform does not have: the second is refused by the backend, after its grant, which
+    # then ends with it.
+    with desks["portal"].extensions["vre.db"].session() as session:
+        for app_id, local in (("remote-only", []), ("no-session", ["session:no-such"])):
+            create_application(session, ApplicationIn(
+                id=app_id, name=app_id, kind="desktop", image="vre/desktop:9",
+                local_command=local))
     cases = [
+        ({"flavor": "small", "application": "remote-only",
+          "datasets": [desks["dataset"]["id"]]}, alice, 422, "application_not_local"),
+        ({"flavor": "small", "application": "no-session",
+          "datasets": [desks["dataset"]["id"]]}, alice, 422, "application_not_local"),
         ({"flavor": "no-such", "datasets": [desks["dataset"]["id"]]}, alice, 422,
          "flavor_unknown"),
         ({"flavor": "small", "datasets": [draft["id"]]}, alice, 403, "grant_refused"),
@@ -151,7 +163,9 @@ def test_refusals_start_nothing_and_grant_nothing(desks: dict[str, Any], token,
         if code:
             assert answer.get_json()["error"]["code"] == code, (body, answer.get_json())
     with desks["portal"].extensions["vre.db"].session() as session:
-        assert session.scalar(sa.select(sa.func.count()).select_from(Workload)) == 0
+        started = session.scalars(sa.select(Workload)).all()
+        # The backend's refusal is recorded as a failed start; nothing else was started.
+        assert [(w.application, w.state) for w in started] == [("no-session", "failed")]
     with desks["datasets"].extensions["vre.db"].session() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Grant).where(
             Grant.ended_at.is_(None))) == 0

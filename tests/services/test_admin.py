@@ -577,11 +577,16 @@ def test_application_forms(admin_portal: Flask) -> None:
     created = post(admin, "/admin/applications", {
         "id": "jupyter", "name": "JupyterLab", "kind": "desktop",
         "image": "vre/jupyter:1.0", "image_digest": "sha256:" + "b" * 64,
-        "command": "jupyter lab --ip '0.0.0.0'", "enabled": "on"})
+        "command": "jupyter lab --ip '0.0.0.0'", "local_command": "session:desktop",
+        "enabled": "on"})
     assert created.status_code == 302
     with admin_portal.extensions["vre.db"].session() as session:
         row = session.get(Application, "jupyter")
         assert row.command == ["jupyter", "lab", "--ip", "0.0.0.0"] and row.enabled
+        assert row.local_command == ["session:desktop"]
+    bad_session = post(admin, "/admin/applications", id="odd", name="O", kind="desktop",
+                       image="x/y:1", local_command="session:../../bin/sh")
+    assert bad_session.status_code == 422 and "local_command" in text(bad_session)
     assert "jupyter lab --ip 0.0.0.0" in text(admin.get("/admin/applications/jupyter"))
     duplicate = post(admin, "/admin/applications", id="jupyter", name="J", kind="batch",
                      image="x/y:1")
