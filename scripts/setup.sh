@@ -17,15 +17,14 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # bubblewrap, Xvnc, a window manager, a terminal, xmessage (x11-utils: the platform's notices
 # on a desktop's screen) and noVNC make the desktops and jobs; a file manager, an editor,
 # DICOM viewers (aeskulap, amide) and converters (dcmtk, dcm2niix) are the research desktop's
-# tools.
+# tools; a Java runtime runs Spark in jobs (pyspark 4 needs Java 17 or later).
 APT_PACKAGES=(python3 python3-venv python3-dev build-essential nodejs npm bubblewrap
               tigervnc-standalone-server openbox xterm x11-utils novnc
-              pcmanfm mousepad aeskulap amide dcmtk dcm2niix)
+              pcmanfm mousepad aeskulap amide dcmtk dcm2niix openjdk-17-jre-headless)
 if (( WITH_TESTS )); then
   # chromium for the browser tests; the desktop's VNC server and window manager for its
-  # start-up script's tests; a Java runtime for Spark (pyspark 4 needs Java 17 or later).
-  APT_PACKAGES+=(postgresql postgresql-client chromium tigervnc-tools xclip
-                 openjdk-17-jre-headless)
+  # start-up script's tests.
+  APT_PACKAGES+=(postgresql postgresql-client chromium tigervnc-tools xclip)
 fi
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # Tools already on PATH stand in for Debian's packages (a pyenv Python 3.11+, a node).
@@ -56,9 +55,9 @@ if [[ ! -x .venv/bin/python ]]; then
   say "python: creating .venv"
   python3 -m venv .venv
 fi
-EXTRAS="."
-# The tests run the job tools too: PyTorch (pinned, from the local wheel, never the CUDA
-# build) and Spark.
+# Desktops and jobs run Python from this environment: PyTorch (pinned) and Spark are the
+# research tools they offer, and the tests run the job tools with both.
+EXTRAS=".[torch,spark]"
 (( WITH_TESTS )) && EXTRAS=".[test,torch,spark]"
 stamp=".venv/.installed-$( (cat setup.cfg pyproject.toml; echo "$EXTRAS") | sha256sum \
   | cut -c1-16)-$WITH_TESTS"
@@ -98,12 +97,10 @@ if (( WITH_TESTS )); then
   fi
 fi
 
-# Spark's tests start a JVM: say so here rather than in the middle of a test run.
-if (( WITH_TESTS )); then
-  if ! command -v java >/dev/null || (( $(java_major) < 17 )); then
-    echo "Spark needs Java 17 or later on PATH (Debian: openjdk-17-jre-headless)" >&2
-    exit 1
-  fi
+# Spark in jobs (and its tests) starts a JVM: say so here rather than in a job or a test.
+if ! command -v java >/dev/null || (( $(java_major) < 17 )); then
+  echo "Spark needs Java 17 or later on PATH (Debian: openjdk-17-jre-headless)" >&2
+  exit 1
 fi
 
 # PostgreSQL for the tests: started if installed but down.
