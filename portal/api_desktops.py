@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from portal import desktops
 from portal.clients import datasets_as_portal
 from portal.compute import ComputeError
-from portal.vncproxy import TICKET_SECONDS, issue_ticket
+from portal.vncproxy import TICKET_PROTOCOL, TICKET_SECONDS, issue_ticket, proxy_url
 from vre.api import current_principal, endpoint
 from vre.db import utcnow
 from vre.errors import ApiError, Conflict
@@ -77,7 +77,9 @@ class DesktopsOut(BaseModel):
 
 
 class TicketOut(BaseModel):
-    url: str = Field(description="WebSocket URL of the VNC proxy with the ticket; usable once")
+    url: str = Field(description="WebSocket URL of the VNC proxy")
+    protocol: str = Field(description="The single-use ticket as a WebSocket subprotocol to "
+                          "offer beside `binary`; never put it in a URL")
     expires_in: int
 
 
@@ -163,14 +165,17 @@ def forget_desktop(desktop_id: str) -> ForgottenOut:
 @endpoint("A single-use ticket that opens the desktop's screen through the VNC proxy",
           response=TicketOut, tags=["desktops"])
 def desktop_ticket(desktop_id: str) -> TicketOut:
-    principal = _principal()
+    return ticket_for(_principal(), desktop_id)
+
+
+def ticket_for(principal: Principal, desktop_id: str) -> TicketOut:
+    """A ticket for the desktop's owner, once it is known to be theirs and running."""
     with db_of().session() as session:
         row = desktops.visible(session, principal, desktop_id)
         if row.owner_id != principal.subject:
             raise Conflict("only the desktop's owner may open it", code="not_the_owner")
         if row.state != "running":
             raise Conflict(f"the desktop is {row.state}", code="desktop_not_running")
-    config = config_of()
     ticket = issue_ticket(current_app.extensions["vre.issuer"], principal.subject, desktop_id)
-    return TicketOut(url=f"ws://{config.host}:{config.vnc_proxy_port}/vnc?ticket={ticket}",
+    return TicketOut(url=proxy_url(config_of()), protocol=TICKET_PROTOCOL + ticket,
                      expires_in=TICKET_SECONDS)

@@ -3,7 +3,9 @@ WebSocket with a ticket the portal issued to the desktop's owner; the proxy chec
 relays bytes to that desktop's VNC socket, which nothing else may open.
 
 A ticket is a JWT signed by the portal for the audience `vre-vnc`: who (`sub`), which
-desktop (`wid`), valid for seconds and usable once. The desktop is looked up anew at every
+desktop (`wid`), valid for seconds and usable once. It travels as an offered WebSocket
+subprotocol (`vre-ticket.<ticket>`, beside noVNC's `binary`), never in the URL, so no access
+log of a proxy or browser on the way keeps it. The desktop is looked up anew at every
 connection (still running, still its owner's), and each connection keeps its own target, so
 no connection can be steered to another desktop."""
 
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -31,6 +33,7 @@ from vre.tokens import TokenError, TokenIssuer, TokenValidator
 log = logging.getLogger("vre.vncproxy")
 TICKET_AUDIENCE = "vre-vnc"
 TICKET_SECONDS = 30
+TICKET_PROTOCOL = "vre-ticket."
 MAX_TICKET_CHARS = 4096
 CHUNK = 1 << 16
 
@@ -46,6 +49,18 @@ def issue_ticket(issuer: TokenIssuer, user_id: str, workload_id: str) -> str:
     token, _ = issuer.issue(user_id, [], ttl=TICKET_SECONDS, aud=TICKET_AUDIENCE,
                             wid=workload_id)
     return token
+
+
+def proxy_url(config: object) -> str:
+    """Where browsers open desktops' screens: the proxy's WebSocket URL, ticket not included."""
+    return f"ws://{config.host}:{config.vnc_proxy_port}/vnc"  # type: ignore[attr-defined]
+
+
+def offered_tickets(headers: Headers) -> list[str]:
+    """The tickets a client offered as `vre-ticket.<ticket>` subprotocols."""
+    offered = (p.strip() for line in headers.get_all("Sec-WebSocket-Protocol")
+               for p in line.split(","))
+    return [p[len(TICKET_PROTOCOL):] for p in offered if p.startswith(TICKET_PROTOCOL)]
 
 
 def connect_unix(path: Path) -> socket.socket:
@@ -114,7 +129,7 @@ class VncProxy:
         url = urlsplit(path)
         if url.path != "/vnc":
             raise Refusal(404, "not_found")
-        tickets = parse_qs(url.query).get("ticket", [])
+        tickets = offered_tickets(headers)
         if len(tickets) != 1 or not tickets[0] or len(tickets[0]) > MAX_TICKET_CHARS:
             raise Refusal(401, "ticket_missing")
         try:
@@ -189,7 +204,15 @@ class VncProxy:
         """A server for the proxy (start it with `async with`, or `serve_forever`)."""
         return serve(self._relay, host, port, process_request=self._process_request,
                      select_subprotocol=_binary_if_offered, max_size=1 << 20,
-                     compression=None)
+                     compression=None, logger=_wire_log())
+
+
+def _wire_log() -> logging.Logger:
+    """The WebSocket library's logger, held at INFO: its debug lines print request headers
+    (the ticket) and every frame (screens and keystrokes)."""
+    wire = logging.getLogger("vre.vncproxy.wire")
+    wire.setLevel(logging.INFO)
+    return wire
 
 
 def _binary_if_offered(connection: ServerConnection, offered: list[str]) -> str | None:

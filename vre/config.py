@@ -159,6 +159,10 @@ class Config(BaseModel):
         description="per-trace also anchors every leaf hash in its own transaction.")
     vnc_proxy_port: int = Field(8603, ge=1, le=65535,
                                 description="Port of the desktops' VNC WebSocket proxy.")
+    novnc_path: Path = Field(
+        Path("/usr/share/novnc"), description="Folder of the noVNC browser client (Debian's "
+        "novnc package) whose ES modules the portal serves to the desktop viewer; only its "
+        "core/ and vendor/ scripts are served.")
     compute_backend: str = Field(
         "local", pattern=r"^(local)$",
         description="Where desktops and jobs run: a bubblewrap sandbox on this machine (local).")

@@ -105,9 +105,11 @@ def test_a_researcher_opens_a_desktop_and_stops_it(desks: dict[str, Any], token)
     assert [d["id"] for d in listed] == [desktop["id"]]
 
     ticket = client.post(f"/api/v1/desktops/{desktop['id']}/ticket", headers=alice).get_json()
+    assert ticket["protocol"].split(".", 1)[1] not in ticket["url"], "no ticket in a URL"
     url = ticket["url"].replace(ticket["url"].split("/vnc")[0],
                                 f"ws://127.0.0.1:{desks['proxy_port']}")
-    with connect(url, origin="http://portal.test", open_timeout=10) as connection:
+    with connect(url, origin="http://portal.test", open_timeout=10,
+                 subprotocols=["binary", ticket["protocol"]]) as connection:
         screen = RfbClient(WebSocketStream(connection))
         screen.handshake()
         assert screen.width > 0

@@ -1,10 +1,11 @@
 """The VNC proxy for real: a served proxy, a desktop in a launched sandbox, and WebSocket
 clients that bring good, replayed, expired, foreign and forged tickets. Only the owner's
-fresh ticket reaches the screen, once."""
+fresh ticket, offered as a subprotocol, reaches the screen, once; no ticket is logged."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import threading
 import time
@@ -16,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from portal.compute.local import LocalBackend
-from portal.vncproxy import TICKET_AUDIENCE, VncProxy, issue_ticket
+from portal.vncproxy import TICKET_AUDIENCE, TICKET_PROTOCOL, VncProxy, issue_ticket
 from tests.conftest import ISSUER
 from tests.sandbox.rfb import RfbClient, WebSocketStream
 from tests.sandbox.test_desktop_vnc import start_desktop
@@ -67,8 +68,8 @@ def desk(compute: LocalBackend, issuer_dir: Path,
 
 
 def open_screen(url: str, ticket: str, origin: str = ORIGIN) -> RfbClient:
-    connection = connect(f"{url}?ticket={ticket}", origin=origin, subprotocols=["binary"],
-                         open_timeout=10)
+    connection = connect(url, origin=origin, open_timeout=10,
+                         subprotocols=["binary", TICKET_PROTOCOL + ticket])
     client = RfbClient(WebSocketStream(connection))
     client.handshake()
     return client
@@ -76,7 +77,8 @@ def open_screen(url: str, ticket: str, origin: str = ORIGIN) -> RfbClient:
 
 def refused(url: str, ticket: str, origin: str = ORIGIN) -> int:
     with pytest.raises(InvalidStatus) as answer:
-        connect(f"{url}?ticket={ticket}", origin=origin, open_timeout=10)
+        connect(url, origin=origin, open_timeout=10,
+                subprotocols=["binary", TICKET_PROTOCOL + ticket] if ticket else ["binary"])
     return answer.value.response.status_code
 
 
@@ -124,3 +126,30 @@ def test_an_open_screen_is_reported_with_its_input(desk: tuple, issuer: TokenIss
         assert time.monotonic() < deadline, reports
         time.sleep(0.2)
     assert {wid for wid, _ in reports} == {workload_id}
+
+
+def test_a_ticket_in_the_url_opens_nothing(desk: tuple, issuer: TokenIssuer) -> None:
+    url, workload_id = desk
+    ticket = issue_ticket(issuer, "alice", workload_id)
+    with pytest.raises(InvalidStatus) as answer:
+        connect(f"{url}?ticket={ticket}", origin=ORIGIN, subprotocols=["binary"],
+                open_timeout=10)
+    assert answer.value.response.status_code == 401
+    assert open_screen(url, ticket).width > 0, "the ticket was not spent by the refusal"
+
+
+def test_the_proxy_logs_no_ticket_and_no_screen(desk: tuple, issuer: TokenIssuer,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    url, workload_id = desk
+    caplog.set_level(logging.DEBUG)  # the most an operator could turn on
+    ticket = issue_ticket(issuer, "alice", workload_id)
+    screen = open_screen(url, ticket)
+    assert screen.width > 0
+    assert refused(url, ticket) == 401
+    # The test's own client logs its side (websockets.client); the proxy's side is the rest.
+    logged = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records
+                       if not r.name.startswith("websockets.client"))
+    assert "ticket_used" in logged, "the proxy's own decisions are logged"
+    assert ticket not in logged and ticket.split(".")[2] not in logged
+    assert [r.name for r in caplog.records if r.name.startswith("vre.vncproxy")
+            and r.levelno < logging.INFO] == [], "no request headers, no relayed frames"
