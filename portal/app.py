@@ -23,6 +23,7 @@ from portal import (
     pages_admin,
     pages_catalogue,
     pages_datasets,
+    pages_desktops,
     security,
 )
 from portal.identity import install_identity
@@ -100,6 +101,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api_admin.bp)
     app.register_blueprint(api_desktops.bp)
     app.register_blueprint(pages_admin.bp)
+    app.register_blueprint(pages_desktops.bp)
     install_outbox(app, trace_outbox, lambda traces, timeout: clients.tracer(app)
                    .record_many(traces, timeout=timeout))
     return app

@@ -20,7 +20,7 @@ from portal.compute import ComputeError, DatasetMount, Resources, WorkloadSpec, 
 from portal.compute.agent import socket_path
 from portal.compute.client import AgentClient
 from portal.models import ACTIVE_STATES, Flavor, Workload
-from portal.quotas import Account, HostCapacity, Requester, Usage, decide
+from portal.quotas import Account, Decision, HostCapacity, Requester, Usage, decide
 from vre.db import utcnow
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.tokens import WORKLOAD_SCOPES, Principal, TokenIssuer
@@ -111,6 +111,22 @@ def decide_start(session: Session, principal: Principal, ask: DesktopRequest,
     return row
 
 
+def flavor_choices(session: Session, principal: Principal, host: HostCapacity,
+                   now: datetime) -> list[tuple[Flavor, Decision]]:
+    """The flavors a person may use, each with whether a desktop of it may start now (the
+    same decision as `decide_start`); flavors disabled or reserved for others are left out."""
+    quota = catalogues.effective_quota(session, "user", principal.subject)
+    account = Account("user", principal.subject, catalogues.limits_of(quota),
+                      usage_of(session, principal.subject, now))
+    who = Requester.of(principal.roles)
+    choices = []
+    for row in catalogues.flavors(session):
+        decision = decide("desktop", catalogues.spec_of(row), who, [account], host)
+        if decision.code not in ("flavor_disabled", "flavor_not_allowed"):
+            choices.append((row, decision))
+    return choices
+
+
 def host_of(client: AgentClient) -> HostCapacity:
     """The largest workload the backend could ever run."""
     try:
@@ -197,7 +213,17 @@ def stop(session: Session, principal: Principal, workload_id: str,
          datasets_service: DatasetClient, reason: str | None = None) -> dict[str, Any]:
     """End a desktop and its grant; the stop reason says whether its owner or an
     administrator ended it."""
-    row = visible(session, principal, workload_id)
+    visible(session, principal, workload_id)
+    return stop_workload(session, principal, workload_id, datasets_service, reason)
+
+
+def stop_workload(session: Session, principal: Principal, workload_id: str,
+                  datasets_service: DatasetClient, reason: str | None = None) -> dict[str, Any]:
+    """End any workload, desktop or job, and its grant, as the principal: its owner's stop or
+    an administrator's (callers check who asks)."""
+    row = session.get(Workload, workload_id)
+    if row is None:
+        raise NotFound(f"no workload {workload_id!r}", field="workload_id")
     grant_id = row.grant_id
     reason = reason or (lifecycle.STOPPED_BY_OWNER if row.owner_id == principal.subject
                         else lifecycle.STOPPED_BY_ADMIN)

@@ -24,12 +24,14 @@ from flask_login import current_user
 from sqlalchemy.orm import Session
 
 from dataset_service.client import DatasetError, DatasetUnavailable
-from portal import catalogues, clients
+from portal import catalogues, clients, desktops
 from portal.accounts import create_account
 from portal.api import UserCreate
 from portal.catalogues import ApplicationIn, FlavorIn, QuotaIn, validated
+from portal.compute.agent import row_out
 from portal.identity import identity_of
-from portal.models import EVERYONE, ROLES, BrowserSession, User
+from portal.models import ACTIVE_STATES, EVERYONE, ROLES, BrowserSession, User, Workload
+from portal.pages_desktops import session_principal
 from portal.revocations import changed, end_tokens_of
 from vre.errors import ApiError, Forbidden, NotFound
 from vre.revocation import person_refusal, revocations_of
@@ -590,3 +592,32 @@ def delete_quota(quota_id: str) -> Any:
     flash("Quota removed; the default of its scope applies now.", "ok")
     return redirect(url_for("admin.quotas"))
 
+
+
+# -- workloads ----------------------------------------------------------------------------
+
+@bp.get("/workloads")
+def workloads() -> Any:
+    """Every running desktop and job, whoever owns it, with stop."""
+    with db_of().session() as session:
+        rows = list(session.scalars(sa.select(Workload).where(
+            Workload.state.in_(ACTIVE_STATES)).order_by(Workload.created_at)))
+        owners = _usernames(session, [r.owner_id for r in rows])
+        shown = [row_out(r) for r in rows]
+    return render_template("admin/workloads.html", workloads=shown, owners=owners)
+
+
+@bp.post("/workloads/<workload_id>/stop")
+def stop_workload(workload_id: str) -> Any:
+    """Stop anyone's workload; its grant ends with it."""
+    try:
+        with db_of().session() as session:
+            desktops.stop_workload(session, session_principal(), workload_id,
+                                   clients.datasets_as_portal())
+    except ApiError as err:
+        if err.status == 404:
+            raise
+        _failed(err)
+    else:
+        flash(f"Workload {workload_id} stopped.", "ok")
+    return redirect(url_for("admin.workloads"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from flask import Flask, Response, request, session
+from flask import Flask, Response, current_app, request, session
 
 from vre.api import check_form
 from vre.errors import ApiError
@@ -24,6 +24,13 @@ def content_security_policy(identity_origin: str | None = None) -> str:
     return CSP.replace("form-action 'self'", f"form-action 'self' {identity_origin}")
 
 
+def policy_connecting_to(origin: str) -> str:
+    """The app's policy, letting scripts also connect to one more origin (a desktop viewer's
+    VNC proxy) and to nothing else."""
+    return current_app.extensions["portal.csp"].replace(
+        "connect-src 'self'", f"connect-src 'self' {origin}")
+
+
 def csrf_token() -> str:
     """The session's CSRF token, created on first use; templates put it in every form."""
     if "csrf" not in session:
@@ -35,6 +42,7 @@ def install(app: Flask, identity_origin: str | None = None) -> None:
     """Check CSRF on state-changing form posts, the values every page receives, and set
     security headers on every page."""
     policy = content_security_policy(identity_origin)
+    app.extensions["portal.csp"] = policy
 
     @app.before_request
     def _check_csrf() -> None:

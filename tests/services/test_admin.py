@@ -170,6 +170,8 @@ PAGES = [
     ("POST", "/admin/quotas", "/admin/quotas", {}, 422),
     ("POST", "/admin/quotas/<quota_id>", "/admin/quotas/{quota}", {"max_jobs": "7"}, 302),
     ("POST", "/admin/quotas/<quota_id>/delete", "/admin/quotas/{quota}/delete", {}, 302),
+    ("GET", "/admin/workloads", "/admin/workloads", None, 200),
+    ("POST", "/admin/workloads/<workload_id>/stop", "/admin/workloads/no-such/stop", {}, 404),
 ]
 
 

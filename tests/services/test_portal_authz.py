@@ -53,12 +53,20 @@ PAGES: list[tuple[str, dict[str, int]]] = [
     ("/datasets/new", row(SIGN_IN, 200, 200, 200, 200)),
     ("/account/password", row(SIGN_IN, 200, 200, 200, 200)),
     ("/datasets/no-such-dataset", row(404, 404, 404, 404, 404)),
+    # desktops: one's own only (test_portal_desktop_pages has a desktop of each person's)
+    ("/desktops", row(SIGN_IN, 200, 200, 200, 200)),
+    ("/desktops/new", row(SIGN_IN, 200, 200, 200, 200)),
+    ("/desktops/no-such-desktop", row(SIGN_IN, 404, 404, 404, 404)),
+    ("/desktops/no-such-desktop/state", row(SIGN_IN, 404, 404, 404, 404)),
 ]
 # Routes answered by other tests: sign-in and its callback (test_portal_identity,
-# test_portal_oidc), admin pages (test_admin), the JSON API below.
+# test_portal_oidc), admin pages (test_admin), the JSON API below, a desktop's actions and
+# noVNC's files (test_portal_desktop_pages).
 COVERED_ELSEWHERE = {"/signin/callback", "/signout", "/datasets/<dataset_id>/<action>",
                      "/datasets/<dataset_id>/access", "/datasets/<dataset_id>/edit",
-                     "/datasets/<dataset_id>/request-access", "/requests/<request_id>/decide"}
+                     "/datasets/<dataset_id>/request-access", "/requests/<request_id>/decide",
+                     "/desktops/<desktop_id>/ticket", "/desktops/<desktop_id>/extend",
+                     "/desktops/<desktop_id>/stop", "/novnc/<path:filename>"}
 
 
 @pytest.fixture
@@ -76,13 +84,14 @@ def datasets(site: dict[str, Any], steward: dict[str, str]) -> dict[str, str]:
 def _pattern(path: str) -> str:
     for name in ("D", "R", "P"):
         path = path.replace("{" + name + "}", "<dataset_id>")
+    path = path.replace("/desktops/no-such-desktop", "/desktops/<desktop_id>")
     return path.replace("/datacite", "/<fmt>").replace("/dcat-ttl", "/<fmt>")
 
 
 def test_every_page_is_in_the_table(site: dict[str, Any]) -> None:
     app: Flask = site["portal"]
     pages = {rule.rule for rule in app.url_map.iter_rules()
-             if rule.endpoint.split(".")[0] in ("pages", "catalogue", "datasets")}
+             if rule.endpoint.split(".")[0] in ("pages", "catalogue", "datasets", "desktops")}
     tabled = {_pattern(path) for path, _ in PAGES} - {"/datasets/no-such-dataset"}
     assert pages - COVERED_ELSEWHERE == tabled
 
