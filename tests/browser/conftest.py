@@ -108,7 +108,8 @@ def start_platform(workdir: Path, **settings: str) -> Platform:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
     env.update(VRE_HOME=str(workdir / "var"), VRE_PORTAL_PORT=str(free_port()),
                VRE_DATASET_PORT=str(free_port()), VRE_TRACER_PORT=str(free_port()),
-               VRE_CHAIN_PORT=str(free_port()), VRE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+               VRE_CHAIN_PORT=str(free_port()), VRE_VNC_PROXY_PORT=str(free_port()),
+               VRE_ADMIN_PASSWORD=ADMIN_PASSWORD,
                VRE_LOG_LEVEL="WARNING", VRE_ANCHOR_INTERVAL_SECONDS="1", **settings)
     log = workdir / "vre-up.log"
     with log.open("wb") as out:
