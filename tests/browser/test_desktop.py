@@ -57,10 +57,30 @@ def screen_colours(page: Page) -> int:
     }"""))
 
 
+# A point of the terminal's title bar on the remote screen: the session opens the terminal at
+# +40+40, and the window manager draws its title bar there, in another colour once focused.
+TITLE_BAR = (400, 48)
+
+
+def title_bar_colour(page: Page) -> list[int]:
+    return list(page.evaluate("""([x, y]) => Array.from(document.querySelector('#screen canvas')
+        .getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3))""", list(TITLE_BAR)))
+
+
+def focus_terminal(page: Page) -> None:
+    """Click into the terminal and wait until the window manager shows it focused: keys sent
+    before that would go to no window."""
+    before = title_bar_colour(page)
+    page.locator("#screen canvas").click(position={"x": 200, "y": 150})
+    deadline = time.monotonic() + 10
+    while title_bar_colour(page) == before:
+        if time.monotonic() > deadline:
+            break  # it had the focus already
+        time.sleep(0.2)
+
+
 def type_in_terminal(page: Page, command: str) -> None:
-    """Click into the terminal (top left of the screen) and type a command line."""
-    canvas = page.locator("#screen canvas")
-    canvas.click(position={"x": 200, "y": 150})
+    """Type a command line into the focused terminal."""
     page.keyboard.type(command, delay=15)
     page.keyboard.press("Enter")
 
@@ -80,6 +100,16 @@ def test_researcher_works_in_a_desktop_with_the_demo_dataset(
 
     expect(page).to_have_url(re.compile(r"/desktops/d[0-9a-f]{16}$"))
     desktop_id = page.url.rsplit("/", 1)[-1]
+    try:
+        work_in_the_desktop(platform, published, pages, page, desktop_id)
+    finally:  # desktops outlive `vre up` (they are re-adopted at its next start)
+        requests.delete(f"{platform.portal}/api/v1/desktops/{desktop_id}", timeout=30,
+                        headers=auth(platform.admin_token()))
+
+
+def work_in_the_desktop(platform: Platform, published: dict[str, Any], pages: Pages,
+                        page: Page, desktop_id: str) -> None:
+    """Everything done in the opened desktop, up to stopping it from the page."""
     screen = page.locator("#screen")
     expect(screen).to_have_attribute("data-connected", "true", timeout=START_MS)
     expect(page.get_by_role("status")).to_contain_text("Connected")
@@ -90,6 +120,7 @@ def test_researcher_works_in_a_desktop_with_the_demo_dataset(
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "desktop.png"))
 
+    focus_terminal(page)
     type_in_terminal(page, "ls -R ~/datasets > ~/persistent/listing.txt")
     desktops = requests.get(platform.portal + "/api/v1/desktops", timeout=10,
                             headers=auth(platform.admin_token())).json()["desktops"]
@@ -117,7 +148,7 @@ def test_researcher_works_in_a_desktop_with_the_demo_dataset(
     page.get_by_role("button", name="Send to the desktop").click()
     expect(page.get_by_role("status")).to_contain_text("Sent to the desktop")
     page.get_by_text("Paste into the desktop").click()  # fold the box away again
-    page.locator("#screen canvas").click(position={"x": 200, "y": 150})
+    focus_terminal(page)
     page.keyboard.press("Shift+Insert")
     page.keyboard.press("Enter")
     pasted = wait_for_file(platform.home / "workspaces" / mine["owner_id"] / "pasted.txt")
