@@ -94,12 +94,15 @@ def wait_for(check: Callable[[], bool], what: str, seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
-def screen_through(url: str, origin: str, seconds: float = 30) -> None:
-    """Open a WebSocket to a VNC server and complete the RFB handshake up to ServerInit."""
+def screen_through(url: str, origin: str, protocols: tuple[str, ...] = ("binary",),
+                   seconds: float = 30) -> None:
+    """Open a WebSocket to a VNC server (offering the subprotocols: the proxy's ticket is one)
+    and complete the RFB handshake up to ServerInit."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with connect(url, origin=origin, open_timeout=5) as connection:
+            with connect(url, origin=origin, open_timeout=5,
+                         subprotocols=list(protocols)) as connection:
                 RfbClient(WebSocketStream(connection)).handshake()
                 return
         except (OSError, ConnectionError) as exc:
@@ -125,7 +128,7 @@ def platform_start(platform: Platform, dataset_id: str) -> tuple[float, str]:
 
     wait_for(ready, "the desktop's VNC server")
     ticket = platform.call("POST", url + "/ticket")
-    screen_through(ticket["url"], platform.portal)
+    screen_through(ticket["url"], platform.portal, ("binary", ticket["protocol"]))
     return time.perf_counter() - began, str(desktop["id"])
 
 
