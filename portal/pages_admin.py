@@ -593,7 +593,6 @@ def delete_quota(quota_id: str) -> Any:
     return redirect(url_for("admin.quotas"))
 
 
-
 # -- workloads ----------------------------------------------------------------------------
 
 @bp.get("/workloads")

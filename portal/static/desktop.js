@@ -9,6 +9,7 @@ const statusLine = document.getElementById("status");
 const stateBadge = document.getElementById("state");
 const timeLeft = document.getElementById("time-left");
 const timeLeftValue = document.getElementById("time-left-value");
+const idleNote = document.getElementById("idle");
 const extendButton = document.getElementById("extend");
 const disconnectButton = document.getElementById("disconnect");
 const reconnectButton = document.getElementById("reconnect");
@@ -56,6 +57,13 @@ function showState(desktop) {
   expiresAt = desktop.expires_at ? new Date(desktop.expires_at) : null;
   timeLeft.hidden = !expiresAt;
   extendButton.hidden = !expiresAt || !ACTIVE.has(desktop.state);
+  // Where the platform stops idle desktops, say so once the warning time has come.
+  const warned = desktop.idle_warning_at && Date.now() >= new Date(desktop.idle_warning_at);
+  idleNote.hidden = !(warned && desktop.culls_at && ACTIVE.has(desktop.state));
+  if (!idleNote.hidden) {
+    idleNote.textContent = `Idle: it stops at ${new Date(desktop.culls_at).toLocaleTimeString()}`
+      + " unless used.";
+  }
   showTimeLeft();
 }
 
