@@ -108,7 +108,8 @@ async function connect() {
     const [{ default: RFB }, ticket] = await Promise.all([
       import(page.rfb), ask(page.ticketUrl, "POST", {}),
     ]);
-    rfb = new RFB(screen, ticket.url, { wsProtocols: ["binary", ticket.protocol] });
+    const connection = new RFB(screen, ticket.url, { wsProtocols: ["binary", ticket.protocol] });
+    rfb = connection;
     rfb.scaleViewport = true;
     rfb.focusOnClick = true;
     rfb.addEventListener("connect", () => {
@@ -118,6 +119,9 @@ async function connect() {
       rfb.focus();
     });
     rfb.addEventListener("disconnect", (event) => {
+      if (rfb !== connection) {
+        return; // an earlier connection's last word
+      }
       screen.dataset.connected = "false";
       disconnectButton.disabled = true;
       reconnectButton.hidden = false;

@@ -134,12 +134,18 @@ def work_in_the_desktop(platform: Platform, published: dict[str, Any], pages: Pa
     assert "Knee-MR" in listing, listing  # its folder under ~/datasets, named after it
     pages.shot(page, "listed")
 
+    # The desktop stops at its expiry unless extended: the page shows the time left.
+    expect(page.locator("#time-left")).to_be_visible()
+    page.get_by_role("button", name="Extend").click()
+    expect(page.get_by_role("status")).to_contain_text("Extended.")
+
     # A fresh ticket for every connection: disconnect, then connect again.
     page.get_by_role("button", name="Disconnect").click()
     expect(screen).to_have_attribute("data-connected", "false")
     expect(page.get_by_role("status")).to_contain_text("Disconnected")
     page.get_by_role("button", name="Reconnect").click()
     expect(screen).to_have_attribute("data-connected", "true", timeout=START_MS)
+    pages.shot(page, "reconnected")
 
     # Paste in: the text reaches the desktop's clipboard, and the terminal pastes it.
     page.get_by_text("Paste into the desktop").click()
