@@ -319,7 +319,8 @@ def open_screen(life: dict[str, Any], headers: dict[str, str], desktop_id: str) 
                                                headers=headers).get_json()
     url = ticket["url"].replace(ticket["url"].split("/vnc")[0],
                                 f"ws://127.0.0.1:{life['proxy_port']}")
-    return connect(url, origin="http://portal.test", open_timeout=10)
+    return connect(url, origin="http://portal.test", open_timeout=10,
+                   subprotocols=["binary", ticket["protocol"]])
 
 
 def test_an_idle_desktop_is_warned_and_a_viewer_clears_the_warning(
