@@ -2,8 +2,8 @@
 administrator (steward of the demo project) launches a desktop with the demo dataset from the
 launch form, sees its screen through noVNC and the VNC proxy, types a command into its
 terminal that lists the mounted dataset into ~/persistent, finds that listing in their
-persistent folder on the host, disconnects and reconnects with a fresh ticket, pastes text
-into the desktop, and stops it from the page. Screenshots, among them
+persistent folder on the host, extends it, pastes text into it, disconnects and reconnects
+with a fresh ticket, and stops it from the page. Screenshots, among them
 test-artifacts/screenshots/desktop.png, show each step."""
 
 from __future__ import annotations
@@ -139,14 +139,6 @@ def work_in_the_desktop(platform: Platform, published: dict[str, Any], pages: Pa
     page.get_by_role("button", name="Extend").click()
     expect(page.get_by_role("status")).to_contain_text("Extended.")
 
-    # A fresh ticket for every connection: disconnect, then connect again.
-    page.get_by_role("button", name="Disconnect").click()
-    expect(screen).to_have_attribute("data-connected", "false")
-    expect(page.get_by_role("status")).to_contain_text("Disconnected")
-    page.get_by_role("button", name="Reconnect").click()
-    expect(screen).to_have_attribute("data-connected", "true", timeout=START_MS)
-    pages.shot(page, "reconnected")
-
     # Paste in: the text reaches the desktop's clipboard, and the terminal pastes it.
     page.get_by_text("Paste into the desktop").click()
     page.get_by_label("Text to send to the desktop's clipboard").fill(
@@ -160,6 +152,14 @@ def work_in_the_desktop(platform: Platform, published: dict[str, Any], pages: Pa
     pasted = wait_for_file(platform.home / "workspaces" / mine["owner_id"] / "pasted.txt")
     assert pasted == "pasted-in\n"
     pages.shot(page, "pasted")
+
+    # A fresh ticket for every connection: disconnect, then connect again.
+    page.get_by_role("button", name="Disconnect").click()
+    expect(screen).to_have_attribute("data-connected", "false")
+    expect(page.get_by_role("status")).to_contain_text("Disconnected")
+    page.get_by_role("button", name="Reconnect").click()
+    expect(screen).to_have_attribute("data-connected", "true", timeout=START_MS)
+    pages.shot(page, "reconnected")
 
     page.get_by_role("button", name="Stop desktop").click()
     expect(page).to_have_url(platform.portal + "/desktops")
