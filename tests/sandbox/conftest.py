@@ -4,18 +4,23 @@ bubblewrap for real. Nothing here is mocked: the programs run inside launched sa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from portal.compute import DatasetMount, Exited, Resources, WorkloadSpec
+from portal.compute.agent import Agent, Served
 from portal.compute.local import LocalBackend
+from portal.vncproxy import VncProxy
 from vre.config import Config, load_config
 
 SECRET = "platform-secret-value-7f3a"
@@ -94,3 +99,41 @@ def run(compute: LocalBackend) -> Callable[..., tuple[Exited, str]]:
         return exited, text.decode(errors="replace")
 
     return run_it
+
+
+@contextlib.contextmanager
+def serving_agent(agent: Agent, path: Path) -> Iterator[Served]:
+    """The compute agent served on its socket, as `vre up` runs it (`close` takes it down); at
+    the end, every workload it started is stopped and the agent closed."""
+    served = Served(agent, path)
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    try:
+        yield served
+    finally:
+        for home in agent.backend.root.iterdir():
+            with contextlib.suppress(Exception):
+                agent.backend.stop(home.name, now=True)
+        served.close()
+
+
+@contextlib.contextmanager
+def serving_proxy(proxy: VncProxy) -> Iterator[int]:
+    """The VNC proxy on a free loopback port, in a thread of its own; its port."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with proxy.serve("127.0.0.1", 0) as server:
+            holder.update(port=server.sockets[0].getsockname()[1], server=server)
+            ready.set()
+            await server.serve_forever()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the VNC proxy did not start"
+    try:
+        yield holder["port"]
+    finally:
+        loop.call_soon_threadsafe(holder["server"].close)
+        thread.join(timeout=10)

@@ -3,13 +3,11 @@ keeping their state in the portal's database, and re-adopting them after its own
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,11 +17,11 @@ import sqlalchemy as sa
 from flask import Flask
 
 from portal.compute import ComputeError, DatasetMount, spec_to_json
-from portal.compute.agent import Agent, Served, socket_path
+from portal.compute.agent import Agent, socket_path
 from portal.compute.client import AgentClient
 from portal.compute.local import LocalBackend
 from portal.models import Workload, trace_outbox
-from tests.sandbox.conftest import GRANTED, spec
+from tests.sandbox.conftest import GRANTED, serving_agent, spec
 from vre.config import Config
 from vre.outbox import Outbox
 
@@ -37,13 +35,8 @@ def agent_parts(config: Config, make_app: Callable[[str], Flask]) -> Iterator[tu
     ended: list[str] = []
     agent = Agent(config, db, LocalBackend(config), on_exit=lambda row: ended.append(row.id))
     path = socket_path(config)
-    served = agent.closed = Served(agent, path)
-    threading.Thread(target=served.serve_forever, daemon=True).start()
-    yield agent, AgentClient(path), db, ended
-    served.close()
-    for home in agent.backend.root.iterdir():
-        with contextlib.suppress(ComputeError):
-            agent.backend.stop(home.name, now=True)
+    with serving_agent(agent, path) as served:
+        yield agent, AgentClient(path), db, ended, served
 
 
 def wait_state(client: AgentClient, workload_id: str, states: set[str]) -> dict:
@@ -57,7 +50,7 @@ def wait_state(client: AgentClient, workload_id: str, states: set[str]) -> dict:
 
 
 def test_start_show_logs_stop_through_the_socket(agent_parts: tuple) -> None:
-    _agent, client, db, ended = agent_parts
+    _agent, client, db, ended, _served = agent_parts
     workload = spec(["sh", "-c", "ls ~/datasets; echo started; sleep 300"], owner="u1")
     started = client.start(workload, "small", ["granted"], grant_id="g1")
     assert started["state"] == "running" and started["datasets"] == ["granted"]
@@ -78,7 +71,7 @@ def test_start_show_logs_stop_through_the_socket(agent_parts: tuple) -> None:
 
 
 def test_a_workload_that_ends_by_itself_is_recorded(agent_parts: tuple) -> None:
-    _agent, client, _, ended = agent_parts
+    _agent, client, _, ended, _served = agent_parts
     workload = spec(["sh", "-c", "exit 3"])
     client.start(workload, "small", [])
     shown = wait_state(client, workload.workload_id, {"stopped", "failed"})
@@ -87,7 +80,7 @@ def test_a_workload_that_ends_by_itself_is_recorded(agent_parts: tuple) -> None:
 
 
 def test_a_refused_start_is_failed_with_its_reason(agent_parts: tuple) -> None:
-    _agent, client, _db, _ = agent_parts
+    _agent, client, _db, _, _served = agent_parts
     outside = DatasetMount(dataset_id="x", name="x", version="1.0", content_hash="0" * 64,
                            tree="datasets/../keys")
     workload = spec(["true"], mounts=(outside,))
@@ -105,14 +98,14 @@ def test_a_refused_start_is_failed_with_its_reason(agent_parts: tuple) -> None:
 
 def test_a_restarted_agent_adopts_the_running_and_fails_the_vanished(
         agent_parts: tuple, config: Config) -> None:
-    agent, client, db, _ = agent_parts
+    _agent, client, db, _, served = agent_parts
     alive = spec(["sleep", "300"], mounts=(GRANTED,))
     gone = spec(["sleep", "300"], mounts=(GRANTED,))
     client.start(alive, "small", ["granted"])
     state = client.start(gone, "small", ["granted"])
     with db.session() as session:
         keeper = session.get(Workload, gone.workload_id).backend_state["pid"]
-    agent.closed.close()  # the agent goes down: nothing watches the workloads meanwhile
+    served.close()  # the agent goes down: nothing watches the workloads meanwhile
     os.killpg(keeper, signal.SIGKILL)  # the host lost it while no agent watched
     time.sleep(0.2)
     again = Agent(config, db, LocalBackend(config))
@@ -137,7 +130,7 @@ def test_only_the_platform_account_may_open_the_agent(agent_parts: tuple, config
 
 
 def test_a_desktop_whose_trace_would_be_refused_never_starts(agent_parts: tuple) -> None:
-    agent, client, db, _ = agent_parts
+    agent, client, db, _, _served = agent_parts
     unhashed = DatasetMount(dataset_id="granted", name="Chest CT", version="1.0",
                             content_hash="not-a-hash", tree="datasets/granted")
     desktop = spec(["sleep", "300"], mounts=(unhashed,), kind="desktop")
@@ -150,7 +143,7 @@ def test_a_desktop_whose_trace_would_be_refused_never_starts(agent_parts: tuple)
 
 
 def test_the_lifecycle_calls_refuse_what_does_not_apply(agent_parts: tuple) -> None:
-    _agent, client, _db, _ = agent_parts
+    _agent, client, _db, _, _served = agent_parts
     job = spec(["sleep", "300"])
     client.start(job, "small", ["granted"])
     with pytest.raises(ComputeError) as not_desktop:
@@ -176,7 +169,7 @@ def test_a_tracer_outage_neither_blocks_nor_loses_a_desktops_traces(
         agent_parts: tuple, config: Config) -> None:
     """The tracer is replaced by a sender that fails as an unreachable one does (no tracer
     runs in this test; the site-wide lifecycle tests deliver to a real one)."""
-    agent, client, db, _ = agent_parts
+    agent, client, db, _, _served = agent_parts
     delivered: list[dict] = []
     down = {"tracer": True}
 

@@ -4,10 +4,7 @@ VNC proxy, and stopping it ends the grant. Every refusal leaves nothing running 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +15,7 @@ from websockets.sync.client import connect
 
 from dataset_service.models import Grant
 from portal.catalogues import ApplicationIn, create_application, seed_defaults
-from portal.compute.agent import Agent, Served, socket_path
+from portal.compute.agent import Agent, socket_path
 from portal.compute.local import LocalBackend
 from portal.models import RevokedWorkload, Workload
 from portal.vncproxy import TICKET_AUDIENCE, VncProxy, agent_locator
@@ -26,6 +23,7 @@ from tests.conftest import ISSUER
 from tests.dataset_helpers import create
 from tests.helpers import auth
 from tests.portal_helpers import site  # noqa: F401 - the fixture
+from tests.sandbox.conftest import serving_agent, serving_proxy
 from tests.sandbox.rfb import RfbClient, WebSocketStream
 from vre.tokens import TokenValidator
 
@@ -40,34 +38,14 @@ def desks(site: dict[str, Any], config, issuer_dir, steward) -> Iterator[dict[st
         seed_defaults(session)
     portal_config = portal.extensions.get("vre.config", config)
     agent = Agent(portal_config, portal.extensions["vre.db"], LocalBackend(portal_config))
-    served = Served(agent, socket_path(portal_config))
-    threading.Thread(target=served.serve_forever, daemon=True).start()
     validator = TokenValidator(ISSUER, TICKET_AUDIENCE, (issuer_dir / "jwks.json").as_uri())
     proxy = VncProxy(validator, agent_locator(portal_config), frozenset({"http://portal.test"}))
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def run() -> None:
-        async with proxy.serve("127.0.0.1", 0) as server:
-            holder.update(port=server.sockets[0].getsockname()[1], server=server)
-            ready.set()
-            await server.serve_forever()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    dataset = create(site["datasets"], steward)
-    released = site["datasets"].test_client().post(
-        f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
-    assert released.status_code == 200, released.get_json()
-    yield {**site, "agent": agent, "dataset": dataset, "proxy_port": holder["port"]}
-    for home in agent.backend.root.iterdir():
-        with contextlib.suppress(Exception):
-            agent.backend.stop(home.name, now=True)
-    served.close()
-    loop.call_soon_threadsafe(holder["server"].close)
-    thread.join(timeout=10)
+    with serving_agent(agent, socket_path(portal_config)), serving_proxy(proxy) as port:
+        dataset = create(site["datasets"], steward)
+        released = site["datasets"].test_client().post(
+            f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+        assert released.status_code == 200, released.get_json()
+        yield {**site, "agent": agent, "dataset": dataset, "proxy_port": port}
 
 
 def as_user(token: Callable[..., str], user: str, *roles: str) -> dict[str, str]:

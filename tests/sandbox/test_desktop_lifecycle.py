@@ -6,12 +6,10 @@ start and stop reaches the ledger with the datasets' hashes and the reason."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -25,7 +23,7 @@ from websockets.sync.client import connect
 from dataset_service.client import DatasetClient
 from dataset_service.models import Grant
 from portal.catalogues import seed_defaults
-from portal.compute.agent import Agent, PlatformWatch, Served, socket_path
+from portal.compute.agent import Agent, PlatformWatch, socket_path
 from portal.compute.local import LocalBackend, descendants
 from portal.models import Flavor, Workload
 from portal.vncproxy import TICKET_AUDIENCE, VncProxy, agent_locator, agent_reporter
@@ -33,6 +31,7 @@ from tests.conftest import ISSUER
 from tests.dataset_helpers import create
 from tests.helpers import auth
 from tests.portal_helpers import post, signed_in, site  # noqa: F401 - the fixture
+from tests.sandbox.conftest import serving_agent, serving_proxy
 from tests.sandbox.rfb import RfbClient, WebSocketStream
 from vre.revocation_feed import FeedClient
 from vre.tokens import TokenValidator
@@ -49,7 +48,7 @@ def lifecycle_site(site: dict[str, Any], platform: Any, issuer_dir: Path,  # noq
     """Start the agent (with the given settings) and the VNC proxy beside the site, with a
     released dataset to mount; everything ends with the test."""
     portal = site["portal"]
-    held: list[Callable[[], None]] = []
+    held = contextlib.ExitStack()
 
     def start(**settings: Any) -> dict[str, Any]:
         with portal.extensions["vre.db"].session() as session:
@@ -62,44 +61,20 @@ def lifecycle_site(site: dict[str, Any], platform: Any, issuer_dir: Path,  # noq
         agent = Agent(config, portal.extensions["vre.db"], LocalBackend(config),
                       on_exit=watch.end_grant, outbox=portal.extensions["vre.outbox"],
                       watch=watch)
-        served = Served(agent, socket_path(config))
-        threading.Thread(target=served.serve_forever, daemon=True).start()
         validator = TokenValidator(ISSUER, TICKET_AUDIENCE, (issuer_dir / "jwks.json").as_uri())
         proxy = VncProxy(validator, agent_locator(config), frozenset({"http://portal.test"}),
                          agent_reporter(config))
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        holder: dict[str, Any] = {}
-
-        async def run() -> None:
-            async with proxy.serve("127.0.0.1", 0) as server:
-                holder.update(port=server.sockets[0].getsockname()[1], server=server)
-                ready.set()
-                await server.serve_forever()
-
-        thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-        thread.start()
-        assert ready.wait(10)
-
-        def close() -> None:
-            for home in agent.backend.root.iterdir():
-                with contextlib.suppress(Exception):
-                    agent.backend.stop(home.name, now=True)
-            served.close()
-            loop.call_soon_threadsafe(holder["server"].close)
-            thread.join(timeout=10)
-
-        held.append(close)
+        held.enter_context(serving_agent(agent, socket_path(config)))
+        port = held.enter_context(serving_proxy(proxy))
         dataset = create(site["datasets"], steward)
         released = site["datasets"].test_client().post(
             f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
         assert released.status_code == 200, released.get_json()
         return {**site, "agent": agent, "dataset": released.get_json(),
-                "proxy_port": holder["port"], "auditor": platform[1]}
+                "proxy_port": port, "auditor": platform[1]}
 
-    yield start
-    for close in held:
-        close()
+    with held:
+        yield start
 
 
 def start_desktop(life: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:

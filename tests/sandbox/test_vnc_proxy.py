@@ -4,10 +4,8 @@ fresh ticket, offered as a subprotocol, reaches the screen, once; no ticket is l
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from websockets.sync.client import connect
 from portal.compute.local import LocalBackend
 from portal.vncproxy import TICKET_AUDIENCE, TICKET_PROTOCOL, VncProxy, issue_ticket
 from tests.conftest import ISSUER
+from tests.sandbox.conftest import serving_proxy
 from tests.sandbox.rfb import RfbClient, WebSocketStream
 from tests.sandbox.test_desktop_vnc import start_desktop
 from vre.tokens import TokenIssuer, TokenValidator
@@ -48,23 +47,8 @@ def desk(compute: LocalBackend, issuer_dir: Path,
     validator = TokenValidator(ISSUER, TICKET_AUDIENCE, (issuer_dir / "jwks.json").as_uri())
     proxy = VncProxy(validator, locate, frozenset({ORIGIN}),
                      lambda wid, typed: reports.append((wid, typed)))
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict = {}
-
-    async def run() -> None:
-        async with proxy.serve("127.0.0.1", 0) as server:
-            holder["port"] = server.sockets[0].getsockname()[1]
-            holder["server"] = server
-            ready.set()
-            await server.serve_forever()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield f"ws://127.0.0.1:{holder['port']}/vnc", workload_id
-    loop.call_soon_threadsafe(holder["server"].close)
-    thread.join(timeout=10)
+    with serving_proxy(proxy) as port:
+        yield f"ws://127.0.0.1:{port}/vnc", workload_id
 
 
 def open_screen(url: str, ticket: str, origin: str = ORIGIN) -> RfbClient:
