@@ -57,6 +57,11 @@ def _pod(manifests: list[Manifest]) -> dict[str, Any]:
     return named(manifests, "Deployment", RELEASE)["spec"]["template"]
 
 
+def _container(manifests: list[Manifest], name: str) -> dict[str, Any]:
+    """The display (the VNC server alone) or the session (the researcher's programs)."""
+    return next(c for c in _pod(manifests)["spec"]["containers"] if c["name"] == name)
+
+
 def _portal_labels(helm_home: Path) -> dict[str, str]:
     platform = parse(template(helm_home, "platform", "vre", "vre").stdout)
     return named(platform, "Deployment", "vre-portal")["spec"]["template"]["metadata"]["labels"]
@@ -85,7 +90,8 @@ def test_granted_datasets_are_mounted_read_only_and_nothing_else(
     repository = next(v for v in spec["volumes"] if v["name"] == "repository")
     assert repository["persistentVolumeClaim"] == {"claimName": "vre-repository",
                                                    "readOnly": True}
-    mounts = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "repository"]
+    mounts = [m for m in _container(granted, "session")["volumeMounts"]
+              if m["name"] == "repository"]
     assert mounts == [
         {"name": "repository", "mountPath": "/home/researcher/datasets/Chest-CT",
          "subPath": "datasets/ds-0001", "readOnly": True},
@@ -93,9 +99,11 @@ def test_granted_datasets_are_mounted_read_only_and_nothing_else(
          "subPath": "datasets/ds-0002", "readOnly": True},
     ]
     # Every mount but the persistent folder and scratch space is read-only.
-    writable = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]
+    writable = {m["mountPath"] for m in _container(granted, "session")["volumeMounts"]
                 if not m.get("readOnly")}
     assert writable == {"/home/researcher", "/home/researcher/persistent", "/tmp"}
+    display = {m["name"] for m in _container(granted, "display")["volumeMounts"]}
+    assert display == {"display-tmp", "x11", "vnc-password"}, "no data reaches the display"
 
 
 def test_without_grants_no_repository_is_mounted(rendered: dict[str, list[Manifest]]) -> None:
@@ -118,17 +126,19 @@ def test_the_desktop_has_no_token_and_no_root(rendered: dict[str, list[Manifest]
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == 1000
-    context = spec["containers"][0]["securityContext"]
-    assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                       "capabilities": {"drop": ["ALL"]}}
-    container = spec["containers"][0]
-    assert container["readinessProbe"] and container["livenessProbe"]
-    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    assert {c["name"] for c in spec["containers"]} == {"display", "session"}
+    for container in spec["containers"]:
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}}
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    display = _container(rendered[case], "display")
+    assert display["readinessProbe"] and display["livenessProbe"]
 
 
 def test_the_flavor_sets_the_resources(granted: list[Manifest]) -> None:
-    limits = _pod(granted)["spec"]["containers"][0]["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] == 1
+    assert _container(granted, "session")["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in _container(granted, "display")["resources"]["limits"]
 
 
 def test_egress_goes_only_to_the_platform_api(granted: list[Manifest],
@@ -195,16 +205,22 @@ def test_the_platform_policies_recognise_a_desktop(granted: list[Manifest],
 def test_the_desktop_reaches_its_token_and_vnc_password_read_only(
         granted: list[Manifest]) -> None:
     spec = _pod(granted)["spec"]
-    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
-    assert mounts["token"] == {"name": "token", "mountPath": "/var/run/vre/token",
-                               "readOnly": True}
-    assert mounts["vnc-password"]["readOnly"] is True
+    session = {m["name"]: m for m in _container(granted, "session")["volumeMounts"]}
+    display = {m["name"]: m for m in _container(granted, "display")["volumeMounts"]}
+    assert session["token"] == {"name": "token", "mountPath": "/var/run/vre/token",
+                                "readOnly": True}
+    assert display["vnc-password"]["readOnly"] is True
+    # The session sees the display's X11 socket read-only and never the VNC password; the
+    # display never the token.
+    assert session["x11"] == {"name": "x11", "mountPath": "/tmp/.X11-unix", "readOnly": True}
+    assert "vnc-password" not in session and "token" not in display
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["token"]["secret"]["secretName"] == "desktop-7f3a-token"
     assert volumes["vnc-password"]["secret"]["secretName"] == "desktop-7f3a-vnc"
     assert volumes["home"]["persistentVolumeClaim"]["claimName"] == "home-u-42"
-    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in _container(granted, "session")["env"]}
     assert env["VRE_PORTAL_URL"] == "http://vre-portal.vre.svc:8600"
+    assert env["VRE_TOKEN_FILE"] == "/var/run/vre/token/token"
     assert not of_kind(granted, "Secret") and not of_kind(granted, "PersistentVolumeClaim")
 
 
@@ -236,8 +252,8 @@ def test_a_pod_mounts_what_a_local_sandbox_binds(helm_home: Path) -> None:
                         resources=Resources(cpus=2, memory_mib=4096, gpus=1))
     values = desktop_values(spec, home_claim="home-u-42", token_secret="d7f3a-token",
                             vnc_secret="d7f3a-vnc")
-    pod = _pod(parse(template(helm_home, "desktop", RELEASE, NAMESPACE, values).stdout))["spec"]
-    container = pod["containers"][0]
+    container = _container(parse(template(helm_home, "desktop", RELEASE, NAMESPACE,
+                                          values).stdout), "session")
     in_pod = {m["mountPath"]: (m["subPath"], m["readOnly"])
               for m in container["volumeMounts"] if m["name"] == "repository"}
     plan = SandboxPlan(workload_id=spec.workload_id, command=spec.command, run_dir="/run-dir",

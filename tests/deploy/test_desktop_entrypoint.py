@@ -1,6 +1,6 @@
-"""The desktop image's entrypoint (images/desktop/start-desktop.sh), run for real against
+"""The desktop image's display (images/desktop/start-display.sh), run for real against
 TigerVNC where it is installed: VNC authentication only, and a clipboard that the server
-never sends out but takes in."""
+never sends out but takes in, whatever an X client of the session asks of it."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 
 from tests.deploy.charts import REPO
 
-SCRIPT = REPO / "images" / "desktop" / "start-desktop.sh"
-NEEDED = ("Xvnc", "vncpasswd", "vncconfig", "openbox-session")
+SCRIPT = REPO / "images" / "desktop" / "start-display.sh"
+NEEDED = ("Xvnc", "vncpasswd", "vncconfig")
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +98,11 @@ def test_the_clipboard_goes_in_but_not_out(
 
     assert parameter("SendCutText") == "0"
     assert parameter("AcceptCutText") == "1"
+    # What any program on the display (the session's) may try: it changes nothing.
+    subprocess.run(["vncconfig", "-display", f":{display}", "-set", "SendCutText=1",
+                    "-set", "SendPrimary=1"], capture_output=True, timeout=10, check=False)
+    assert parameter("SendCutText") == "0"
+    assert parameter("SendPrimary") == "0"
 
 
 def test_stopping_the_desktop_stops_the_server(

@@ -203,13 +203,15 @@ def test_the_services_image_has_every_command_the_chart_runs() -> None:
 def test_the_desktop_keeps_its_clipboard_in() -> None:
     steps = instructions(REPO / "images" / "desktop" / "Dockerfile")
     entrypoint = yaml.safe_load(next(i.args for i in steps if i.keyword == "ENTRYPOINT"))
-    assert entrypoint == ["/usr/local/bin/start-desktop"]
-    script = (REPO / "images" / "desktop" / "start-desktop.sh").read_text()
+    assert entrypoint == ["/usr/local/bin/start-display"]
+    script = (REPO / "images" / "desktop" / "start-display.sh").read_text()
     xvnc = script[script.index("Xvnc "):script.index("&\n", script.index("Xvnc "))]
     assert "-SendCutText=0" in xvnc and "-AcceptCutText=1" in xvnc
+    assert "-AllowOverride=desktop" in xvnc, "an X client could turn copy-out back on"
     assert "-SecurityTypes VncAuth" in xvnc
     run = " ".join(i.args for i in steps if i.keyword == "RUN")
-    for package in ("tigervnc-standalone-server", "tigervnc-tools", "openbox", "xterm"):
+    for package in ("tigervnc-standalone-server", "tigervnc-tools", "openbox", "xterm",
+                    "x11-utils", "aeskulap", "amide", "dcmtk", "dcm2niix"):
         assert package in run
     assert "batch_tools" in " ".join(i.args for i in steps if i.keyword == "COPY")
 
