@@ -175,7 +175,10 @@ def chain_spec(config: Config) -> ProcessSpec:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.parent.chmod(0o700)
 
+    # Stopped last, the node itself (not its wrapper), with time of its own to write the
+    # chain's state: killed while writing it, it leaves an empty file and the anchors are lost.
     return ProcessSpec("chain", argv, ready_timeout=30, before_start=private_folder,
+                       stop_grace=60, stop_wrapped=True,
                        probe=Probe("jsonrpc", str(socket_path)))
 
 

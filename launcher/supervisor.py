@@ -101,6 +101,13 @@ class ProcessSpec:
     port: int | None = None
     probe: Probe | None = None  # how it shows it answers (default: ready_url)
     before_start: Callable[[], None] | None = field(default=None, compare=False)
+    # How it is asked to stop, and how long it may take before it is killed: a process that
+    # writes its state on the way out (the chain node) must not be killed while writing it.
+    stop_signal: int = signal.SIGTERM
+    stop_grace: float = 10.0
+    # Signal what the process wraps, not the wrapper: bubblewrap dies at once on a signal and
+    # takes the wrapped process with it, mid-write (the chain node's state file left empty).
+    stop_wrapped: bool = False
 
     @property
     def health_probe(self) -> Probe | None:
@@ -135,6 +142,14 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def _children(pid: int) -> list[int]:
+    """A process's direct children (none once it ended)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _last_line(path: Path) -> str:
@@ -266,17 +281,20 @@ class Supervisor:
                 if on_event is not None:
                     on_event(f"{running.spec.name} restarted (pid {running.process.pid})")
 
-    def stop_all(self, grace: float = 10.0) -> None:
-        """Stop in reverse start order: SIGTERM, then SIGKILL after the grace period."""
+    def stop_all(self) -> None:
+        """Stop in reverse start order, each process after those that depend on it have
+        ended: its stop signal, then SIGKILL once its own grace period is over. One slow to
+        stop never eats into the time of the next (the chain node, last, writes its state)."""
         for running in reversed(self.running):
             if running.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(running.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for running in reversed(self.running):
-            remaining = max(0.1, deadline - time.monotonic())
+                    if running.spec.stop_wrapped:
+                        for child in _children(running.process.pid):
+                            os.kill(child, running.spec.stop_signal)
+                    else:
+                        os.killpg(running.process.pid, running.spec.stop_signal)
             try:
-                running.process.wait(remaining)
+                running.process.wait(running.spec.stop_grace)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(running.process.pid, signal.SIGKILL)
