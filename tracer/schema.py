@@ -29,7 +29,9 @@ class Action(StrEnum):
     DESKTOP_STARTED = "DESKTOP_STARTED"
     DESKTOP_STOPPED = "DESKTOP_STOPPED"
     JOB_SUBMITTED = "JOB_SUBMITTED"
+    JOB_STARTED = "JOB_STARTED"
     JOB_FINISHED = "JOB_FINISHED"
+    JOB_CANCELLED = "JOB_CANCELLED"
     EXPORT_REQUESTED = "EXPORT_REQUESTED"
     EXPORT_APPROVED = "EXPORT_APPROVED"
     EXPORT_REJECTED = "EXPORT_REJECTED"
@@ -75,7 +77,16 @@ class Details(BaseModel):
     flavor: str | None = Field(None, max_length=64)
     command: list[str] | None = Field(None, max_length=256)
     exit_status: int | None = Field(None, ge=-255, le=255)
-    output_hash: str | None = Field(None, pattern=_HASH)
+    output_hash: str | None = Field(None, pattern=_HASH, description="a job's output manifest")
+    parent_workload: str | None = Field(None, pattern=_ID, description="desktop a job came from")
+    depends_on: list[Annotated[str, Field(pattern=_ID)]] | None = Field(None, max_length=64)
+    time_limit_seconds: int | None = Field(None, ge=0, le=10**8)
+    gpus: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")]] | None = Field(
+        None, max_length=64, description="the devices a job was given")
+    run_seconds: int | None = Field(None, ge=0, le=10**10)
+    cpu_seconds: int | None = Field(None, ge=0, le=10**12)
+    memory_peak_bytes: int | None = Field(None, ge=0, le=2**62)
+    gpu_seconds: int | None = Field(None, ge=0, le=10**12)
     request_id: str | None = Field(None, pattern=_ID)
     ingest_run: str | None = Field(None, pattern=_ID)
     study_hashes: list[Annotated[str, Field(pattern=_HASH)]] | None = Field(
