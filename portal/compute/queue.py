@@ -265,7 +265,22 @@ def _dependencies(waiting: Sequence[Waiting], running_ids: set[str],
                                         f"job {gone} it waits for was cancelled")
                 pending.pop(job_id, None)
                 spread.append(job_id)
-    return pending
+    # Jobs that wait for each other in a cycle (or for such a job) would wait forever: peel
+    # off, as in a topological sort, those whose wait ends; what is left can never start.
+    blocked = {job_id: sum(dep in pending for dep in deps) for job_id, deps in pending.items()}
+    free = deque(job_id for job_id, count in blocked.items() if count == 0)
+    while free:
+        for job_id in dependents.get(free.popleft(), ()):
+            if job_id in blocked:
+                blocked[job_id] -= 1
+                if blocked[job_id] == 0:
+                    free.append(job_id)
+    for job_id, count in blocked.items():
+        if count:
+            stuck = next(dep for dep in pending[job_id] if blocked.get(dep))
+            doomed[job_id] = Cancel(job_id, DEPENDENCY_FAILED, f"job {stuck} it waits for "
+                                    "can never start: the jobs wait for each other in a cycle")
+    return {job_id: deps for job_id, deps in pending.items() if job_id not in doomed}
 
 
 def plan(waiting: Sequence[Waiting], running: Sequence[Running], pool: Pool,
@@ -287,10 +302,11 @@ def plan(waiting: Sequence[Waiting], running: Sequence[Running], pool: Pool,
                         if job.job_id not in doomed and job.job_id not in pending),
                        usage, gpu_weight)
 
+    devices = set(pool.gpu_ids)
     held = {device for job in running for device in job.gpu_ids}
-    free_gpus = sorted((d for d in pool.gpu_ids if d not in held), key=_gpu_key)
+    free_gpus = sorted(devices - held, key=_gpu_key)
     holding = [(job.started_at + timedelta(seconds=job.time_limit_seconds),
-                Ask(job.ask.cpus, job.ask.memory_mib, len(set(job.gpu_ids) & set(pool.gpu_ids))))
+                Ask(job.ask.cpus, job.ask.memory_mib, len(devices.intersection(job.gpu_ids))))
                for job in running]
     free_cpus = pool.cpus - sum(job.ask.cpus for job in running)
     free_memory = pool.memory_mib - sum(job.ask.memory_mib for job in running)
@@ -309,10 +325,10 @@ def plan(waiting: Sequence[Waiting], running: Sequence[Running], pool: Pool,
                 blocker = job
                 shadow = _Timeline(pool, holding, now).reserve(ask, job.time_limit_seconds)
             continue
-        devices, free_gpus = tuple(free_gpus[:ask.gpus]), free_gpus[ask.gpus:]
+        given, free_gpus = tuple(free_gpus[:ask.gpus]), free_gpus[ask.gpus:]
         free_cpus -= ask.cpus
         free_memory -= ask.memory_mib
-        starts.append(Start(job.job_id, devices))
+        starts.append(Start(job.job_id, given))
         started.add(job.job_id)
         holding.append((now + timedelta(seconds=job.time_limit_seconds), ask))
 

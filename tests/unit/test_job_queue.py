@@ -176,6 +176,20 @@ def test_a_cancelled_dependency_cancels_its_chain_and_names_the_job_before():
     assert started(plan) == ["e"]
 
 
+@pytest.mark.parametrize(("jobs", "cancelled"), [
+    ([waiting("self", after=("self",))], {"self"}),
+    ([waiting("a", after=("b",)), waiting("b", minute=1, after=("a",)),
+      waiting("c", minute=2, after=("b",)), waiting("d", minute=3, after=("e",)),
+      waiting("e", minute=4)], {"a", "b", "c"}),
+], ids=["on itself", "pair and one behind it"])
+def test_jobs_waiting_for_each_other_in_a_cycle_are_cancelled(jobs, cancelled):
+    plan = q.plan(jobs, [], q.Pool(1, 8192), {}, {}, T0)
+    assert {c.job_id for c in plan.cancels} == cancelled
+    assert all(c.code == q.DEPENDENCY_FAILED and "cycle" in c.reason for c in plan.cancels)
+    left = {job.job_id for job in jobs} - cancelled
+    assert set(started(plan)) | {p.job_id for p in plan.places} == left
+
+
 def test_dependency_waiters_are_listed_after_eligible_jobs():
     jobs = [waiting("then", minute=0, after=("first",)), waiting("first", minute=1),
             waiting("other", "bob", minute=2)]
