@@ -45,7 +45,7 @@ def test_applications_as_json(portal_url, token, capsys) -> None:
 def test_a_missing_or_forged_token_is_a_clear_failure(portal_url, rogue_issuer,
                                                       capsys) -> None:
     assert main(["--portal", portal_url, "flavors"]) == 1
-    assert "401" in capsys.readouterr().err
+    assert capsys.readouterr().err == "vre-job: a bearer token is required (token_missing)\n"
     forged = rogue_issuer.issue("res-1", ["researcher"])[0]
     assert main(["--portal", portal_url, "--token", forged, "flavors"]) == 1
 

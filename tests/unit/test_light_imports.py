@@ -55,7 +55,7 @@ def test_a_vre_job_command_loads_only_the_portal_client() -> None:
         "import contextlib, io\n"
         "from batch_tools.cli import main\n"
         "with contextlib.redirect_stderr(io.StringIO()):\n"
-        "    assert main(['--portal', 'http://127.0.0.1:9', '--token', 't', 'flavors']) == 1\n"))
+        "    assert main(['--portal', 'http://127.0.0.1:9', '--token', 't', 'flavors']) == 3\n"))
     assert server_libraries(modules) == set()
     assert first_party(modules) - CLIENT_CORE == {"batch_tools", "batch_tools.cli", "portal",
                                                   "portal.client"}
