@@ -36,7 +36,7 @@ from tests.helpers import free_port
 from tests.sandbox.rfb import RfbClient, WebSocketStream
 
 ADMIN_PASSWORD = "bench-admin-password"
-FLAVOR = "small"
+FLAVOR = "desktop"
 
 
 class Platform:

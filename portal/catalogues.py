@@ -384,12 +384,21 @@ def host_capacity(config: Config) -> HostCapacity:
 # -- first start --------------------------------------------------------------------------
 
 DEFAULT_FLAVORS = (
-    FlavorIn(name="small", description="2 CPUs and 4 GiB for browsing data and small scripts.",
-             cpus=2, memory_mib=4096, max_runtime_minutes=120),
-    FlavorIn(name="medium", description="4 CPUs and 16 GiB for preprocessing and analysis.",
-             cpus=4, memory_mib=16384, max_runtime_minutes=480),
-    FlavorIn(name="small-gpu", description="4 CPUs, 16 GiB and one GPU for training models.",
-             cpus=4, memory_mib=16384, gpus=1, max_runtime_minutes=480),
+    FlavorIn(name="no-gpu", description="2 CPUs and 4 GiB, no GPU, for up to 4 hours: "
+             "scripts, data conversion and statistics that need no graphics card.",
+             cpus=2, memory_mib=4096, max_runtime_minutes=4 * 60),
+    FlavorIn(name="small-gpu", description="4 CPUs, 16 GiB and one GPU for up to 8 hours: "
+             "trying out a model, fine-tuning, or inference on a few thousand images.",
+             cpus=4, memory_mib=16384, gpus=1, max_runtime_minutes=8 * 60),
+    FlavorIn(name="medium-gpu", description="8 CPUs, 32 GiB and one GPU for up to 24 hours: "
+             "training a model on a whole dataset.",
+             cpus=8, memory_mib=32768, gpus=1, max_runtime_minutes=24 * 60),
+    FlavorIn(name="large-gpu", description="16 CPUs, 64 GiB and two GPUs for up to 24 hours: "
+             "large models, or training that spreads over more than one GPU.",
+             cpus=16, memory_mib=65536, gpus=2, max_runtime_minutes=24 * 60),
+    FlavorIn(name="desktop", description="2 CPUs and 4 GiB for up to 8 hours: a desktop to "
+             "look at data, write code and submit jobs, which do the heavy work.",
+             cpus=2, memory_mib=4096, max_runtime_minutes=8 * 60),
 )
 DEFAULT_APPLICATIONS = (
     ApplicationIn(id="desktop", name="Research desktop", kind="desktop",
@@ -404,8 +413,10 @@ DEFAULT_APPLICATIONS = (
                   description="Apache Spark in local mode with the platform's dataset "
                   "readers, for processing many studies at once."),
 )
-DEFAULT_USER_QUOTA = QuotaIn(scope="user", subject=EVERYONE, max_desktops=2, max_jobs=10,
-                             max_gpus=2)
+# max_jobs counts queued and running jobs together (as Slurm's MaxSubmitJobs does), so it is
+# generous enough for a batch of queued work; the GPUs in use and GPU-hours are what is scarce.
+DEFAULT_USER_QUOTA = QuotaIn(scope="user", subject=EVERYONE, max_desktops=2, max_jobs=50,
+                             max_gpus=2, gpu_hours_per_month=200)
 
 
 def seed_defaults(session: Session) -> bool:

@@ -40,8 +40,9 @@ from vre.web import config_of, db_of
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 MEMBER_ROLES = ("steward", "researcher")
-LIMITS = (("max_desktops", "Running desktops", int), ("max_jobs", "Running jobs", int),
-          ("max_gpus", "GPUs in use", int), ("cpu_hours_per_month", "CPU-hours a month", float),
+LIMITS = (("max_desktops", "Running desktops", int),
+          ("max_jobs", "Queued and running jobs", int), ("max_gpus", "GPUs in use", int),
+          ("cpu_hours_per_month", "CPU-hours a month", float),
           ("gpu_hours_per_month", "GPU-hours a month", float))
 
 

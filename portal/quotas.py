@@ -1,11 +1,12 @@
-"""Whether a desktop or job may start, decided from data alone: the flavor's policy, the host's
-capacity and the quotas of the user and the project. No database and no I/O: callers gather the
-facts, this module answers with a stable code and a reason a person can act on.
+"""Whether a desktop or job may start, decided from data alone: the flavor's policy, the
+quotas of the user and the project, and the host's capacity. No database and no I/O: callers
+gather the facts, this module answers with a stable code and a reason a person can act on.
 
 Checks run in a fixed order and the first refusal wins, so the same facts always give the same
-answer: the flavor (unknown, disabled, not for this user), then the host (a request it can
-never satisfy is refused now rather than left waiting), then each account's quota (the user's
-first, then the project's): running desktops or jobs, GPUs in use, the monthly budget.
+answer: the flavor (unknown, disabled), whether this user or project may use it, then each
+account's quota (the user's first, then the project's): running desktops, queued and running
+jobs, GPUs in use, the monthly budget; and last the host, which refuses a request it can never
+satisfy now rather than leave it waiting.
 
 A budget is charged for the most a workload may use: its flavor's CPUs (and GPUs) times the
 flavor's maximum run time. A workload is refused when that would go beyond what is left this
@@ -80,7 +81,8 @@ class Requester:
 
 @dataclass(frozen=True)
 class Limits:
-    """A quota; None means no limit on that measure."""
+    """A quota; None means no limit on that measure. max_jobs counts queued and running jobs
+    together, as Slurm's MaxSubmitJobs does."""
 
     max_desktops: int | None = None
     max_jobs: int | None = None
@@ -166,7 +168,8 @@ def host_decision(flavor: FlavorSpec, host: HostCapacity) -> Decision:
 
 def flavor_decision(flavor: FlavorSpec | None, who: Requester, host: HostCapacity | None = None,
                     *, name: str = "") -> Decision:
-    """Whether this requester may use the flavor at all, usage aside."""
+    """Whether this requester may use the flavor at all, usage aside (and, given a host,
+    whether the host could ever give it)."""
     if flavor is None:
         return Decision(FLAVOR_UNKNOWN, f"there is no flavor {name!r}")
     if not flavor.enabled:
@@ -197,8 +200,9 @@ def quota_decision(kind: Kind, flavor: FlavorSpec, account: Account) -> Decision
                         f"desktops and {usage.desktops} are running; stop one first",
                         account.scope)
     if kind == "job" and limits.max_jobs is not None and usage.jobs + 1 > limits.max_jobs:
-        return Decision(QUOTA_JOBS, f"{owner} quota allows {limits.max_jobs} running jobs and "
-                        f"{usage.jobs} are running; wait for one to finish", account.scope)
+        return Decision(QUOTA_JOBS, f"{owner} quota allows {limits.max_jobs} queued or running "
+                        f"jobs and {usage.jobs} are queued or running; wait for one to finish",
+                        account.scope)
     if flavor.gpus and limits.max_gpus is not None \
             and usage.gpus + flavor.gpus > limits.max_gpus:
         return Decision(QUOTA_GPUS, f"{owner} quota allows {limits.max_gpus} GPUs in use, "
@@ -222,8 +226,9 @@ def quota_decision(kind: Kind, flavor: FlavorSpec, account: Account) -> Decision
 def decide(kind: Kind, flavor: FlavorSpec | None, who: Requester,
            accounts: Sequence[Account] = (), host: HostCapacity | None = None,
            *, flavor_name: str = "") -> Decision:
-    """The whole decision for starting one desktop or job: flavor, host, then every quota."""
-    decision = flavor_decision(flavor, who, host, name=flavor_name)
+    """The whole decision for starting one desktop or job: flavor, allowed, every quota, then
+    the host."""
+    decision = flavor_decision(flavor, who, name=flavor_name)
     if not decision.allowed:
         return decision
     assert flavor is not None
@@ -231,4 +236,6 @@ def decide(kind: Kind, flavor: FlavorSpec | None, who: Requester,
         decision = quota_decision(kind, flavor, account)
         if not decision.allowed:
             return decision
+    if host is not None:
+        return host_decision(flavor, host)
     return ALLOWED

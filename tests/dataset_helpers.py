@@ -71,4 +71,4 @@ def grant(service: Flask, portal: dict[str, str], user: str, *ids: str,
     return service.test_client().post("/api/v1/grants", headers=portal, json={
         "user_id": user, "user_roles": list(roles), "workload_id": f"desktop-{user}",
         "purpose": "desktop", "datasets": list(ids), "tool": "desktop",
-        "image": "vre/desktop:1", "flavor": "small"})
+        "image": "vre/desktop:1", "flavor": "desktop"})

@@ -93,7 +93,7 @@ def test_researcher_works_in_a_desktop_with_the_demo_dataset(
     page.get_by_role("link", name="Launch a desktop").click()
     expect(page).to_have_url(platform.portal + "/desktops/new")
     expect(page.get_by_role("radio", name=re.compile(r"^Research desktop"))).to_be_checked()
-    page.get_by_role("radio", name=re.compile(r"^small \d")).check()
+    page.get_by_role("radio", name=re.compile(r"^desktop \d")).check()
     page.get_by_role("checkbox", name=re.compile(re.escape(published["name"]))).check()
     pages.shot(page, "launch-form")
     page.get_by_role("button", name="Launch").click()

@@ -52,7 +52,7 @@ def wait_state(client: AgentClient, workload_id: str, states: set[str]) -> dict:
 def test_start_show_logs_stop_through_the_socket(agent_parts: tuple) -> None:
     _agent, client, db, ended, _served = agent_parts
     workload = spec(["sh", "-c", "ls ~/datasets; echo started; sleep 300"], owner="u1")
-    started = client.start(workload, "small", ["granted"], grant_id="g1")
+    started = client.start(workload, "no-gpu", ["granted"], grant_id="g1")
     assert started["state"] == "running" and started["datasets"] == ["granted"]
     deadline = time.monotonic() + 10
     while b"started" not in client.logs(workload.workload_id)[0]:
@@ -73,7 +73,7 @@ def test_start_show_logs_stop_through_the_socket(agent_parts: tuple) -> None:
 def test_a_workload_that_ends_by_itself_is_recorded(agent_parts: tuple) -> None:
     _agent, client, _, ended, _served = agent_parts
     workload = spec(["sh", "-c", "exit 3"])
-    client.start(workload, "small", [])
+    client.start(workload, "no-gpu", [])
     shown = wait_state(client, workload.workload_id, {"stopped", "failed"})
     assert shown["state"] == "failed" and shown["exit_status"] == 3
     assert shown["reason"] == "exit status 3" and ended == [workload.workload_id]
@@ -85,7 +85,7 @@ def test_a_refused_start_is_failed_with_its_reason(agent_parts: tuple) -> None:
                            tree="datasets/../keys")
     workload = spec(["true"], mounts=(outside,))
     with pytest.raises(ComputeError) as refused:
-        client.start(workload, "small", ["x"])
+        client.start(workload, "no-gpu", ["x"])
     assert refused.value.code == "mount_refused"
     assert client.show(workload.workload_id)["state"] == "failed"
     with pytest.raises(ComputeError) as unknown:
@@ -101,8 +101,8 @@ def test_a_restarted_agent_adopts_the_running_and_fails_the_vanished(
     _agent, client, db, _, served = agent_parts
     alive = spec(["sleep", "300"], mounts=(GRANTED,))
     gone = spec(["sleep", "300"], mounts=(GRANTED,))
-    client.start(alive, "small", ["granted"])
-    state = client.start(gone, "small", ["granted"])
+    client.start(alive, "no-gpu", ["granted"])
+    state = client.start(gone, "no-gpu", ["granted"])
     with db.session() as session:
         keeper = session.get(Workload, gone.workload_id).backend_state["pid"]
     served.close()  # the agent goes down: nothing watches the workloads meanwhile
@@ -135,7 +135,7 @@ def test_a_desktop_whose_trace_would_be_refused_never_starts(agent_parts: tuple)
                             content_hash="not-a-hash", tree="datasets/granted")
     desktop = spec(["sleep", "300"], mounts=(unhashed,), kind="desktop")
     with pytest.raises(ComputeError) as refused:
-        client.start(desktop, "small", ["granted"])
+        client.start(desktop, "desktop", ["granted"])
     assert refused.value.code == "bad_spec" and "traced" in refused.value.reason
     with db.session() as session:
         assert session.get(Workload, desktop.workload_id) is None
@@ -145,7 +145,7 @@ def test_a_desktop_whose_trace_would_be_refused_never_starts(agent_parts: tuple)
 def test_the_lifecycle_calls_refuse_what_does_not_apply(agent_parts: tuple) -> None:
     _agent, client, _db, _, _served = agent_parts
     job = spec(["sleep", "300"])
-    client.start(job, "small", ["granted"])
+    client.start(job, "no-gpu", ["granted"])
     with pytest.raises(ComputeError) as not_desktop:
         client.extend(job.workload_id)
     assert not_desktop.value.code == "desktop_not_running"
@@ -183,7 +183,7 @@ def test_a_tracer_outage_neither_blocks_nor_loses_a_desktops_traces(
     hashed = DatasetMount(dataset_id="granted", name="Chest CT", version="1.0",
                           content_hash="sha256:" + "ab" * 32, tree="datasets/granted")
     desktop = spec(["sleep", "300"], mounts=(hashed,), kind="desktop", image="vre/desktop:1")
-    assert client.start(desktop, "small", ["granted"])["state"] == "running"
+    assert client.start(desktop, "desktop", ["granted"])["state"] == "running"
     stopped = client.stop(desktop.workload_id, reason="stopped_by_owner", actor=desktop.owner)
     assert stopped["state"] == "stopped"
     with db.session() as session:

@@ -73,7 +73,7 @@ def test_a_researcher_opens_a_desktop_and_stops_it(desks: dict[str, Any], token)
     client = desks["portal"].test_client()
     alice = as_user(token, "res-1")
     started = client.post("/api/v1/desktops", headers=alice, json={
-        "flavor": "small", "datasets": [desks["dataset"]["id"]]})
+        "flavor": "desktop", "datasets": [desks["dataset"]["id"]]})
     assert started.status_code == 201, started.get_json()
     desktop = started.get_json()
     assert desktop["state"] == "running" and desktop["datasets"] == [desks["dataset"]["id"]]
@@ -121,21 +121,21 @@ def test_refusals_start_nothing_and_grant_nothing(desks: dict[str, Any], token,
                 id=app_id, name=app_id, kind="desktop", image="vre/desktop:9",
                 local_command=local))
     cases = [
-        ({"flavor": "small", "application": "remote-only",
+        ({"flavor": "desktop", "application": "remote-only",
           "datasets": [desks["dataset"]["id"]]}, alice, 422, "application_not_local"),
-        ({"flavor": "small", "application": "no-session",
+        ({"flavor": "desktop", "application": "no-session",
           "datasets": [desks["dataset"]["id"]]}, alice, 422, "application_not_local"),
         ({"flavor": "no-such", "datasets": [desks["dataset"]["id"]]}, alice, 422,
          "flavor_unknown"),
-        ({"flavor": "small", "datasets": [draft["id"]]}, alice, 403, "grant_refused"),
-        ({"flavor": "small", "datasets": ["no-such-dataset"]}, alice, 403, "grant_refused"),
-        ({"flavor": "small", "application": "pytorch",
+        ({"flavor": "desktop", "datasets": [draft["id"]]}, alice, 403, "grant_refused"),
+        ({"flavor": "desktop", "datasets": ["no-such-dataset"]}, alice, 403, "grant_refused"),
+        ({"flavor": "desktop", "application": "pytorch",
           "datasets": [desks["dataset"]["id"]]}, alice, 422, "application_unavailable"),
         ({"flavor": "small-gpu", "datasets": [desks["dataset"]["id"]]}, alice, 422,
          "exceeds_host"),
-        ({"flavor": "small", "datasets": [desks["dataset"]["id"]]},
+        ({"flavor": "desktop", "datasets": [desks["dataset"]["id"]]},
          auth(token("service:tracer", "service")), 403, "not_a_person"),
-        ({"flavor": "small", "datasets": []}, alice, 422, None),
+        ({"flavor": "desktop", "datasets": []}, alice, 422, None),
     ]
     for body, headers, status, code in cases:
         answer = client.post("/api/v1/desktops", headers=headers, json=body)
@@ -154,7 +154,7 @@ def test_refusals_start_nothing_and_grant_nothing(desks: dict[str, Any], token,
 def test_the_quota_of_desktops_is_kept(desks: dict[str, Any], token) -> None:
     client = desks["portal"].test_client()
     alice = as_user(token, "res-1")
-    body = {"flavor": "small", "datasets": [desks["dataset"]["id"]]}
+    body = {"flavor": "desktop", "datasets": [desks["dataset"]["id"]]}
     started = []
     for _ in range(2):  # the default quota: two desktops a user
         answer = client.post("/api/v1/desktops", headers=alice, json=body)

@@ -79,7 +79,7 @@ def lifecycle_site(site: dict[str, Any], platform: Any, issuer_dir: Path,  # noq
 
 def start_desktop(life: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     answer = life["portal"].test_client().post("/api/v1/desktops", headers=headers, json={
-        "flavor": "small", "datasets": [life["dataset"]["id"]]})
+        "flavor": "desktop", "datasets": [life["dataset"]["id"]]})
     assert answer.status_code == 201, answer.get_json()
     return answer.get_json()
 
@@ -151,7 +151,7 @@ def test_start_and_stop_are_traced_with_the_mounted_hashes_and_the_reason(
     assert started["datasets"] == mounted
     assert started["details"] == {"workload_id": desktop["id"], "subject_user": "res-1",
                                   "tool": "desktop", "image": started["details"]["image"],
-                                  "flavor": "small"}
+                                  "flavor": "desktop"}
     assert started["details"]["image"]
     assert ended_trace["action"] == "DESKTOP_STOPPED" and ended_trace["datasets"] == mounted
     assert ended_trace["details"]["reason"] == "stopped_by_owner"
@@ -242,7 +242,7 @@ def test_extensions_move_the_expiry_up_to_the_cap_and_it_stops_there(
         lifecycle_site: Callable[..., dict[str, Any]], token: Callable[..., str]) -> None:
     life = lifecycle_site(desktop_max_lifetime_hours=3.0, desktop_extend_minutes=60.0)
     with life["portal"].extensions["vre.db"].session() as session:
-        session.get(Flavor, "small").max_runtime_minutes = 90
+        session.get(Flavor, "desktop").max_runtime_minutes = 90
     alice = auth(token("res-1", "researcher"))
     desktop = start_desktop(life, alice)
     client = life["portal"].test_client()

@@ -65,7 +65,7 @@ def platform(config: Config, make_app: Callable[[str], Flask],
 def start(platform: dict[str, Any], command: list[str], owner: str = "alice") -> str:
     """A workload started with no token of its own: only the gateway's renewal gives it one."""
     workload = spec(command, owner=owner, mounts=(GRANTED,))
-    platform["agent"].start(workload, "small", ["granted"])
+    platform["agent"].start(workload, "no-gpu", ["granted"])
     return workload.workload_id
 
 
@@ -92,7 +92,7 @@ def test_vre_job_in_a_sandbox_reaches_the_portal_through_its_socket(
     output = platform["agent"].backend.logs(workload_id)[0].decode()
     assert exited.status == 0, output
     flavors = json.loads(output[:output.rindex("]") + 1])
-    assert {f["name"] for f in flavors} >= {"small", "medium"}
+    assert {f["name"] for f in flavors} >= {"no-gpu", "small-gpu", "desktop"}
     assert "desktop" in output  # the applications table
 
 

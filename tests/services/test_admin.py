@@ -82,9 +82,9 @@ QUOTA = {"scope": "project", "subject": "lung", "max_jobs": 4}
 # Run in this order on one fresh portal per role: the deletion comes last.
 API_ROUTES = [
     ("GET", "/api/v1/flavors", "/api/v1/flavors", None, (401, 200, 200, 200)),
-    ("GET", "/api/v1/flavors/<name>", "/api/v1/flavors/small", None, (401, 200, 200, 200)),
+    ("GET", "/api/v1/flavors/<name>", "/api/v1/flavors/no-gpu", None, (401, 200, 200, 200)),
     ("POST", "/api/v1/flavors", "/api/v1/flavors", FLAVOR, (401, 403, 403, 201)),
-    ("PATCH", "/api/v1/flavors/<name>", "/api/v1/flavors/small", {"description": "2 CPUs"},
+    ("PATCH", "/api/v1/flavors/<name>", "/api/v1/flavors/no-gpu", {"description": "2 CPUs"},
      (401, 403, 403, 200)),
     ("GET", "/api/v1/applications", "/api/v1/applications", None, (401, 200, 200, 200)),
     ("GET", "/api/v1/applications/<app_id>", "/api/v1/applications/desktop", None,
@@ -146,7 +146,7 @@ PAGES = [
     ("GET", "/admin/applications", "/admin/applications", None, 200),
     ("GET", "/admin/applications/<app_id>", "/admin/applications/desktop", None, 200),
     ("GET", "/admin/flavors", "/admin/flavors", None, 200),
-    ("GET", "/admin/flavors/<name>", "/admin/flavors/small", None, 200),
+    ("GET", "/admin/flavors/<name>", "/admin/flavors/no-gpu", None, 200),
     ("GET", "/admin/quotas", "/admin/quotas", None, 200),
     ("GET", "/admin/quotas/<quota_id>", "/admin/quotas/{quota}", None, 200),
     ("POST", "/admin/users", "/admin/users", {}, 422),
@@ -164,8 +164,8 @@ PAGES = [
     ("POST", "/admin/applications/<app_id>/enabled", "/admin/applications/desktop/enabled",
      {"enabled": "1"}, 302),
     ("POST", "/admin/flavors", "/admin/flavors", {}, 422),
-    ("POST", "/admin/flavors/<name>", "/admin/flavors/small", {}, 422),
-    ("POST", "/admin/flavors/<name>/enabled", "/admin/flavors/small/enabled",
+    ("POST", "/admin/flavors/<name>", "/admin/flavors/no-gpu", {}, 422),
+    ("POST", "/admin/flavors/<name>/enabled", "/admin/flavors/no-gpu/enabled",
      {"enabled": "1"}, 302),
     ("POST", "/admin/quotas", "/admin/quotas", {}, 422),
     ("POST", "/admin/quotas/<quota_id>", "/admin/quotas/{quota}", {"max_jobs": "7"}, 302),
@@ -209,11 +209,11 @@ def test_the_admin_link_is_shown_to_administrators_only(admin_portal: Flask,
 
 def test_admin_forms_need_the_csrf_token(admin_portal: Flask) -> None:
     client = signed_in(admin_portal, "admin-1")
-    response = client.post("/admin/flavors/small/enabled", data={"enabled": "0"})
+    response = client.post("/admin/flavors/no-gpu/enabled", data={"enabled": "0"})
     assert response.status_code == 400 and "csrf_failed" in text(response)
     assert client.get("/api/v1/flavors") is not None
     with admin_portal.extensions["vre.db"].session() as session:
-        assert session.get(Flavor, "small").enabled
+        assert session.get(Flavor, "no-gpu").enabled
 
 
 # -- the catalogue API --------------------------------------------------------------------
@@ -232,8 +232,8 @@ def test_researchers_see_only_the_flavors_they_may_use(admin_portal: Flask,
 
     researcher = client.get("/api/v1/flavors", headers=auth(token("res-1", "researcher")))
     seen = {f["name"]: f for f in researcher.get_json()}
-    assert set(seen) == {"small", "medium", "small-gpu"}
-    assert seen["small"]["usable"] and seen["small"]["refusal"] is None
+    assert set(seen) == {"no-gpu", "small-gpu", "medium-gpu", "large-gpu", "desktop"}
+    assert seen["no-gpu"]["usable"] and seen["no-gpu"]["refusal"] is None
     assert not seen["small-gpu"]["usable"], "this host has no GPU"
     assert seen["small-gpu"]["refusal"] == "exceeds_host" and "GPUs" in \
         seen["small-gpu"]["reason"]
@@ -244,12 +244,12 @@ def test_researchers_see_only_the_flavors_they_may_use(admin_portal: Flask,
 
     everything = {f["name"]: f for f in client.get("/api/v1/flavors",
                                                    headers=admin).get_json()}
-    assert set(everything) == {"small", "medium", "small-gpu", "curate", "lung-big",
-                               "retired"}
+    assert set(everything) == {"no-gpu", "small-gpu", "medium-gpu", "large-gpu", "desktop",
+                               "curate", "lung-big", "retired"}
     assert everything["retired"]["refusal"] == "flavor_disabled"
     assert everything["curate"]["refusal"] == "flavor_not_allowed"
-    assert list(everything) == ["retired", "curate", "small", "medium", "lung-big",
-                                "small-gpu"], "smallest first"
+    assert list(everything) == ["retired", "curate", "desktop", "no-gpu", "lung-big",
+                                "small-gpu", "medium-gpu", "large-gpu"], "smallest first"
 
 
 def test_flavors_reserved_for_a_project_need_its_membership(admin_site: dict[str, Any],
@@ -274,7 +274,7 @@ def test_flavors_reserved_for_a_project_need_its_membership(admin_site: dict[str
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code", "field"), [
-    ("POST", "/api/v1/flavors", {"name": "small", "cpus": 1, "memory_mib": 512,
+    ("POST", "/api/v1/flavors", {"name": "no-gpu", "cpus": 1, "memory_mib": 512,
                                  "max_runtime_minutes": 10}, 409, "flavor_exists", "name"),
     ("POST", "/api/v1/flavors", {**FLAVOR, "cpus": 0}, 422, "validation_error", "cpus"),
     ("POST", "/api/v1/flavors", {**FLAVOR, "cpus": "many"}, 422, "validation_error", "cpus"),
@@ -289,8 +289,8 @@ def test_flavors_reserved_for_a_project_need_its_membership(admin_site: dict[str
     ("POST", "/api/v1/flavors", {**FLAVOR, "colour": "blue"}, 422, "unknown_field", "colour"),
     ("POST", "/api/v1/flavors", {"name": "big"}, 422, "missing_field", "cpus"),
     ("PATCH", "/api/v1/flavors/nope", {"cpus": 2}, 404, "not_found", "name"),
-    ("PATCH", "/api/v1/flavors/small", {"cpus": -1}, 422, "validation_error", "cpus"),
-    ("PATCH", "/api/v1/flavors/small", {"name": "other"}, 422, "unknown_field", "name"),
+    ("PATCH", "/api/v1/flavors/no-gpu", {"cpus": -1}, 422, "validation_error", "cpus"),
+    ("PATCH", "/api/v1/flavors/no-gpu", {"name": "other"}, 422, "unknown_field", "name"),
     ("GET", "/api/v1/flavors/nope", None, 404, "not_found", "name"),
     ("POST", "/api/v1/applications", {**APPLICATION, "id": "desktop"}, 409,
      "application_exists", "id"),
@@ -328,7 +328,7 @@ def test_bad_requests_get_stable_codes(admin_portal: Flask, token: Callable[...,
     if field is not None:
         assert error["field"] == field
     with admin_portal.extensions["vre.db"].session() as session:
-        assert session.scalar(sa.select(sa.func.count()).select_from(Flavor)) == 3
+        assert session.scalar(sa.select(sa.func.count()).select_from(Flavor)) == 5
         assert session.scalar(sa.select(sa.func.count()).select_from(Application)) == 3
         assert session.scalar(sa.select(sa.func.count()).select_from(Quota)) == 1
 
@@ -353,10 +353,10 @@ def test_a_change_is_checked_against_the_whole_flavor(admin_portal: Flask,
     both = client.patch("/api/v1/flavors/small-gpu", headers=admin,
                         json={"gpus": 0, "gpu_model": None})
     assert both.status_code == 200 and both.get_json()["gpu_model"] is None
-    disabled = client.patch("/api/v1/flavors/small", headers=admin, json={"enabled": False})
+    disabled = client.patch("/api/v1/flavors/no-gpu", headers=admin, json={"enabled": False})
     assert disabled.get_json()["enabled"] is False
     researcher = auth(token("res-1", "researcher"))
-    assert "small" not in {f["name"] for f in client.get("/api/v1/flavors",
+    assert "no-gpu" not in {f["name"] for f in client.get("/api/v1/flavors",
                                                           headers=researcher).get_json()}
 
 
@@ -668,13 +668,19 @@ def test_first_start_seeds_the_catalogues_once(make_app: Callable[[str], Flask],
             {f.name for f in DEFAULT_FLAVORS}
         assert {a.id for a in session.scalars(sa.select(Application))} == \
             {a.id for a in DEFAULT_APPLICATIONS}
-        small = session.get(Flavor, "small")
-        assert (small.cpus, small.memory_mib, small.max_runtime_minutes) == (2, 4096, 120)
-        assert session.get(Flavor, "small-gpu").gpus == 1
+        sizes = {f.name: (f.cpus, f.memory_mib, f.gpus, f.max_runtime_minutes)
+                 for f in session.scalars(sa.select(Flavor))}
+        assert sizes == {"no-gpu": (2, 4096, 0, 240), "small-gpu": (4, 16384, 1, 480),
+                         "medium-gpu": (8, 32768, 1, 1440), "large-gpu": (16, 65536, 2, 1440),
+                         "desktop": (2, 4096, 0, 480)}
+        assert all(f.description for f in session.scalars(sa.select(Flavor)))
+        default = session.scalar(sa.select(Quota).where(Quota.subject == EVERYONE))
+        assert (default.max_desktops, default.max_jobs, default.max_gpus,
+                default.cpu_hours_per_month, default.gpu_hours_per_month) == (2, 50, 2, None, 200)
         assert session.get(Application, "desktop").kind == "desktop"
-        small.enabled = False
+        session.get(Flavor, "no-gpu").enabled = False
     first_start(config)
     with db.session() as session:
-        assert not session.get(Flavor, "small").enabled, "an administrator's change stays"
+        assert not session.get(Flavor, "no-gpu").enabled, "an administrator's change stays"
         assert session.scalar(sa.select(sa.func.count()).select_from(Quota)) == 1
         assert seed_defaults(session) is False

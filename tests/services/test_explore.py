@@ -59,7 +59,7 @@ def test_the_access_log_lists_each_use_with_tool_image_and_flavor(
     assert grant(service, portal, "res-1", dataset["id"]).status_code == 201
     log = stewards.access_log(dataset["id"])
     assert [(e["user_id"], e["tool"], e["image"], e["flavor"]) for e in log] == [
-        ("res-1", "desktop", "vre/desktop:1", "small")]
+        ("res-1", "desktop", "vre/desktop:1", "desktop")]
     with pytest.raises(DatasetError) as refused:
         client_for(url, token("someone", "researcher")).access_log(dataset["id"])
     assert refused.value.status in (403, 404)

@@ -34,7 +34,7 @@ def running_desktop(app: Flask, owner: str, workload_id: str = "d0123456789abcde
     """A workload as the compute agent records one it started."""
     with app.extensions["vre.db"].session() as session:
         session.add(Workload(id=workload_id, owner_id=owner, kind=kind, application="desktop",
-                             flavor="small", state=state, datasets=["ds-1"],
+                             flavor="desktop", state=state, datasets=["ds-1"],
                              started_at=utcnow()))
     return workload_id
 
@@ -127,16 +127,18 @@ def test_the_launch_form_offers_what_the_person_may_start_and_use(
         update={"host_cpus": 16, "host_memory_mib": 65536, "host_gpus": 0})
     with app.extensions["vre.db"].session() as session:
         seed_defaults(session)
-        # 10 CPU-hours a month: a small desktop (2 CPUs for 2 h) fits, a medium (4 for 8) not.
-        session.add(Quota(scope="user", subject="res-1", cpu_hours_per_month=10))
+        # 20 CPU-hours a month: a desktop (2 CPUs for 8 h) fits, small-gpu (4 for 8) does not,
+        # and that quota refusal comes before the host's (which has no GPU).
+        session.add(Quota(scope="user", subject="res-1", cpu_hours_per_month=20))
     usable = published(site, steward, name="Lung CT usable")
     draft = create(site["datasets"], steward, name="Lung CT draft")
     form = text(signed_in(app, "res-1").get("/desktops/new"))
-    assert re.search(r'name="flavor" value="small" checked', form)
-    medium = re.search(r'value="medium" disabled.*?Unavailable: (.*?) <span class="muted">'
-                       r'\((\w+)\)', form, re.S)
-    assert medium and medium.group(2) == "quota_budget" and "10 left" in medium.group(1)
-    assert re.search(r'value="small-gpu" disabled', form)
+    assert re.search(r'name="flavor" value="desktop" checked', form)
+    assert re.search(r'name="flavor" value="no-gpu" required', form)
+    gpu = re.search(r'value="small-gpu" disabled.*?Unavailable: (.*?) <span class="muted">'
+                    r'\((\w+)\)', form, re.S)
+    assert gpu and gpu.group(2) == "quota_budget" and "20 left" in gpu.group(1)
+    assert re.search(r'value="large-gpu" disabled', form)
     assert 'value="desktop" checked' in form and 'value="pytorch"' not in form, \
         "desktop applications only"
     assert f'value="{usable["id"]}"' in form and f'value="{draft["id"]}"' not in form
@@ -151,10 +153,10 @@ def test_a_refused_launch_shows_the_reason_and_starts_nothing(
         seed_defaults(session)
     dataset = published(site, steward)
     client = signed_in(app, "res-1")
-    empty = post(client, "/desktops/new", flavor="small", application="desktop")
+    empty = post(client, "/desktops/new", flavor="desktop", application="desktop")
     assert empty.status_code == 422 and "datasets" in text(empty)
     # No compute agent runs for this portal: the API's own refusal is what the form shows.
-    down = post(client, "/desktops/new", flavor="small", application="desktop",
+    down = post(client, "/desktops/new", flavor="desktop", application="desktop",
                 datasets=dataset["id"])
     assert down.status_code == 503 and "agent_unavailable" in text(down)
     assert 'role="alert"' in text(down)

@@ -32,7 +32,7 @@ def test_flavors_lists_the_catalogue_with_what_fits(portal_url, token, capsys) -
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["FLAVOR", "CPUS", "MEMORY", "GPUS", "MAX", "RUN", "USABLE"]
     names = [line.split()[0] for line in out[1:]]
-    assert {"small", "medium", "small-gpu"} <= set(names)
+    assert {"no-gpu", "small-gpu", "medium-gpu", "large-gpu", "desktop"} <= set(names)
 
 
 def test_applications_as_json(portal_url, token, capsys) -> None:
