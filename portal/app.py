@@ -16,6 +16,7 @@ from portal import (
     api,
     api_admin,
     api_desktops,
+    api_jobs,
     clients,
     fragments,
     pagecache,
@@ -100,6 +101,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(pages_datasets.bp)
     app.register_blueprint(api_admin.bp)
     app.register_blueprint(api_desktops.bp)
+    app.register_blueprint(api_jobs.bp)
     app.register_blueprint(pages_admin.bp)
     app.register_blueprint(pages_desktops.bp)
     install_outbox(app, trace_outbox, lambda traces, timeout: clients.tracer(app)

@@ -377,7 +377,8 @@ def host_capacity(config: Config) -> HostCapacity:
         else os.cpu_count() or 1
     cpus = config.host_cpus or float(cores)
     memory = config.host_memory_mib or _machine_memory_mib()
-    gpus = config.host_gpus if config.host_gpus is not None else _machine_gpus()
+    gpus = config.host_gpus if config.host_gpus is not None else \
+        len(config.gpu_devices) if config.gpu_devices is not None else _machine_gpus()
     return HostCapacity(cpus=cpus, memory_mib=memory, gpus=gpus)
 
 

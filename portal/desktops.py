@@ -65,9 +65,18 @@ def usage_of(session: Session, owner_id: str, now: datetime) -> Usage:
     cpu_hours = gpu_hours = 0.0
     rows = session.scalars(sa.select(Workload).where(
         Workload.owner_id == owner_id,
-        sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at >= since)))
+        sa.or_(Workload.state.in_((*ACTIVE_STATES, "queued")), Workload.ended_at >= since)))
     for row in rows:
         flavor = flavors.get(row.flavor)
+        if row.state == "queued":
+            # A waiting job counts against the jobs allowed, and reserves the most it may
+            # use of the month's budget, so jobs queued together never overrun it.
+            jobs += 1
+            if flavor:
+                hours = (row.time_limit_seconds or flavor.max_runtime_minutes * 60) / 3600
+                cpu_hours += hours * flavor.cpus
+                gpu_hours += hours * flavor.gpus
+            continue
         active = row.state in ACTIVE_STATES
         if active:
             desktops += row.kind == "desktop"
@@ -184,11 +193,11 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
         return client.start(spec, flavor.name, list(ask.datasets), grant_id=grant["id"],
                             expires_in=flavor.max_runtime_minutes * 60)
     except ComputeError as exc:
-        _end_grant(datasets_service, grant["id"])
+        end_grant(datasets_service, grant["id"])
         raise _agent_error(exc) from None
 
 
-def _end_grant(datasets_service: DatasetClient, grant_id: str | None) -> None:
+def end_grant(datasets_service: DatasetClient, grant_id: str | None) -> None:
     if not grant_id:
         return
     try:
@@ -231,7 +240,7 @@ def stop_workload(session: Session, principal: Principal, workload_id: str,
         shown = agent().stop(workload_id, reason=reason, actor=principal.subject)
     except ComputeError as exc:
         raise _agent_error(exc) from None
-    _end_grant(datasets_service, grant_id)
+    end_grant(datasets_service, grant_id)
     return shown
 
 
@@ -280,7 +289,7 @@ def retire_ended(session: Session, datasets_service: DatasetClient,
     """End the grant of a desktop that ended by itself (the agent's after-exit work)."""
     row = session.get(Workload, workload_id)
     if row is not None and row.state not in ACTIVE_STATES:
-        _end_grant(datasets_service, row.grant_id)
+        end_grant(datasets_service, row.grant_id)
 
 
 def listing(session: Session, principal: Principal) -> list[dict[str, Any]]:

@@ -224,8 +224,12 @@ class Quota(Base):
     )
 
 
-WORKLOAD_STATES = ("starting", "running", "stopping", "stopped", "failed")
+WORKLOAD_STATES = ("queued", "starting", "running", "stopping", "stopped", "failed",
+                   "succeeded", "cancelled")
 ACTIVE_STATES = ("starting", "running", "stopping")
+# A job's states before it ends (waiting in the queue counts), and how a job can end.
+JOB_OPEN_STATES = ("queued", *ACTIVE_STATES)
+JOB_FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 class Workload(Base):
@@ -265,9 +269,22 @@ class Workload(Base):
     stopped_by: Mapped[str | None] = mapped_column(sa.String(128))
     # When its owner took an ended desktop off their list (the record stays, for quotas).
     forgotten_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # A job's own facts: its name, the desktop it was submitted from, the jobs it waits for,
+    # the caller's key for a repeated submission, its time limit, the GPUs it was given and
+    # the hash over its output folder's manifest once it ended.
+    name: Mapped[str] = mapped_column(sa.String(128), default="")
+    parent_id: Mapped[str | None] = mapped_column(sa.String(64))
+    depends_on: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(128))
+    time_limit_seconds: Mapped[int | None] = mapped_column(sa.Integer)
+    gpu_ids: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    output_hash: Mapped[str | None] = mapped_column(sa.String(80))
 
     __table_args__ = (
         sa.CheckConstraint("kind IN ('desktop', 'job')", name="kind"),
-        sa.CheckConstraint("state IN ('starting', 'running', 'stopping', 'stopped', 'failed')",
-                           name="state"),
+        sa.CheckConstraint("state IN ('queued', 'starting', 'running', 'stopping', 'stopped', "
+                           "'failed', 'succeeded', 'cancelled')", name="state"),
+        sa.UniqueConstraint("owner_id", "idempotency_key",
+                            name="uq_workloads_owner_id_idempotency_key"),
+        sa.Index("ix_workloads_kind_state", "kind", "state"),
     )

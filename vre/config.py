@@ -4,6 +4,7 @@ TOML file, validated once at start-up into a frozen, typed object."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -228,9 +229,33 @@ class Config(BaseModel):
     host_memory_mib: int | None = Field(
         None, gt=0, description="Memory one desktop or job may get at most, in MiB; "
         "default: this machine's memory.")
+    job_cpus: float | None = Field(
+        None, gt=0, description="CPUs the job queue hands out on one machine at once (jobs "
+        "wait beyond it); default: this machine's cores. Desktops are not counted.")
+    job_memory_mib: int | None = Field(
+        None, gt=0, description="Memory the job queue hands out on one machine at once, in "
+        "MiB; default: this machine's memory.")
+    gpu_devices: list[str] | None = Field(
+        None, description="The GPUs of this machine jobs may be given, as CUDA_VISIBLE_DEVICES "
+        "names them (e.g. 0,1); default: what nvidia-smi lists.")
     host_gpus: int | None = Field(
         None, ge=0, description="GPUs one desktop or job may get at most; default: the "
         "NVIDIA devices of this machine.")
+
+    @field_validator("gpu_devices", mode="before")
+    @classmethod
+    def _device_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: "0,1"; "" declares none
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("gpu_devices")
+    @classmethod
+    def _device_names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", name):
+                raise ValueError(f"{name!r} is not a GPU name CUDA_VISIBLE_DEVICES takes")
+        return value
 
     @field_validator("home")
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from portal.compute import sandbox
+from portal.compute.outputs import Manifest
 from vre.config import Config
 
 # What each value of the `compute_backend` setting names: module:class, imported only when chosen.
@@ -23,6 +24,13 @@ IMPLEMENTATIONS = {
 }
 
 Kind = Literal["desktop", "job"]
+# Where a job's outputs go, under the owner's persistent folder, on every backend.
+JOB_OUTPUTS = "jobs"
+
+
+def job_outputs_inside(workload_id: str) -> str:
+    """The path a job sees its output folder at (also $VRE_JOB_OUTPUT inside the job)."""
+    return f"{sandbox.HOME}/persistent/{JOB_OUTPUTS}/{workload_id}"
 
 
 class ComputeError(Exception):
@@ -167,6 +175,8 @@ class ComputeBackend(ABC):
     - `capacity()`: what it can run now and the largest workload it could ever run.
     - `notify(workload_id, text)`: show a message inside a desktop (an idle warning), or take
       it away with None; a backend that cannot show one ignores it.
+    - `outputs(workload_id)`: the manifest of a job's output folder (`~/persistent/jobs/<id>`
+      inside), read without following anything the job left there.
     """
 
     def __init__(self, config: Config) -> None:
@@ -210,6 +220,10 @@ class ComputeBackend(ABC):
 
     def notify(self, workload_id: str, text: str | None) -> None:  # noqa: B027 - optional
         """Show `text` inside the desktop, or take the message away (None)."""
+
+    @abstractmethod
+    def outputs(self, workload_id: str) -> Manifest:
+        """The manifest of a job's output folder."""
 
 
 def spec_to_json(spec: WorkloadSpec) -> dict[str, Any]:

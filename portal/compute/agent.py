@@ -38,10 +38,12 @@ from portal.compute import (
     WorkloadSpec,
     backend_for,
     lifecycle,
+    queue,
     spec_from_json,
     spec_to_json,
 )
-from portal.models import ACTIVE_STATES, User, Workload, trace_outbox
+from portal.compute import jobs as job_records
+from portal.models import ACTIVE_STATES, JOB_FINAL_STATES, User, Workload, trace_outbox
 from portal.revocations import revoke_workload
 from tracer.client import TracerClient, checked_trace
 from vre.client import ServiceError
@@ -50,10 +52,14 @@ from vre.db import Database, utcnow
 from vre.outbox import Outbox
 from vre.revocation_feed import FeedClient
 from vre.service_auth import TokenSource
+from vre.tokens import TokenIssuer
 
 log = logging.getLogger("vre.compute.agent")
 POLL_SECONDS = 1.0
 ExitHook = Callable[[Workload], None]
+TokenMinter = Callable[[Workload], str]
+# Fair share forgets: usage counts half after this long (Slurm's PriorityDecayHalfLife).
+FAIR_SHARE_HALF_LIFE = timedelta(days=7)
 # Who a trace names for what the platform did on its own (a desktop idle, expired, revoked).
 PLATFORM_ACTOR = "service:portal"
 IDLE_NOTICE = ("This desktop has had no viewer for a while. It will be stopped at {at} UTC "
@@ -166,20 +172,39 @@ def desktop_trace(row: Workload, action: str, actor: str) -> dict[str, Any]:
             "reason": (row.stop_reason or "")[:500] or None}.items() if v is not None}})
 
 
+def _ask(row: Workload) -> queue.Ask:
+    resources = row.spec.get("resources", {})
+    return queue.Ask(cpus=float(resources.get("cpus", 1)),
+                     memory_mib=int(resources.get("memory_mib", 0)),
+                     gpus=int(resources.get("gpus", 0)))
+
+
+def _cost(row: Workload) -> float:
+    """What a finished job used, for fair share: CPUs and GPUs (weighted) times its run."""
+    ask = _ask(row)
+    run = job_records.wall_seconds(row) or 0.0
+    return (ask.cpus + ask.gpus * queue.GPU_WEIGHT) * run
+
+
 class Agent:
     """Workloads on one backend, with their state kept in the portal's database."""
 
     def __init__(self, config: Config, db: Database, backend: ComputeBackend | None = None,
                  on_exit: ExitHook | None = None, outbox: Outbox | None = None,
-                 watch: Watch | None = None) -> None:
+                 watch: Watch | None = None, tokens: TokenMinter | None = None) -> None:
         self.config = config
         self.db = db
         self.backend = backend or backend_for(config)
         self.on_exit = on_exit
         self.outbox = outbox
         self.watch = watch or OwnAccounts(db)
+        self.tokens = tokens
         self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
         self._watched_at = 0.0
+        self.wake = threading.Event()
+        self._places: dict[str, dict[str, Any]] = {}
+        self._place_owners: dict[str, str] = {}
 
     def reattach(self) -> dict[str, list[str]]:
         """Adopt every workload the database calls active; fail the ones that vanished."""
@@ -290,12 +315,140 @@ class Agent:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Poll until asked to stop; an error in one round is logged, never fatal."""
-        while not stop.wait(POLL_SECONDS):
-            for work in (self.tick, self.keep_deadlines, self._watch_now_and_then):
+        while not stop.is_set():
+            self.wake.wait(POLL_SECONDS)
+            self.wake.clear()
+            if stop.is_set():
+                return
+            for work in (self.tick, self.keep_deadlines, self._watch_now_and_then,
+                         self.dispatch):
                 try:
                     work()
                 except Exception:  # the agent outlives one bad round
                     log.exception("watching workloads failed (%s)", work.__name__)
+
+    # -- the queue of jobs -----------------------------------------------------------------
+    def dispatch(self, now: datetime | None = None) -> list[str]:
+        """One round of the queue: cancel the jobs whose dependencies failed, start those whose
+        turn it is (fair share between owners), and keep every waiting job's place for the
+        API. Answers the ids started."""
+        now = now or utcnow()
+        with self._queue_lock:
+            with self.db.session() as session:
+                plan = self._plan(session, now)
+                for cancel in plan.cancels:
+                    job_records.cancel_queued(session, cancel.job_id, cancel.reason,
+                                              PLATFORM_ACTOR, self.outbox, code=cancel.code)
+                started = []
+                for start in plan.starts:
+                    taken = session.execute(sa.update(Workload).where(
+                        Workload.id == start.job_id, Workload.state == "queued").values(
+                        state="starting", gpu_ids=list(start.gpu_ids))
+                        .execution_options(synchronize_session=False))
+                    if taken.rowcount == 1:
+                        started.append(start.job_id)
+                self._keep_places(session, plan)
+            for cancel in plan.cancels:
+                self._hook(cancel.job_id)
+            for job_id in started:
+                self._start_job(job_id)
+        return started
+
+    def places(self, owner: str | None = None) -> dict[str, dict[str, Any]]:
+        """Each waiting job's place as the last round planned it (of one owner, when given)."""
+        with self._queue_lock:
+            if owner is None:
+                return dict(self._places)
+            return {j: p for j, p in self._places.items() if self._place_owners.get(j) == owner}
+
+    def cancel_queued(self, job_id: str, reason: str, code: str = "cancelled",
+                      actor: str = PLATFORM_ACTOR) -> bool:
+        """Take a waiting job out of the queue as cancelled, and end its grant."""
+        with self.db.session() as session:
+            done = job_records.cancel_queued(session, job_id, reason, actor, self.outbox,
+                                             code=code)
+        if done:
+            log.info("cancelled queued job %s: %s", job_id, reason)
+            self._hook(job_id)
+        return done
+
+    def pool(self) -> queue.Pool:
+        """What the queue hands out to jobs: this machine's CPUs and memory (or the
+        configured share of them) and its GPUs."""
+        capacity = self.backend.capacity()
+        return queue.Pool(cpus=self.config.job_cpus or capacity.total_cpus,
+                          memory_mib=self.config.job_memory_mib or capacity.total_memory_mib,
+                          gpu_ids=tuple(capacity.gpu_ids))
+
+    def _plan(self, session: Any, now: datetime) -> queue.Plan:
+        jobs = sa.select(Workload).where(Workload.kind == "job")
+        waiting_rows = list(session.scalars(jobs.where(Workload.state == "queued")))
+        running_rows = list(session.scalars(jobs.where(Workload.state.in_(ACTIVE_STATES))))
+        horizon = now - 4 * FAIR_SHARE_HALF_LIFE
+        spent = [queue.Spent(r.owner_id, job_records.aware(r.ended_at), _cost(r))
+                 for r in session.scalars(jobs.where(
+                     Workload.state.in_(JOB_FINAL_STATES), Workload.started_at.is_not(None),
+                     Workload.ended_at >= horizon))]
+        wanted = {d for r in waiting_rows for d in (r.depends_on or [])}
+        finished = dict(session.execute(sa.select(Workload.id, Workload.state).where(
+            Workload.id.in_(wanted), Workload.state.in_(JOB_FINAL_STATES)))) if wanted else {}
+        waiting = [queue.Waiting(r.id, r.owner_id, job_records.aware(r.created_at), _ask(r),
+                                 r.time_limit_seconds or 3600, tuple(r.depends_on or ()))
+                   for r in waiting_rows]
+        running = [queue.Running(r.id, r.owner_id,
+                                 job_records.aware(r.started_at or r.created_at), _ask(r),
+                                 r.time_limit_seconds or 3600, tuple(r.gpu_ids or ()))
+                   for r in running_rows]
+        usage = queue.decayed_usage(spent, running, now, FAIR_SHARE_HALF_LIFE)
+        self._place_owners = {r.id: r.owner_id for r in waiting_rows}
+        return queue.plan(waiting, running, self.pool(), usage, finished, now)
+
+    def _keep_places(self, session: Any, plan: queue.Plan) -> None:
+        self._places = {p.job_id: {
+            "position": p.position, "reason": p.reason, "detail": p.detail,
+            "estimated_start": p.estimated_start.isoformat() if p.estimated_start else None}
+            for p in plan.places}
+
+    def _start_job(self, job_id: str) -> None:
+        """Start a job the queue gave its turn; a refusal ends it failed, with the reason."""
+        with self.db.session() as session:
+            row = self._row(session, job_id)
+            data = dict(row.spec)
+            data["resources"] = {**data["resources"], "gpu_ids": list(row.gpu_ids or [])}
+            data["token"] = self.tokens(row) if self.tokens else ""
+            data.pop("image_digest", None)
+        try:
+            spec = spec_from_json(data)
+            state = self.backend.start(spec)
+        except ComputeError as exc:
+            with self.db.session() as session:
+                row = self._row(session, job_id)
+                row.state, row.ended_at = "failed", utcnow()
+                row.reason = f"{exc.code}: {exc.reason}"
+                row.stop_reason = f"{lifecycle.FAILED}: {row.reason}"
+                self._trace(session, job_records.ended_trace(row, PLATFORM_ACTOR))
+            log.warning("job %s could not start: %s", job_id, exc.reason)
+            self._hook(job_id)
+            return
+        with self.db.session() as session:
+            row = self._row(session, job_id)
+            row.state, row.backend_state, row.started_at = "running", state, utcnow()
+            self._trace(session, job_records.started_trace(row))
+
+    def _job_ended(self, row: Workload) -> None:
+        """A job's end: why in words, the hash over its outputs, and its trace."""
+        if row.stop_reason is None or row.stop_reason == lifecycle.ENDED:
+            row.stop_reason = (lifecycle.ENDED if row.state == "succeeded"
+                               else row.reason or lifecycle.FAILED)
+        if row.reason == "stopped" and row.stop_reason:
+            row.reason = row.stop_reason.split(":")[0]
+        try:
+            row.output_hash = self.backend.outputs(row.id).hash
+        except (ComputeError, OSError) as exc:
+            log.warning("cannot read the outputs of job %s: %s", row.id, exc)
+        self._trace(object_session(row), job_records.ended_trace(
+            row, row.stopped_by if row.state == "cancelled" and row.stopped_by
+            else PLATFORM_ACTOR))
 
     # -- the lifecycle of desktops ---------------------------------------------------------
     def keep_deadlines(self, now: datetime | None = None) -> list[str]:
@@ -328,15 +481,20 @@ class Agent:
         """Stop the workloads of revoked owners, and those whose grant ended or whose data was
         invalidated. Answers the ids asked to stop."""
         with self.db.reading() as session:
+            rows = list(session.scalars(sa.select(Workload).where(
+                Workload.state.in_(("queued", "starting", "running")))))
             active = [lifecycle.Running(r.id, r.owner_id, r.grant_id, tuple(r.datasets))
-                      for r in session.scalars(sa.select(Workload).where(
-                          Workload.state.in_(("starting", "running"))))]
+                      for r in rows]
+            queued = {r.id for r in rows if r.state == "queued"}
         if not active:
             return []
         # Grants are read after the workloads: a workload's grant is made before it is.
         stops = lifecycle.must_stop(active, self.watch.revoked_owners(),
                                     self.watch.open_grants())
-        return [w for w, reason in stops.items() if self.stop_soon(w, reason)]
+        cancelled = [w for w, reason in stops.items() if w in queued
+                     and self.cancel_queued(w, reason, code=reason)]
+        return cancelled + [w for w, reason in stops.items()
+                            if w not in queued and self.stop_soon(w, reason)]
 
     def stop_soon(self, workload_id: str, reason: str, actor: str = PLATFORM_ACTOR) -> bool:
         """Mark a running workload stopping, with why, and end it in the background (the
@@ -415,6 +573,9 @@ class Agent:
     def _ended(self, row: Workload, exited: Exited) -> None:
         stopped = row.state == "stopping" or exited.reason == "stopped"
         row.state = "stopped" if stopped or exited.status == 0 else "failed"
+        if row.kind == "job":
+            row.state = ("cancelled" if row.stop_reason == lifecycle.CANCELLED else
+                         "succeeded" if exited.status == 0 and not stopped else "failed")
         row.reason = exited.reason or ("" if exited.status == 0 else f"exit status {exited.status}")
         row.exit_status = exited.status
         row.cpu_seconds = exited.cpu_seconds
@@ -435,6 +596,8 @@ class Agent:
                           row.stopped_by, extra={"event": "trace_refused"})
                 trace = desktop_trace(row, "DESKTOP_STOPPED", PLATFORM_ACTOR)
             self._trace(object_session(row), trace)
+        if row.kind == "job":
+            self._job_ended(row)
         # Its tokens die with it: refused until the last one issued would have expired.
         revoke_workload(object_session(row), row.id,
                         row.ended_at + timedelta(seconds=self.config.token_ttl_seconds + 60))
@@ -511,6 +674,21 @@ def create_app(agent: Agent) -> Flask:
     def capacity() -> Any:
         return jsonify(asdict(agent.backend.capacity()))
 
+    @app.post("/jobs/dispatch")
+    def dispatch() -> Any:
+        agent.wake.set()
+        return "", 202
+
+    @app.get("/jobs/queue")
+    def places() -> Any:
+        return jsonify(agent.places(request.args.get("owner")))
+
+    @app.get("/workloads/<workload_id>/outputs")
+    def outputs(workload_id: str) -> Any:
+        with agent.db.reading() as session:
+            agent._row(session, workload_id)
+        return jsonify(agent.backend.outputs(workload_id).as_json())
+
     return app
 
 
@@ -550,13 +728,23 @@ def service_tokens(config: Config) -> TokenSource:
     """The portal's service tokens, as its identity makes them, for the agent's own calls
     (the dataset service's grants and feed, the tracer)."""
     from portal.identity import make_identity
-    from vre.tokens import TokenIssuer
 
     holder = Flask("vre-compute-agent")  # the local identity signs with the app's issuer
     holder.extensions["vre.issuer"] = TokenIssuer.from_file(
         config.signing_key_path, config.issuer, config.token_audience,
         config.token_ttl_seconds)
     return make_identity(config).service_tokens(holder)
+
+
+def workload_tokens(config: Config) -> TokenMinter:
+    """A job's own token, signed under the portal's name like a desktop's (the gateway
+    renews it while the job runs)."""
+    from portal.desktops import workload_token
+
+    issuer = TokenIssuer.from_file(config.signing_key_path, config.portal_issuer,
+                                   config.token_audience, config.token_ttl_seconds)
+    return lambda row: workload_token(issuer, row.owner_id, row.id, list(row.datasets),
+                                      config.token_ttl_seconds)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -576,7 +764,8 @@ def main(argv: list[str] | None = None) -> None:
         traces, timeout=timeout), wait=config.outbox_wait_seconds,
         retry=config.outbox_retry_seconds)
     outbox.start()
-    agent = Agent(config, db, on_exit=watch.end_grant, outbox=outbox, watch=watch)
+    agent = Agent(config, db, on_exit=watch.end_grant, outbox=outbox, watch=watch,
+                  tokens=workload_tokens(config))
     found = agent.reattach()
     log.info("compute agent: adopted %d, vanished %d", len(found["adopted"]),
              len(found["vanished"]))

@@ -8,6 +8,7 @@ import json
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from portal.compute import ComputeError, WorkloadSpec, spec_to_json
 
@@ -88,3 +89,16 @@ class AgentClient:
 
     def capacity(self) -> dict[str, Any]:
         return self._json("GET", "/capacity")
+
+    def dispatch_soon(self) -> None:
+        """Wake the agent's queue (a job was submitted); never waits long."""
+        connection = AgentClient(self.path, timeout=1.0)
+        connection._call("POST", "/jobs/dispatch", {})
+
+    def queue(self, owner: str | None = None) -> dict[str, Any]:
+        """Each waiting job's place: position, reason, detail, estimated start."""
+        return self._json("GET", "/jobs/queue" + (f"?owner={quote(owner)}" if owner else ""))
+
+    def outputs(self, workload_id: str) -> dict[str, Any]:
+        """The manifest of a job's output folder."""
+        return self._json("GET", f"/workloads/{workload_id}/outputs")

@@ -22,6 +22,9 @@ DATASET_INVALIDATED = "dataset_invalidated"
 GRANT_ENDED = "grant_ended"
 ENDED = "ended"  # its session ended by itself, cleanly
 FAILED = "failed"  # written "failed: <why>"
+CANCELLED = "cancelled"  # a job its owner (or an administrator) cancelled
+TIME_LIMIT = "time_limit"  # a job stopped at its time limit
+OUT_OF_MEMORY = "out_of_memory"  # a job killed for going over its memory limit
 
 # How often the VNC proxy reports an open connection, and how long a report holds: a proxy
 # that restarted (or lost its connections) stops reporting, and its viewers count as gone.

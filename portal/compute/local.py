@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from portal.compute import (
+    JOB_OUTPUTS,
     Capacity,
     ComputeBackend,
     ComputeError,
@@ -38,8 +39,10 @@ from portal.compute import (
     cgroups,
     dataset_folders,
     datasets_readme,
+    job_outputs_inside,
     sandbox,
 )
+from portal.compute.outputs import Manifest, manifest
 from vre.config import Config
 
 SESSION = Path(__file__).parent / "session"
@@ -125,8 +128,11 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _host_gpus() -> tuple[str, ...]:
-    """The GPUs this host has, as the indexes CUDA_VISIBLE_DEVICES takes."""
+def _host_gpus(config: Config) -> tuple[str, ...]:
+    """The GPUs this host has, as the indexes CUDA_VISIBLE_DEVICES takes: the declared
+    inventory (`gpu_devices`) where there is one, else what nvidia-smi lists."""
+    if config.gpu_devices is not None:
+        return tuple(config.gpu_devices)
     smi = shutil.which("nvidia-smi")
     if not smi:
         return ()
@@ -186,7 +192,7 @@ class LocalBackend(ComputeBackend):
         self.user = ensure_workload_user(config.workload_user)
         self.bwrap = shutil.which("bwrap")
         self.limits = cgroups.available()
-        self.gpus = _host_gpus()
+        self.gpus = _host_gpus(config)
         if os.geteuid() == 0:
             share_repository(self.repository, self.user.gid)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -327,7 +333,16 @@ class LocalBackend(ComputeBackend):
             os.chown(partial, self.user.uid, self.user.gid)
         partial.replace(notice)
 
+    def outputs(self, workload_id: str) -> Manifest:
+        state = self._state(self._home(workload_id))
+        return manifest(self._job_outputs(state["owner"], workload_id))
+
     # -- inside ------------------------------------------------------------------------------
+    def _job_outputs(self, owner: str, workload_id: str) -> Path:
+        if not _SAFE_ID.match(owner):
+            raise ComputeError("bad_spec", "owner ids are letters, digits, - and _")
+        return self.workspaces / owner / JOB_OUTPUTS / workload_id
+
     def _tree(self, tree: str) -> Path:
         """The host folder of a granted dataset tree, refused unless it is a dataset tree of
         this repository."""
@@ -369,6 +384,30 @@ class LocalBackend(ComputeBackend):
             os.chown(folder, self.user.uid, self.user.gid)
         return folder
 
+    def _make_job_outputs(self, persistent: Path, workload_id: str) -> None:
+        """Make ~/persistent/jobs/<id> for the job, never following what earlier workloads of
+        the owner left in their persistent folder (a link named `jobs` stays a link)."""
+        owner = os.open(persistent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(JOB_OUTPUTS, 0o755, dir_fd=owner)
+            try:
+                jobs = os.open(JOB_OUTPUTS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                               dir_fd=owner)
+            except OSError:
+                raise ComputeError("outputs_refused", "~/persistent/jobs is not a folder; "
+                                   "move what is there away") from None
+            try:
+                os.mkdir(workload_id, 0o755, dir_fd=jobs)
+                if os.geteuid() == 0:
+                    os.chown(workload_id, self.user.uid, self.user.gid, dir_fd=jobs,
+                             follow_symlinks=False)
+                    os.chown(jobs, self.user.uid, self.user.gid)
+            finally:
+                os.close(jobs)
+        finally:
+            os.close(owner)
+
     def _launch(self, spec: WorkloadSpec, home: Path,
                 datasets: tuple[tuple[str, str], ...],
                 environment: dict[str, str]) -> dict[str, Any]:
@@ -397,6 +436,13 @@ class LocalBackend(ComputeBackend):
             platform_env.update(DISPLAY=sandbox.DISPLAY)
         if spec.resources.gpu_ids:
             platform_env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.resources.gpu_ids)
+        elif spec.kind == "job":
+            platform_env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU job sees no GPU
+        persistent = self._persistent(spec.owner)
+        if spec.kind == "job":
+            self._make_job_outputs(persistent, spec.workload_id)
+            platform_env.update(VRE_JOB_ID=spec.workload_id,
+                                VRE_JOB_OUTPUT=job_outputs_inside(spec.workload_id))
         readme = home / "datasets-README"
         readme.write_text(datasets_readme(spec.mounts))
         host_etc = tuple(e for e in sandbox.ETC_ENTRIES if Path("/etc", e).exists())
@@ -404,7 +450,7 @@ class LocalBackend(ComputeBackend):
             if spec.kind == "desktop" else None
         plan = sandbox.SandboxPlan(
             workload_id=spec.workload_id, command=tuple(spec.command), run_dir=str(run),
-            etc_dir=str(etc), persistent=str(self._persistent(spec.owner)), datasets=datasets,
+            etc_dir=str(etc), persistent=str(persistent), datasets=datasets,
             runtime=runtime, path=path, environment=environment, platform_env=platform_env,
             host_etc=host_etc, hostname=f"vre-{spec.kind}", readme=str(readme),
             x11=display.x11 if display else None)

@@ -17,9 +17,16 @@ from vre.api import PUBLIC, Operation
 from vre.tokens import WORKLOAD_SCOPE, WORKLOAD_SCOPES
 
 SERVICES = ("portal", "dataset_service", "tracer")
-# What code inside a desktop may reach: who it is, the catalogues `vre-job` reads, and its
-# own desktop. Anything added here is a deliberate widening of what a sandbox can do.
+# What code inside a desktop may reach: who it is, the catalogues `vre-job` reads, its own
+# desktop, and the jobs it submits. Anything added here is a deliberate widening of what a
+# sandbox can do.
 WORKLOAD_ROUTES = {
+    ("portal", "POST", "/api/v1/jobs"),
+    ("portal", "GET", "/api/v1/jobs"),
+    ("portal", "GET", "/api/v1/jobs/<job_id>"),
+    ("portal", "GET", "/api/v1/jobs/<job_id>/logs"),
+    ("portal", "POST", "/api/v1/jobs/<job_id>/cancel"),
+    ("portal", "GET", "/api/v1/jobs/<job_id>/outputs"),
     ("portal", "GET", "/api/v1/me"),
     ("portal", "GET", "/api/v1/flavors"),
     ("portal", "GET", "/api/v1/flavors/<name>"),

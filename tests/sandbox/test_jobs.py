@@ -1,0 +1,238 @@
+"""Batch jobs end to end through the portal's API: a researcher submits a job on a released
+dataset, the compute agent takes it from the queue and runs it in a real sandbox, its logs and
+outputs are read back, and its traces name the datasets' content hashes and the outputs' hash,
+checked against the files. Each refusal leaves no job, no grant and no trace."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from dataset_service.models import Grant
+from portal import desktops
+from portal.catalogues import FlavorIn, QuotaIn, create_flavor, create_quota, seed_defaults
+from portal.clients import datasets_as_portal
+from portal.compute.agent import Agent, socket_path
+from portal.compute.local import LocalBackend
+from portal.compute.outputs import manifest
+from portal.models import Workload, trace_outbox
+from tests.dataset_helpers import create
+from tests.helpers import auth
+from tests.portal_helpers import site  # noqa: F401 - the fixture
+from tests.sandbox.conftest import serving_agent
+from vre.outbox import outbox_of
+
+pytestmark = pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture
+def jobsite(site: dict[str, Any], platform, config,  # noqa: F811
+            steward) -> Iterator[dict[str, Any]]:
+    portal = site["portal"]
+    with portal.extensions["vre.db"].session() as session:
+        seed_defaults(session)
+    portal_config = portal.extensions.get("vre.config", config)
+
+    def end_grant(row: Workload) -> None:
+        with portal.app_context():
+            desktops.end_grant(datasets_as_portal(), row.grant_id)
+
+    agent = Agent(portal_config, portal.extensions["vre.db"], LocalBackend(portal_config),
+                  on_exit=end_grant, outbox=outbox_of(portal))
+    with serving_agent(agent, socket_path(portal_config)):
+        dataset = create(site["datasets"], steward)
+        released = site["datasets"].test_client().post(
+            f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+        assert released.status_code == 200, released.get_json()
+        yield {**site, "agent": agent, "dataset": released.get_json(),
+               "config": portal_config, "auditor": platform[1]}
+
+
+def as_user(token: Callable[..., str], user: str, *roles: str) -> dict[str, str]:
+    return auth(token(user, *(roles or ("researcher",))))
+
+
+def wait_final(client, headers: dict[str, str], job_id: str,
+               timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
+        if job["state"] in FINAL:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not end: {job}")
+
+
+def traces_of(where: dict[str, Any], workload_id: str,
+              count: int = 3) -> dict[str, dict[str, Any]]:
+    """The job's traces in the ledger by action, once `count` of them have arrived."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = {t["action"]: t for t in where["auditor"].query(actor="res-1")
+                 if t["action"].startswith("JOB_")
+                 and t["details"].get("workload_id") == workload_id}
+        found |= {t["action"]: t for t in where["auditor"].query(actor="service:portal")
+                  if t["action"].startswith("JOB_")
+                  and t["details"].get("workload_id") == workload_id}
+        if len(found) >= count:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"the ledger holds {found} for {workload_id}")
+
+
+def count_traces(where: dict[str, Any]) -> int:
+    """Traces waiting in the portal's outbox and those of res-1 already in the ledger."""
+    with where["portal"].extensions["vre.db"].session() as session:
+        waiting = session.scalar(sa.select(sa.func.count()).select_from(trace_outbox))
+    return waiting + len(list(where["auditor"].query(actor="res-1")))
+
+
+def open_grants(where: dict[str, Any]) -> list[Grant]:
+    with where["datasets"].extensions["vre.db"].session() as session:
+        return list(session.scalars(sa.select(Grant).where(Grant.ended_at.is_(None))))
+
+
+def count_jobs(where: dict[str, Any]) -> int:
+    with where["portal"].extensions["vre.db"].session() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(Workload).where(
+            Workload.kind == "job"))
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+WRITE_OUTPUTS = """
+import os, pathlib
+out = pathlib.Path(os.environ["VRE_JOB_OUTPUT"])
+(out / "model.txt").write_text("weights 1 2 3\\n")
+(out / "nested").mkdir()
+(out / "nested" / "table.csv").write_text("a,b\\n1,2\\n")
+print("datasets:", sorted(os.listdir(os.path.expanduser("~/datasets"))), flush=True)
+print("gpus:", repr(os.environ.get("CUDA_VISIBLE_DEVICES")), flush=True)
+"""
+
+
+def test_a_job_runs_and_its_traces_name_data_and_outputs(jobsite, token) -> None:
+    client = jobsite["portal"].test_client()
+    alice = as_user(token, "res-1")
+    submitted = client.post("/api/v1/jobs", headers=alice, json={
+        "command": python(WRITE_OUTPUTS), "name": "write", "datasets": [jobsite["dataset"]["id"]]})
+    assert submitted.status_code == 201, submitted.get_json()
+    job = submitted.get_json()
+    assert job["state"] in ("queued", "starting", "running") and job["flavor"] == "no-gpu"
+    assert job["datasets"][0]["content_hash"] == jobsite["dataset"]["content_hash"]
+
+    ended = wait_final(client, alice, job["id"])
+    assert ended["state"] == "succeeded" and ended["exit_status"] == 0, ended
+    logs = client.get(f"/api/v1/jobs/{job['id']}/logs", headers=alice)
+    assert logs.status_code == 200 and logs.headers["X-Job-State"] == "succeeded"
+    text = logs.get_data(as_text=True)
+    assert "'README']" in text and "gpus: ''" in text, text
+    tail = client.get(f"/api/v1/jobs/{job['id']}/logs?offset={logs.headers['X-Next-Offset']}",
+                      headers=alice)
+    assert tail.get_data() == b""
+
+    outputs = client.get(f"/api/v1/jobs/{job['id']}/outputs", headers=alice).get_json()
+    assert [f["path"] for f in outputs["files"]] == ["model.txt", "nested/table.csv"]
+    folder = jobsite["config"].home / "workspaces" / "res-1" / "jobs" / job["id"]
+    assert outputs["files"][0]["sha256"] == hashlib.sha256(
+        (folder / "model.txt").read_bytes()).hexdigest()
+    assert outputs["manifest_hash"] == manifest(folder).hash == ended["output_hash"]
+    assert outputs["recorded_hash"] == ended["output_hash"]
+
+    traces = traces_of(jobsite, job["id"])
+    traces = {k: v for k, v in traces.items() if k.startswith("JOB_")}
+    assert set(traces) == {"JOB_SUBMITTED", "JOB_STARTED", "JOB_FINISHED"}
+    data = [{"id": jobsite["dataset"]["id"], "hash": jobsite["dataset"]["content_hash"]}]
+    for trace in traces.values():
+        assert trace["datasets"] == data and trace["actor"] in ("res-1", "service:portal")
+    assert traces["JOB_SUBMITTED"]["details"]["command"] == python(WRITE_OUTPUTS)
+    finished = traces["JOB_FINISHED"]["details"]
+    assert finished["exit_status"] == 0 and finished["output_hash"] == manifest(folder).hash
+    assert open_grants(jobsite) == []  # the job's grant ended with it
+
+
+def test_a_repeated_idempotency_key_answers_the_first_job(jobsite, token) -> None:
+    client = jobsite["portal"].test_client()
+    alice = as_user(token, "res-1")
+    body = {"command": ["true"], "idempotency_key": "run-42"}
+    first = client.post("/api/v1/jobs", headers=alice, json=body)
+    again = client.post("/api/v1/jobs", headers=alice, json=body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.get_json()["id"] == again.get_json()["id"]
+    other = client.post("/api/v1/jobs", headers=as_user(token, "res-2"), json=body)
+    assert other.status_code == 201 and other.get_json()["id"] != first.get_json()["id"]
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ({"flavor": "no-such"}, 422, "flavor_unknown"),
+    ({"flavor": "stewards-only"}, 403, "flavor_not_allowed"),
+    ({}, 409, "quota_jobs"),
+    ({"flavor": "small-gpu"}, 422, "exceeds_host"),
+    ({"time_limit_minutes": 10000}, 422, "time_limit_too_long"),
+    ({"after": ["jnosuchjob0000000"]}, 422, "dependency_unknown"),
+    ({"application": "desktop"}, 422, "application_unavailable"),
+    ({"image": "evil/miner:latest"}, 422, "image_not_allowed"),
+    ({"datasets": ["draft"]}, 403, None),
+    ({"command": []}, 422, "validation_error"),
+    ({"environment": {"1BAD": "x"}}, 422, "validation_error"),
+], ids=["unknown flavor", "flavor not allowed", "quota exhausted", "GPU on a host without",
+        "time limit beyond the flavor", "unknown dependency", "not a batch application",
+        "image not in the catalogue", "dataset not granted", "no command", "bad variable"])
+def test_refusals_queue_nothing_grant_nothing_trace_nothing(
+        jobsite, token, steward, body, status, code) -> None:
+    client = jobsite["portal"].test_client()
+    with jobsite["portal"].extensions["vre.db"].session() as session:
+        create_flavor(session, FlavorIn(name="stewards-only", cpus=1, memory_mib=256,
+                                        max_runtime_minutes=10, allowed_roles=["steward"]))
+        if code == "quota_jobs":
+            create_quota(session, QuotaIn(scope="user", subject="res-1", max_jobs=0))
+    if body.get("datasets") == ["draft"]:
+        body = {"datasets": [create(jobsite["datasets"], steward)["id"]]}
+    before = (count_jobs(jobsite), len(open_grants(jobsite)), count_traces(jobsite))
+    answer = client.post("/api/v1/jobs", headers=as_user(token, "res-1"),
+                         json={"command": ["true"], **body})
+    assert answer.status_code == status, answer.get_json()
+    if code:
+        assert answer.get_json()["error"]["code"] == code
+    assert (count_jobs(jobsite), len(open_grants(jobsite)), count_traces(jobsite)) \
+        == before
+
+
+def test_a_job_sees_the_gpus_it_was_given(jobsite, token) -> None:
+    """No GPU on these machines: a declared inventory stands in for one, and each job checks
+    CUDA_VISIBLE_DEVICES names the device it was given and no other."""
+    declared = jobsite["config"].model_copy(update={"gpu_devices": ["0", "1"]})
+    jobsite["portal"].extensions["vre.config"] = declared
+    agent = jobsite["agent"]
+    agent.backend, agent.config = LocalBackend(declared), declared
+    with jobsite["portal"].extensions["vre.db"].session() as session:
+        create_flavor(session, FlavorIn(name="tiny-gpu", cpus=0.5, memory_mib=256, gpus=1,
+                                        max_runtime_minutes=10))
+    client = jobsite["portal"].test_client()
+    alice = as_user(token, "res-1")
+    ids = []
+    for _ in range(2):
+        job = client.post("/api/v1/jobs", headers=alice, json={
+            "flavor": "tiny-gpu", "command": python(
+                "import os; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'])")})
+        assert job.status_code == 201, job.get_json()
+        ids.append(job.get_json()["id"])
+    seen = []
+    for job_id in ids:
+        ended = wait_final(client, alice, job_id)
+        assert ended["state"] == "succeeded", ended
+        text = client.get(f"/api/v1/jobs/{job_id}/logs", headers=alice).get_data(as_text=True)
+        seen.append((ended["gpus"], text.strip()))
+    assert sorted(seen) == [(["0"], "gpus 0"), (["1"], "gpus 1")]
+    started = traces_of(jobsite, ids[0], 2)["JOB_STARTED"]["details"]
+    assert started["gpus"] in (["0"], ["1"])
