@@ -1,15 +1,18 @@
 """The catalogue API: flavors and applications for everyone signed in (what `vre-job` and the
-desktop launcher offer), and their administration and the quotas for administrators."""
+desktop launcher offer), each caller's own quota and what is left of it, and the
+administration of catalogues and quotas for administrators."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Literal
 
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
 
 from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailable
-from portal import catalogues
+from portal import catalogues, desktops
 from portal.catalogues import (
     ApplicationIn,
     ApplicationOut,
@@ -22,8 +25,9 @@ from portal.catalogues import (
     QuotaPatch,
 )
 from portal.models import Flavor
-from portal.quotas import HostCapacity, Requester, flavor_decision
+from portal.quotas import Account, HostCapacity, Kind, Requester, decide, flavor_decision, left_of
 from vre.api import current_principal, endpoint
+from vre.db import utcnow
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.service_auth import StaticToken
 from vre.tokens import WORKLOAD_SCOPE, Principal, bearer_token
@@ -48,6 +52,9 @@ def _is_admin(principal: Principal) -> bool:
 
 class FlavorQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    kind: Kind = Field("job", description=(
+        "What the caller means to start: a person's flavors are marked with the whole "
+        "decision for it, their quota included."))
     project: list[str] = Field(default_factory=list, description=(
         "Projects the workload is for (repeatable); the caller must be a member of each. "
         "Flavors reserved for a project are listed only when it is named."))
@@ -80,10 +87,21 @@ def _member_projects(principal: Principal, projects: list[str]) -> frozenset[str
     return frozenset(projects)
 
 
-def _flavor_view(row: Flavor, principal: Principal, who: Requester,
-                 host: HostCapacity) -> FlavorOut | None:
-    """A flavor as this caller sees it: hidden when not theirs, marked when not usable."""
-    decision = flavor_decision(catalogues.spec_of(row), who, host)
+def _account(session: Session, principal: Principal) -> Account | None:
+    """A person's quota account (a desktop's token counts against its owner); none for a
+    service, which starts nothing of its own."""
+    if principal.is_service:
+        return None
+    return desktops.user_account(session, principal.subject, utcnow())
+
+
+def _flavor_view(row: Flavor, principal: Principal, who: Requester, host: HostCapacity,
+                 kind: Kind, account: Account | None) -> FlavorOut | None:
+    """A flavor as this caller sees it: hidden when not theirs, marked when not usable (for a
+    person, by the same decision a start gets: flavor, allowed, quota, host)."""
+    spec = catalogues.spec_of(row)
+    decision = flavor_decision(spec, who, host) if account is None else \
+        decide(kind, spec, who, [account], host)
     hidden = decision.code in ("flavor_disabled", "flavor_not_allowed")
     if hidden and not _is_admin(principal):
         return None
@@ -100,7 +118,9 @@ def list_flavors(query: FlavorQuery) -> list[FlavorOut]:
     who = Requester.of(principal.roles, _member_projects(principal, query.project))
     host = catalogues.host_capacity(config_of())
     with db_of().session() as session:
-        views = (_flavor_view(row, principal, who, host) for row in catalogues.flavors(session))
+        account = _account(session, principal)
+        views = (_flavor_view(row, principal, who, host, query.kind, account)
+                 for row in catalogues.flavors(session))
         return [view for view in views if view is not None]
 
 
@@ -112,7 +132,8 @@ def get_flavor(name: str, query: FlavorQuery) -> FlavorOut:
     who = Requester.of(principal.roles, _member_projects(principal, query.project))
     with db_of().session() as session:
         view = _flavor_view(catalogues.flavor(session, name), principal, who,
-                            catalogues.host_capacity(config_of()))
+                            catalogues.host_capacity(config_of()), query.kind,
+                            _account(session, principal))
     if view is None:
         raise NotFound(f"there is no flavor {name!r}", field="name")
     return view
@@ -185,6 +206,42 @@ def update_application(app_id: str, body: ApplicationPatch) -> ApplicationOut:
 
 
 # -- quotas -------------------------------------------------------------------------------
+
+class QuotaLimits(BaseModel):
+    max_desktops: int | None = Field(description="Running desktops.")
+    max_jobs: int | None = Field(description="Queued and running jobs together.")
+    max_gpus: int | None = Field(description="GPUs in use.")
+    cpu_hours_per_month: float | None
+    gpu_hours_per_month: float | None
+
+
+class QuotaUsage(BaseModel):
+    desktops: int = Field(description="Desktops running now.")
+    jobs: int = Field(description="Jobs queued or running now.")
+    gpus: int = Field(description="GPUs in use now.")
+    cpu_hours: float = Field(description="CPU-hours used this month.")
+    gpu_hours: float = Field(description="GPU-hours used this month.")
+
+
+class QuotaStatus(BaseModel):
+    """The caller's quota, what they use, and what is left (null: no limit)."""
+
+    limits: QuotaLimits
+    usage: QuotaUsage
+    left: QuotaLimits
+
+
+@bp.get("/quota")
+@endpoint("The caller's own quota, usage and what is left of it (a desktop's token: its "
+          "owner's)", response=QuotaStatus, tags=["quotas"], scopes=[WORKLOAD_SCOPE])
+def my_quota() -> QuotaStatus:
+    principal = _principal()
+    with db_of().session() as session:
+        account = desktops.user_account(session, principal.subject, utcnow())
+    return QuotaStatus(limits=QuotaLimits(**asdict(account.limits)),
+                       usage=QuotaUsage(**asdict(account.usage)),
+                       left=QuotaLimits(**asdict(left_of(account.limits, account.usage))))
+
 
 class QuotaQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -77,7 +77,8 @@ class FlavorPatch(BaseModel):
 class FlavorOut(FlavorIn):
     created_at: datetime
     updated_at: datetime
-    usable: bool = Field(True, description="Whether the caller may start it on this host.")
+    usable: bool = Field(True, description=(
+        "Whether the caller may start one now: the flavor's policy, their quota, this host."))
     refusal: str | None = Field(None, description="Why not: a stable refusal code.")
     reason: str | None = Field(None, description="Why not, in words.")
 

@@ -92,6 +92,14 @@ def usage_of(session: Session, owner_id: str, now: datetime) -> Usage:
                  gpu_hours=gpu_hours)
 
 
+def user_account(session: Session, subject: str, now: datetime) -> Account:
+    """The user's quota (their own, else the default) with what they use now and this month:
+    the account every start, every flavor listing and the quota route count against."""
+    quota = catalogues.effective_quota(session, "user", subject)
+    return Account("user", subject, catalogues.limits_of(quota),
+                   usage_of(session, subject, now))
+
+
 def _aware(value: datetime) -> datetime:
     from datetime import UTC
 
@@ -111,9 +119,7 @@ def decide_start(session: Session, principal: Principal, ask: DesktopRequest,
                        status=422, field="application")
     row = session.get(Flavor, ask.flavor)
     spec = catalogues.spec_of(row) if row is not None else None
-    quota = catalogues.effective_quota(session, "user", principal.subject)
-    account = Account("user", principal.subject, catalogues.limits_of(quota),
-                      usage_of(session, principal.subject, now))
+    account = user_account(session, principal.subject, now)
     decide("desktop", spec, Requester.of(principal.roles, ask.projects), [account], host,
            flavor_name=ask.flavor).raise_if_refused()
     assert row is not None
@@ -124,9 +130,7 @@ def flavor_choices(session: Session, principal: Principal, host: HostCapacity,
                    now: datetime) -> list[tuple[Flavor, Decision]]:
     """The flavors a person may use, each with whether a desktop of it may start now (the
     same decision as `decide_start`); flavors disabled or reserved for others are left out."""
-    quota = catalogues.effective_quota(session, "user", principal.subject)
-    account = Account("user", principal.subject, catalogues.limits_of(quota),
-                      usage_of(session, principal.subject, now))
+    account = user_account(session, principal.subject, now)
     who = Requester.of(principal.roles)
     choices = []
     for row in catalogues.flavors(session):

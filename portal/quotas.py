@@ -144,6 +144,18 @@ class Decision:
 ALLOWED = Decision()
 
 
+def left_of(limits: Limits, usage: Usage) -> Limits:
+    """What is left of each limit (never below 0); None where there is no limit."""
+    def left(limit: float | None, used: float) -> float | None:
+        return None if limit is None else max(limit - used, 0)
+
+    return Limits(max_desktops=left(limits.max_desktops, usage.desktops),
+                  max_jobs=left(limits.max_jobs, usage.jobs),
+                  max_gpus=left(limits.max_gpus, usage.gpus),
+                  cpu_hours_per_month=left(limits.cpu_hours_per_month, usage.cpu_hours),
+                  gpu_hours_per_month=left(limits.gpu_hours_per_month, usage.gpu_hours))
+
+
 def may_use(flavor: FlavorSpec, who: Requester) -> bool:
     """The flavor's policy: one of its roles (if it names any) and one of its projects (if any)."""
     roles_ok = not flavor.allowed_roles or bool(flavor.allowed_roles & who.roles)

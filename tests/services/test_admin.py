@@ -93,6 +93,7 @@ API_ROUTES = [
      (401, 403, 403, 201)),
     ("PATCH", "/api/v1/applications/<app_id>", "/api/v1/applications/desktop",
      {"description": "A desktop"}, (401, 403, 403, 200)),
+    ("GET", "/api/v1/quota", "/api/v1/quota", None, (401, 200, 200, 200)),
     ("GET", "/api/v1/quotas", "/api/v1/quotas", None, (401, 200, 200, 200)),
     ("POST", "/api/v1/quotas", "/api/v1/quotas", QUOTA, (401, 403, 403, 201)),
     ("GET", "/api/v1/quotas/<quota_id>", "/api/v1/quotas/{quota}", None,

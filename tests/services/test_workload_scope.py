@@ -17,8 +17,9 @@ from vre.api import PUBLIC, Operation
 from vre.tokens import WORKLOAD_SCOPE, WORKLOAD_SCOPES
 
 SERVICES = ("portal", "dataset_service", "tracer")
-# What code inside a desktop may reach: who it is, the catalogues `vre-job` reads, its own
-# desktop, and the jobs it submits. Anything added here is a deliberate widening of what a
+# What code inside a desktop may reach: who it is, the catalogues `vre-job` reads, its
+# owner's quota, its own desktop, and the jobs it submits. Anything added here is a
+# deliberate widening of what a
 # sandbox can do.
 WORKLOAD_ROUTES = {
     ("portal", "POST", "/api/v1/jobs"),
@@ -32,6 +33,7 @@ WORKLOAD_ROUTES = {
     ("portal", "GET", "/api/v1/flavors/<name>"),
     ("portal", "GET", "/api/v1/applications"),
     ("portal", "GET", "/api/v1/applications/<app_id>"),
+    ("portal", "GET", "/api/v1/quota"),
     ("portal", "GET", "/api/v1/desktops/<desktop_id>"),
 }
 
