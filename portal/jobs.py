@@ -37,9 +37,9 @@ from portal.compute.jobs import (
     wall_seconds,
 )
 from portal.compute.sandbox import HOME
-from portal.desktops import _agent_error, agent, end_grant, usage_of
+from portal.desktops import _agent_error, agent, end_grant
 from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Flavor, Workload
-from portal.quotas import Account, HostCapacity, Requester, decide
+from portal.quotas import HostCapacity, Requester, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.outbox import Outbox
 from vre.tokens import Principal
@@ -115,11 +115,6 @@ def _dependencies(session: Session, owner: str, after: tuple[str, ...]) -> list[
     return wanted
 
 
-def _account(session: Session, owner: str, now: datetime) -> Account:
-    quota = catalogues.effective_quota(session, "user", owner)
-    return Account("user", owner, catalogues.limits_of(quota), usage_of(session, owner, now))
-
-
 def _existing(session: Session, owner: str, key: str | None) -> Workload | None:
     if key is None:
         return None
@@ -144,7 +139,7 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
     row = session.get(Flavor, ask.flavor)
     spec = catalogues.spec_of(row) if row is not None else None
     decide("job", spec, Requester.of(principal.roles, ask.projects),
-           [_account(session, owner, now)], host, flavor_name=ask.flavor).raise_if_refused()
+           [user_account(session, owner, now)], host, flavor_name=ask.flavor).raise_if_refused()
     assert row is not None
     limit = round((ask.time_limit_minutes or row.max_runtime_minutes) * 60)
     if limit > row.max_runtime_minutes * 60:

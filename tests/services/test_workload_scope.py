@@ -19,8 +19,7 @@ from vre.tokens import WORKLOAD_SCOPE, WORKLOAD_SCOPES
 SERVICES = ("portal", "dataset_service", "tracer")
 # What code inside a desktop may reach: who it is, the catalogues `vre-job` reads, its
 # owner's quota, its own desktop, and the jobs it submits. Anything added here is a
-# deliberate widening of what a
-# sandbox can do.
+# deliberate widening of what a sandbox can do.
 WORKLOAD_ROUTES = {
     ("portal", "POST", "/api/v1/jobs"),
     ("portal", "GET", "/api/v1/jobs"),
