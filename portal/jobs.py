@@ -37,7 +37,7 @@ from portal.compute.jobs import (
     wall_seconds,
 )
 from portal.compute.sandbox import HOME
-from portal.desktops import _agent_error, agent, end_grant
+from portal.desktops import _agent_error, agent, end_grant, user_account
 from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Flavor, Workload
 from portal.quotas import HostCapacity, Requester, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
