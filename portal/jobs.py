@@ -28,6 +28,7 @@ from portal.compute import (
     WorkloadSpec,
     job_outputs_inside,
     lifecycle,
+    sandbox,
     spec_to_json,
 )
 from portal.compute.jobs import (
@@ -146,6 +147,11 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
         raise ApiError(f"flavor {row.name!r} runs a job at most {row.max_runtime_minutes} "
                        "minutes", code="time_limit_too_long", status=422,
                        field="time_limit_minutes")
+    try:
+        sandbox.check_environment(ask.environment)
+    except ValueError as exc:
+        raise ApiError(str(exc), code="bad_environment", status=422,
+                       field="environment") from None
     datasets = _datasets(parent, ask)
     after = _dependencies(session, owner, ask.after)
     workload_id = "j" + uuid.uuid4().hex[:16]

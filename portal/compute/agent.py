@@ -55,7 +55,8 @@ from vre.service_auth import TokenSource
 from vre.tokens import TokenIssuer
 
 log = logging.getLogger("vre.compute.agent")
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.25
+QUEUE_SECONDS = 1.0
 ExitHook = Callable[[Workload], None]
 TokenMinter = Callable[[Workload], str]
 # Fair share forgets: usage counts half after this long (Slurm's PriorityDecayHalfLife).
@@ -315,17 +316,26 @@ class Agent:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Poll until asked to stop; an error in one round is logged, never fatal."""
+        planned_at = 0.0
         while not stop.is_set():
-            self.wake.wait(POLL_SECONDS)
+            woken = self.wake.wait(POLL_SECONDS)
             self.wake.clear()
             if stop.is_set():
                 return
-            for work in (self.tick, self.keep_deadlines, self._watch_now_and_then,
-                         self.dispatch):
+            ended: list[str] = []
+            for work in (self.tick, self.keep_deadlines, self._watch_now_and_then):
                 try:
-                    work()
+                    found = work()
+                    ended = found if work == self.tick and found else ended
                 except Exception:  # the agent outlives one bad round
                     log.exception("watching workloads failed (%s)", work.__name__)
+            # The queue is planned when a job arrived or ended, and at least every second.
+            if woken or ended or time.monotonic() - planned_at >= QUEUE_SECONDS:
+                planned_at = time.monotonic()
+                try:
+                    self.dispatch()
+                except Exception:
+                    log.exception("planning the job queue failed")
 
     # -- the queue of jobs -----------------------------------------------------------------
     def dispatch(self, now: datetime | None = None) -> list[str]:
@@ -391,7 +401,8 @@ class Agent:
                      Workload.ended_at >= horizon))]
         wanted = {d for r in waiting_rows for d in (r.depends_on or [])}
         finished = dict(session.execute(sa.select(Workload.id, Workload.state).where(
-            Workload.id.in_(wanted), Workload.state.in_(JOB_FINAL_STATES)))) if wanted else {}
+            Workload.id.in_(wanted), Workload.state.in_(JOB_FINAL_STATES))).tuples().all()) \
+            if wanted else {}
         waiting = [queue.Waiting(r.id, r.owner_id, job_records.aware(r.created_at), _ask(r),
                                  r.time_limit_seconds or 3600, tuple(r.depends_on or ()))
                    for r in waiting_rows]

@@ -39,7 +39,8 @@ DISPLAY = ":1"
 # What of the host's /etc a desktop needs to draw and a program needs to start; no secrets.
 ETC_ENTRIES = ("alternatives", "fonts", "X11", "xdg", "ld.so.cache", "ld.so.conf",
                "ld.so.conf.d", "localtime", "mime.types", "nsswitch.conf", "terminfo",
-               "openbox", "ssl/openssl.cnf", "matplotlibrc", "debian_version")
+               "openbox", "ssl/openssl.cnf", "matplotlibrc", "debian_version",
+               "java-17-openjdk", "java-21-openjdk")
 
 _FOLDER_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")

@@ -185,9 +185,11 @@ def test_a_repeated_idempotency_key_answers_the_first_job(jobsite, token) -> Non
     ({"datasets": ["draft"]}, 403, None),
     ({"command": []}, 422, "validation_error"),
     ({"environment": {"1BAD": "x"}}, 422, "validation_error"),
+    ({"environment": {"VRE_TOKEN": "x"}}, 422, "bad_environment"),
 ], ids=["unknown flavor", "flavor not allowed", "quota exhausted", "GPU on a host without",
         "time limit beyond the flavor", "unknown dependency", "not a batch application",
-        "image not in the catalogue", "dataset not granted", "no command", "bad variable"])
+        "image not in the catalogue", "dataset not granted", "no command", "bad variable",
+        "platform variable"])
 def test_refusals_queue_nothing_grant_nothing_trace_nothing(
         jobsite, token, steward, body, status, code) -> None:
     client = jobsite["portal"].test_client()
