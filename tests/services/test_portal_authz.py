@@ -58,15 +58,20 @@ PAGES: list[tuple[str, dict[str, int]]] = [
     ("/desktops/new", row(SIGN_IN, 200, 200, 200, 200)),
     ("/desktops/no-such-desktop", row(SIGN_IN, 404, 404, 404, 404)),
     ("/desktops/no-such-desktop/state", row(SIGN_IN, 404, 404, 404, 404)),
+    # jobs: one's own, and any for an administrator (test_portal_job_pages has jobs to see)
+    ("/jobs", row(SIGN_IN, 200, 200, 200, 200)),
+    ("/jobs/no-such-job", row(SIGN_IN, 404, 404, 404, 404)),
+    ("/jobs/no-such-job/log", row(SIGN_IN, 404, 404, 404, 404)),
 ]
 # Routes answered by other tests: sign-in and its callback (test_portal_identity,
 # test_portal_oidc), admin pages (test_admin), the JSON API below, a desktop's actions and
-# noVNC's files (test_portal_desktop_pages).
+# noVNC's files (test_portal_desktop_pages), cancelling a job (test_portal_job_pages).
 COVERED_ELSEWHERE = {"/signin/callback", "/signout", "/datasets/<dataset_id>/<action>",
                      "/datasets/<dataset_id>/access", "/datasets/<dataset_id>/edit",
                      "/datasets/<dataset_id>/request-access", "/requests/<request_id>/decide",
                      "/desktops/<desktop_id>/ticket", "/desktops/<desktop_id>/extend",
-                     "/desktops/<desktop_id>/stop", "/novnc/<path:filename>"}
+                     "/desktops/<desktop_id>/stop", "/novnc/<path:filename>",
+                     "/jobs/<job_id>/cancel"}
 
 
 @pytest.fixture
@@ -85,13 +90,15 @@ def _pattern(path: str) -> str:
     for name in ("D", "R", "P"):
         path = path.replace("{" + name + "}", "<dataset_id>")
     path = path.replace("/desktops/no-such-desktop", "/desktops/<desktop_id>")
+    path = path.replace("/jobs/no-such-job", "/jobs/<job_id>")
     return path.replace("/datacite", "/<fmt>").replace("/dcat-ttl", "/<fmt>")
 
 
 def test_every_page_is_in_the_table(site: dict[str, Any]) -> None:
     app: Flask = site["portal"]
     pages = {rule.rule for rule in app.url_map.iter_rules()
-             if rule.endpoint.split(".")[0] in ("pages", "catalogue", "datasets", "desktops")}
+             if rule.endpoint.split(".")[0] in ("pages", "catalogue", "datasets", "desktops",
+                                                   "jobs")}
     tabled = {_pattern(path) for path, _ in PAGES} - {"/datasets/no-such-dataset"}
     assert pages - COVERED_ELSEWHERE == tabled
 
