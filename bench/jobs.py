@@ -39,7 +39,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -377,7 +376,7 @@ def run_figures(platform: Platform, args: argparse.Namespace, vre_job: list[str]
     deadline = time.monotonic() + 60
     while True:
         listed = platform.call(queuer, "GET", "/api/v1/jobs?state=active")["jobs"]
-        if listed and all(j["queue"] for j in listed) or time.monotonic() > deadline:
+        if (listed and all(j["queue"] for j in listed)) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     placed = sum(1 for j in listed if j["queue"])
