@@ -238,7 +238,10 @@ def job_logs(job_id: str, query: LogQuery) -> Response:
           response=JobOut, tags=["jobs"], scopes=SCOPES)
 def cancel_job(job_id: str) -> dict[str, Any]:
     with db_of().session() as session:
-        return jobs.cancel(session, _principal(), job_id, datasets_as_portal(), outbox_of())
+        cancelled = jobs.cancel(session, _principal(), job_id, datasets_as_portal(),
+                                outbox_of())
+    jobs.poke_agent()  # the queue moved on: plan again now
+    return cancelled
 
 
 @bp.get("/jobs/<job_id>/outputs")

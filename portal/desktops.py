@@ -63,20 +63,26 @@ def usage_of(session: Session, owner_id: str, now: datetime) -> Usage:
     since = month_start(now)
     desktops = jobs = gpus = 0
     cpu_hours = gpu_hours = 0.0
-    rows = session.scalars(sa.select(Workload).where(
+    # Waiting jobs are summed by the database: a researcher may have thousands queued.
+    for name, count, seconds in session.execute(
+            sa.select(Workload.flavor, sa.func.count(),
+                      sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
+            .where(Workload.owner_id == owner_id, Workload.state == "queued")
+            .group_by(Workload.flavor)):
+        # A waiting job counts against the jobs allowed, and reserves the most it may use of
+        # the month's budget, so jobs queued together never overrun it.
+        jobs += count
+        flavor = flavors.get(name)
+        if flavor:
+            cpu_hours += seconds / 3600 * flavor.cpus
+            gpu_hours += seconds / 3600 * flavor.gpus
+    rows = session.execute(sa.select(
+        Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
+        Workload.ended_at).where(
         Workload.owner_id == owner_id,
-        sa.or_(Workload.state.in_((*ACTIVE_STATES, "queued")), Workload.ended_at >= since)))
+        sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at >= since)))
     for row in rows:
         flavor = flavors.get(row.flavor)
-        if row.state == "queued":
-            # A waiting job counts against the jobs allowed, and reserves the most it may
-            # use of the month's budget, so jobs queued together never overrun it.
-            jobs += 1
-            if flavor:
-                hours = (row.time_limit_seconds or flavor.max_runtime_minutes * 60) / 3600
-                cpu_hours += hours * flavor.cpus
-                gpu_hours += hours * flavor.gpus
-            continue
         active = row.state in ACTIVE_STATES
         if active:
             desktops += row.kind == "desktop"

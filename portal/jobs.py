@@ -192,7 +192,7 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
             raise
         return job_out(earlier), False
     if outbox is not None:
-        outbox.record(session, trace)
+        outbox.record(session, trace, at_once=False)
     return job_out(job), True
 
 

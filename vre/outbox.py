@@ -38,6 +38,7 @@ Send = Callable[[list[dict[str, Any]], float], Sequence[dict[str, Any]]]
 MAX_RETRY_SECONDS = 60.0
 LEASE_MARGIN_SECONDS = 5.0
 _PENDING = "vre.outbox.pending"
+_LATER = "vre.outbox.later"
 
 
 def outbox_table(metadata: sa.MetaData) -> sa.Table:
@@ -90,10 +91,18 @@ class Outbox:
 
     # -- in the action's transaction ------------------------------------------------------
 
-    def record(self, session: Session, trace: dict[str, Any]) -> str:
+    def record(self, session: Session, trace: dict[str, Any], *, at_once: bool = True) -> str:
         """Write a trace in the session's transaction; returns its id. It is delivered once
-        that transaction commits, and never if it rolls back."""
+        that transaction commits, and never if it rolls back. With `at_once` False the
+        request does not wait for it: the deliverer sends it with others, in one batch (for
+        actions that come many a second, such as job submissions)."""
         trace_id = keep_trace(session, self.table, trace)
+        if not at_once:
+            if not session.info.get(_LATER):
+                session.info[_LATER] = True
+                after_commit(session, lambda: (session.info.pop(_LATER, None), self._kick()))
+                on_rollback(session, lambda: session.info.pop(_LATER, None))
+            return trace_id
         pending: list[str] | None = session.info.get(_PENDING)
         if pending is None:
             pending = session.info[_PENDING] = []

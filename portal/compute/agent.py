@@ -56,7 +56,8 @@ from vre.tokens import TokenIssuer
 
 log = logging.getLogger("vre.compute.agent")
 POLL_SECONDS = 0.25
-QUEUE_SECONDS = 1.0
+# The queue is planned when a job arrives or ends, and also this often (estimates age).
+QUEUE_SECONDS = 5.0
 ExitHook = Callable[[Workload], None]
 TokenMinter = Callable[[Workload], str]
 # Fair share forgets: usage counts half after this long (Slurm's PriorityDecayHalfLife).
@@ -174,17 +175,14 @@ def desktop_trace(row: Workload, action: str, actor: str) -> dict[str, Any]:
 
 
 def _ask(row: Workload) -> queue.Ask:
-    resources = row.spec.get("resources", {})
+    return _ask_of(row.spec)
+
+
+def _ask_of(spec: dict[str, Any]) -> queue.Ask:
+    resources = spec.get("resources", {})
     return queue.Ask(cpus=float(resources.get("cpus", 1)),
                      memory_mib=int(resources.get("memory_mib", 0)),
                      gpus=int(resources.get("gpus", 0)))
-
-
-def _cost(row: Workload) -> float:
-    """What a finished job used, for fair share: CPUs and GPUs (weighted) times its run."""
-    ask = _ask(row)
-    run = job_records.wall_seconds(row) or 0.0
-    return (ask.cpus + ask.gpus * queue.GPU_WEIGHT) * run
 
 
 class Agent:
@@ -204,8 +202,9 @@ class Agent:
         self._queue_lock = threading.Lock()
         self._watched_at = 0.0
         self.wake = threading.Event()
-        self._places: dict[str, dict[str, Any]] = {}
-        self._place_owners: dict[str, str] = {}
+        # The last round's places and their jobs' owners, swapped whole (readers never lock).
+        self._snapshot: tuple[dict[str, dict[str, Any]], dict[str, str]] = ({}, {})
+        self._asks: dict[str, queue.Ask] = {}
 
     def reattach(self) -> dict[str, list[str]]:
         """Adopt every workload the database calls active; fail the ones that vanished."""
@@ -329,7 +328,6 @@ class Agent:
                     ended = found if work == self.tick and found else ended
                 except Exception:  # the agent outlives one bad round
                     log.exception("watching workloads failed (%s)", work.__name__)
-            # The queue is planned when a job arrived or ended, and at least every second.
             if woken or ended or time.monotonic() - planned_at >= QUEUE_SECONDS:
                 planned_at = time.monotonic()
                 try:
@@ -345,7 +343,7 @@ class Agent:
         now = now or utcnow()
         with self._queue_lock:
             with self.db.session() as session:
-                plan = self._plan(session, now)
+                plan, owners = self._plan(session, now)
                 for cancel in plan.cancels:
                     job_records.cancel_queued(session, cancel.job_id, cancel.reason,
                                               PLATFORM_ACTOR, self.outbox, code=cancel.code)
@@ -357,7 +355,7 @@ class Agent:
                         .execution_options(synchronize_session=False))
                     if taken.rowcount == 1:
                         started.append(start.job_id)
-                self._keep_places(session, plan)
+                self._keep_places(plan, owners)
             for cancel in plan.cancels:
                 self._hook(cancel.job_id)
             for job_id in started:
@@ -365,11 +363,12 @@ class Agent:
         return started
 
     def places(self, owner: str | None = None) -> dict[str, dict[str, Any]]:
-        """Each waiting job's place as the last round planned it (of one owner, when given)."""
-        with self._queue_lock:
-            if owner is None:
-                return dict(self._places)
-            return {j: p for j, p in self._places.items() if self._place_owners.get(j) == owner}
+        """Each waiting job's place as the last round planned it (of one owner, when given).
+        Read from the round's snapshot, never waiting for a round under way."""
+        places, owners = self._snapshot
+        if owner is None:
+            return dict(places)
+        return {j: p for j, p in places.items() if owners.get(j) == owner}
 
     def cancel_queued(self, job_id: str, reason: str, code: str = "cancelled",
                       actor: str = PLATFORM_ACTOR) -> bool:
@@ -390,20 +389,29 @@ class Agent:
                           memory_mib=self.config.job_memory_mib or capacity.total_memory_mib,
                           gpu_ids=tuple(capacity.gpu_ids))
 
-    def _plan(self, session: Any, now: datetime) -> queue.Plan:
-        jobs = sa.select(Workload).where(Workload.kind == "job")
-        waiting_rows = list(session.scalars(jobs.where(Workload.state == "queued")))
-        running_rows = list(session.scalars(jobs.where(Workload.state.in_(ACTIVE_STATES))))
+    def _plan(self, session: Any, now: datetime) -> tuple[queue.Plan, dict[str, str]]:
+        """Plan a round from the records: only the columns the queue needs are read, and
+        each job's resources once (they never change), so a queue of thousands stays cheap."""
+        job = sa.and_(Workload.kind == "job")
+        waiting_rows = session.execute(sa.select(
+            Workload.id, Workload.owner_id, Workload.created_at, Workload.time_limit_seconds,
+            Workload.depends_on).where(job, Workload.state == "queued")).all()
+        running_rows = list(session.scalars(sa.select(Workload).where(
+            job, Workload.state.in_(ACTIVE_STATES))))
         horizon = now - 4 * FAIR_SHARE_HALF_LIFE
-        spent = [queue.Spent(r.owner_id, job_records.aware(r.ended_at), _cost(r))
-                 for r in session.scalars(jobs.where(
-                     Workload.state.in_(JOB_FINAL_STATES), Workload.started_at.is_not(None),
-                     Workload.ended_at >= horizon))]
+        spent_rows = session.execute(sa.select(
+            Workload.id, Workload.owner_id, Workload.started_at, Workload.ended_at).where(
+            job, Workload.state.in_(JOB_FINAL_STATES), Workload.started_at.is_not(None),
+            Workload.ended_at >= horizon)).all()
+        asks = self._asks_of(session, [r.id for r in waiting_rows] + [r.id for r in spent_rows])
+        spent = [queue.Spent(r.owner_id, job_records.aware(r.ended_at), queue.cost(
+            asks[r.id], (job_records.aware(r.ended_at) - job_records.aware(r.started_at))
+            .total_seconds())) for r in spent_rows]
         wanted = {d for r in waiting_rows for d in (r.depends_on or [])}
         finished = dict(session.execute(sa.select(Workload.id, Workload.state).where(
             Workload.id.in_(wanted), Workload.state.in_(JOB_FINAL_STATES))).tuples().all()) \
             if wanted else {}
-        waiting = [queue.Waiting(r.id, r.owner_id, job_records.aware(r.created_at), _ask(r),
+        waiting = [queue.Waiting(r.id, r.owner_id, job_records.aware(r.created_at), asks[r.id],
                                  r.time_limit_seconds or 3600, tuple(r.depends_on or ()))
                    for r in waiting_rows]
         running = [queue.Running(r.id, r.owner_id,
@@ -411,14 +419,25 @@ class Agent:
                                  r.time_limit_seconds or 3600, tuple(r.gpu_ids or ()))
                    for r in running_rows]
         usage = queue.decayed_usage(spent, running, now, FAIR_SHARE_HALF_LIFE)
-        self._place_owners = {r.id: r.owner_id for r in waiting_rows}
-        return queue.plan(waiting, running, self.pool(), usage, finished, now)
+        owners = {r.id: r.owner_id for r in waiting_rows}
+        return queue.plan(waiting, running, self.pool(), usage, finished, now), owners
 
-    def _keep_places(self, session: Any, plan: queue.Plan) -> None:
-        self._places = {p.job_id: {
+    def _asks_of(self, session: Any, ids: list[str]) -> dict[str, queue.Ask]:
+        """What each job asks, from its spec, read once per job and kept."""
+        missing = [i for i in ids if i not in self._asks]
+        for start in range(0, len(missing), 500):
+            for row in session.execute(sa.select(Workload.id, Workload.spec).where(
+                    Workload.id.in_(missing[start:start + 500]))):
+                self._asks[row.id] = _ask_of(row.spec)
+        kept = {i: self._asks[i] for i in ids if i in self._asks}
+        self._asks = kept if len(self._asks) > 4 * len(ids) + 1000 else self._asks
+        return kept
+
+    def _keep_places(self, plan: queue.Plan, owners: dict[str, str]) -> None:
+        self._snapshot = ({p.job_id: {
             "position": p.position, "reason": p.reason, "detail": p.detail,
             "estimated_start": p.estimated_start.isoformat() if p.estimated_start else None}
-            for p in plan.places}
+            for p in plan.places}, owners)
 
     def _start_job(self, job_id: str) -> None:
         """Start a job the queue gave its turn; a refusal ends it failed, with the reason."""

@@ -37,6 +37,9 @@ X11_FOLDER = "/tmp/.X11-unix"
 DISPLAY = ":1"
 
 # What of the host's /etc a desktop needs to draw and a program needs to start; no secrets.
+# The names sandboxes go by (--hostname), and the /etc files written for each sandbox.
+HOSTNAMES = ("vre-desktop", "vre-job", "vre-display")
+OWN_ETC = ("passwd", "group", "hosts")
 ETC_ENTRIES = ("alternatives", "fonts", "X11", "xdg", "ld.so.cache", "ld.so.conf",
                "ld.so.conf.d", "localtime", "mime.types", "nsswitch.conf", "terminfo",
                "openbox", "ssl/openssl.cnf", "matplotlibrc", "debian_version",
@@ -170,7 +173,7 @@ def bwrap_argv(plan: SandboxPlan, bwrap: str = "bwrap", direct: bool = False) ->
     for entry in plan.host_etc:
         argv += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
     etc = plan.etc_dir if direct else f"{STAGE}/etc"
-    for name in ("passwd", "group"):
+    for name in OWN_ETC:
         argv += ["--ro-bind", f"{etc}/{name}", f"/etc/{name}"]
     for index, bind in enumerate(binds_of(plan)):
         source = bind.source if direct else staged(plan, index)
@@ -240,8 +243,10 @@ def launch_script(plan: SandboxPlan, user: HostUser, bwrap: str = "bwrap",
 
 
 def passwd_files(user_name: str = USER_NAME) -> dict[str, str]:
-    """The /etc/passwd and /etc/group seen inside: the researcher and nobody else."""
+    """The /etc/passwd, /etc/group and /etc/hosts seen inside: the researcher and nobody
+    else; the sandbox's own names on loopback (Spark and Java look their host name up)."""
     return {"passwd": f"{user_name}:x:{INNER_UID}:{INNER_UID}:{user_name}:{HOME}:/bin/bash\n"
                       "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-            "group": f"{user_name}:x:{INNER_UID}:\nnogroup:x:65534:\n"}
+            "group": f"{user_name}:x:{INNER_UID}:\nnogroup:x:65534:\n",
+            "hosts": "127.0.0.1 localhost " + " ".join(HOSTNAMES) + "\n::1 localhost\n"}
 

@@ -164,7 +164,7 @@ def test_persistent_folder_is_the_owners_and_lasts(run: Run, sandbox_home: Path)
     assert seen["text"] == "weights"
     other = probe(run, "print(json.dumps({'files': os.listdir(os.path.expanduser("
                        "'~/persistent'))}))", owner="bob")
-    assert other["files"] == []
+    assert other["files"] == ["jobs"]  # its own job outputs folder; nothing of alice's
     assert (sandbox_home / "workspaces" / "alice" / "model.txt").read_text() == "weights"
 
 
