@@ -42,7 +42,8 @@ SYNC_SECONDS = 1.0
 API_PREFIX = "/api/v1/"
 # What a workload's request may carry on to the portal; nothing else of it passes.
 REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "If-None-Match")
-RESPONSE_HEADERS = ("Content-Type", "ETag", "Cache-Control", "X-Next-Offset", "Location")
+RESPONSE_HEADERS = ("Content-Type", "ETag", "Cache-Control", "X-Next-Offset", "X-Job-State",
+                    "X-Content-Type-Options", "Location")
 CHUNK = 1 << 16
 
 

@@ -53,7 +53,7 @@ def jobsite(site: dict[str, Any], platform, config,  # noqa: F811
             f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
         assert released.status_code == 200, released.get_json()
         yield {**site, "agent": agent, "dataset": released.get_json(),
-               "config": portal_config, "auditor": platform[1]}
+               "config": portal_config, "auditor": platform[1], "steward": steward}
 
 
 def as_user(token: Callable[..., str], user: str, *roles: str) -> dict[str, str]:
@@ -238,3 +238,176 @@ def test_a_job_sees_the_gpus_it_was_given(jobsite, token) -> None:
     assert sorted(seen) == [(["0"], "gpus 0"), (["1"], "gpus 1")]
     started = traces_of(jobsite, ids[0], 2)["JOB_STARTED"]["details"]
     assert started["gpus"] in (["0"], ["1"])
+
+
+def one_slot(jobsite: dict[str, Any]) -> None:
+    """The queue hands out one CPU: one job of the `one-cpu` flavor runs at a time."""
+    narrow = jobsite["config"].model_copy(update={"job_cpus": 1.0})
+    jobsite["agent"].config = narrow
+    with jobsite["portal"].extensions["vre.db"].session() as session:
+        create_flavor(session, FlavorIn(name="one-cpu", cpus=1, memory_mib=256,
+                                        max_runtime_minutes=10))
+
+
+def submit(client, headers: dict[str, str], command: list[str], **extra: Any) -> dict:
+    answer = client.post("/api/v1/jobs", headers=headers,
+                         json={"command": command, "flavor": "one-cpu", **extra})
+    assert answer.status_code == 201, answer.get_json()
+    return answer.get_json()
+
+
+def wait_state(client, headers: dict[str, str], job_id: str, state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
+        if job["state"] == state:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} is {job['state']}, never {state}")
+
+
+def test_cancel_while_queued_and_while_running_and_a_failed_dependency(jobsite, token) -> None:
+    one_slot(jobsite)
+    client = jobsite["portal"].test_client()
+    alice = as_user(token, "res-1")
+    running = submit(client, alice, ["sleep", "300"], datasets=[jobsite["dataset"]["id"]])
+    wait_state(client, alice, running["id"], "running")
+    waiting = submit(client, alice, ["true"], datasets=[jobsite["dataset"]["id"]])
+    place = wait_state(client, alice, waiting["id"], "queued")
+    deadline = time.monotonic() + 10
+    while place["queue"] is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        place = client.get(f"/api/v1/jobs/{waiting['id']}", headers=alice).get_json()
+    assert place["queue"]["position"] == 1 and place["queue"]["reason"] == "Resources", place
+    assert len(open_grants(jobsite)) == 2
+
+    cancelled = client.post(f"/api/v1/jobs/{waiting['id']}/cancel", headers=alice)
+    assert cancelled.status_code == 200 and cancelled.get_json()["state"] == "cancelled"
+    again = client.post(f"/api/v1/jobs/{waiting['id']}/cancel", headers=alice)
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "job_ended"
+    assert client.post(f"/api/v1/jobs/{running['id']}/cancel",
+                       headers=as_user(token, "res-2")).status_code == 404
+    stopped = client.post(f"/api/v1/jobs/{running['id']}/cancel", headers=alice)
+    assert stopped.status_code == 200, stopped.get_json()
+    ended = wait_final(client, alice, running["id"])
+    assert ended["state"] == "cancelled" and ended["started_at"], ended
+    assert open_grants(jobsite) == []
+    assert traces_of(jobsite, waiting["id"], 2).keys() == {"JOB_SUBMITTED", "JOB_CANCELLED"}
+    assert "JOB_CANCELLED" in traces_of(jobsite, running["id"], 3)
+
+    failing = submit(client, alice, ["false"])
+    after = submit(client, alice, ["true"], after=[failing["id"]])
+    assert wait_final(client, alice, failing["id"])["state"] == "failed"
+    doomed = wait_final(client, alice, after["id"])
+    assert doomed["state"] == "cancelled" and doomed["reason"] == "dependency_failed"
+    assert failing["id"] in doomed["stop_reason"]
+
+
+def test_time_and_memory_limits_end_a_job_and_say_so(jobsite, token) -> None:
+    client = jobsite["portal"].test_client()
+    alice = as_user(token, "res-1")
+    with jobsite["portal"].extensions["vre.db"].session() as session:
+        create_flavor(session, FlavorIn(name="small-memory", cpus=1, memory_mib=128,
+                                        max_runtime_minutes=10))
+    slow = client.post("/api/v1/jobs", headers=alice, json={
+        "command": ["sleep", "300"], "flavor": "small-memory", "time_limit_minutes": 0.1})
+    hungry = client.post("/api/v1/jobs", headers=alice, json={
+        "command": python("b = bytearray(600 * 2**20); b[::4096] = b'x' * len(b[::4096])"),
+        "flavor": "small-memory"})
+    assert slow.status_code == hungry.status_code == 201
+    timed_out = wait_final(client, alice, slow.get_json()["id"])
+    assert timed_out["state"] == "failed" and timed_out["reason"] == "time_limit", timed_out
+    assert 5 <= timed_out["wall_seconds"] < 30
+    if not jobsite["agent"].backend.limits:
+        pytest.skip("this host gives no cgroup limits: memory cannot be limited here")
+    killed = wait_final(client, alice, hungry.get_json()["id"])
+    assert killed["state"] == "failed" and killed["reason"] == "out_of_memory", killed
+    details = traces_of(jobsite, killed["id"])["JOB_FINISHED"]["details"]
+    assert details["reason"] == "out_of_memory" and details["memory_peak_bytes"] > 0
+
+
+def test_a_workload_token_submits_for_its_owner_and_nothing_else(jobsite, token) -> None:
+    """A running workload's token (as a desktop's: its owner, itself, its datasets) submits
+    jobs on its datasets; a forged pairing, a stopped workload and a revoked grant are
+    refused, and the token sees only its own workload's jobs."""
+    from portal.compute.agent import workload_tokens
+
+    agent, client = jobsite["agent"], jobsite["portal"].test_client()
+    alice = as_user(token, "res-1")
+    parent = client.post("/api/v1/jobs", headers=alice, json={
+        "command": ["sleep", "300"], "datasets": [jobsite["dataset"]["id"]]}).get_json()
+    wait_state(client, alice, parent["id"], "running")
+    mint = workload_tokens(jobsite["config"])
+    with jobsite["portal"].extensions["vre.db"].session() as session:
+        own = auth(mint(session.get(Workload, parent["id"])))
+        forged_row = session.get(Workload, parent["id"])
+        forged_row.owner_id = "res-2"
+        forged = auth(mint(forged_row))
+        session.rollback()
+
+    child = client.post("/api/v1/jobs", headers=own, json={"command": ["true"]})
+    assert child.status_code == 201, child.get_json()
+    assert child.get_json()["desktop_id"] == parent["id"]
+    assert [d["id"] for d in child.get_json()["datasets"]] == [jobsite["dataset"]["id"]]
+    listed = client.get("/api/v1/jobs?state=all", headers=own).get_json()["jobs"]
+    assert [j["id"] for j in listed] == [child.get_json()["id"]]
+    assert client.get(f"/api/v1/jobs/{parent['id']}/logs", headers=own).status_code == 200
+    other = submit_as(client, alice, ["true"])
+    assert client.get(f"/api/v1/jobs/{other}", headers=own).status_code == 404
+
+    refused = client.post("/api/v1/jobs", headers=forged, json={"command": ["true"]})
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] \
+        == "workload_unknown"
+    outside = client.post("/api/v1/jobs", headers=own,
+                          json={"command": ["true"], "datasets": ["elsewhere"]})
+    assert outside.get_json()["error"]["code"] == "dataset_not_in_workload"
+
+    # The dataset is invalidated while the workload runs: its next submission is refused.
+    invalidated = jobsite["datasets"].test_client().post(
+        f"/api/v1/datasets/{jobsite['dataset']['id']}/invalidate",
+        headers=jobsite["steward"], json={"reason": "consent withdrawn"})
+    assert invalidated.status_code == 200, invalidated.get_json()
+    before = count_jobs(jobsite)
+    late = client.post("/api/v1/jobs", headers=own, json={"command": ["true"]})
+    assert late.status_code in (403, 409) and count_jobs(jobsite) == before, late.get_json()
+
+    agent.stop(parent["id"], now=True)
+    gone = client.post("/api/v1/jobs", headers=own, json={"command": ["true"]})
+    assert gone.status_code == 401 and gone.get_json()["error"]["code"] == "token_revoked"
+
+
+def submit_as(client, headers: dict[str, str], command: list[str]) -> str:
+    answer = client.post("/api/v1/jobs", headers=headers, json={"command": command})
+    assert answer.status_code == 201, answer.get_json()
+    return answer.get_json()["id"]
+
+
+def test_two_users_alternate_and_positions_match_the_starts(jobsite, token) -> None:
+    one_slot(jobsite)
+    client = jobsite["portal"].test_client()
+    alice, bob = as_user(token, "res-1"), as_user(token, "res-2")
+    blocker = submit(client, alice, ["sleep", "300"])
+    wait_state(client, alice, blocker["id"], "running")
+    ids = {"res-1": [submit(client, alice, ["true"])["id"] for _ in range(20)],
+           "res-2": [submit(client, bob, ["true"])["id"] for _ in range(20)]}
+    owner_of = {j: who for who, jobs in ids.items() for j in jobs}
+    deadline = time.monotonic() + 20
+    while len(jobsite["agent"].places()) < 40:
+        assert time.monotonic() < deadline, "the queue never placed every job"
+        time.sleep(0.1)
+    places = jobsite["agent"].places()
+    predicted = sorted(places, key=lambda j: places[j]["position"])
+    mine = client.get("/api/v1/jobs", headers=bob).get_json()["jobs"]
+    assert [j["id"] for j in mine] == [j for j in predicted if owner_of[j] == "res-2"]
+    assert all(j["queue"]["reason"] in ("Resources", "Priority") for j in mine)
+
+    client.post(f"/api/v1/jobs/{blocker['id']}/cancel", headers=alice)
+    for job_id in predicted:
+        wait_final(client, as_user(token, owner_of[job_id]), job_id, timeout=120)
+    with jobsite["portal"].extensions["vre.db"].session() as session:
+        rows = session.scalars(sa.select(Workload).where(Workload.id.in_(list(owner_of))))
+        started = [r.id for r in sorted(rows, key=lambda r: r.started_at)]
+    assert started == predicted
+    owners = [owner_of[j] for j in started]
+    # res-1 used the machine (the blocker) before: res-2 goes first, then they alternate.
+    assert owners == ["res-2", "res-1"] * 20
