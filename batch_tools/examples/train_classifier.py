@@ -59,7 +59,7 @@ def train(dataset: SeriesDataset, *, epochs: int, batch_size: int, workers: int,
             loss = loss_fn(logits, labels)
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(labels)
+            total += loss.item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
         history.append({"epoch": epoch, "loss": total / seen, "accuracy": correct / seen,
