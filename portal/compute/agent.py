@@ -306,9 +306,16 @@ class Agent:
                     exited = self.backend.poll(row.id)
                 except ComputeError as exc:
                     exited = Exited(status=-1, reason=exc.reason)
-                if exited is not None:
-                    self._ended(row, exited)
-                    ended.append(row.id)
+                if exited is None:
+                    continue
+                try:  # one workload's end that cannot be recorded holds up no other's
+                    with session.begin_nested():
+                        self._ended(row, exited)
+                except Exception:
+                    log.exception("recording the end of %s failed; retried next round",
+                                  row.id)
+                    continue
+                ended.append(row.id)
         for workload_id in ended:
             self._hook(workload_id)
         return ended
@@ -400,16 +407,23 @@ class Agent:
             job, Workload.state.in_(ACTIVE_STATES))))
         horizon = now - 4 * FAIR_SHARE_HALF_LIFE
         spent_rows = session.execute(sa.select(
-            Workload.id, Workload.owner_id, Workload.started_at, Workload.ended_at).where(
+            Workload.id, Workload.owner_id, Workload.started_at,
+            Workload.time_limit_seconds).where(
             job, Workload.state.in_(JOB_FINAL_STATES), Workload.started_at.is_not(None),
-            Workload.ended_at >= horizon)).all()
+            Workload.started_at >= horizon)).all()
         asks = self._asks_of(session, [r.id for r in waiting_rows] + [r.id for r in spent_rows])
-        spent = [queue.Spent(r.owner_id, job_records.aware(r.ended_at), queue.cost(
-            asks[r.id], (job_records.aware(r.ended_at) - job_records.aware(r.started_at))
-            .total_seconds())) for r in spent_rows]
+        # Fair share counts what each started job reserved (its resources for its time
+        # limit, from its start), as Kueue's admission fair sharing counts admitted requests:
+        # the order the queue shows is then the order jobs start in, however long they run.
+        spent = [queue.Spent(r.owner_id, job_records.aware(r.started_at), queue.cost(
+            asks[r.id], r.time_limit_seconds or 3600)) for r in spent_rows]
+        spent += [queue.Spent(r.owner_id, job_records.aware(r.started_at or r.created_at),
+                              queue.cost(_ask(r), r.time_limit_seconds or 3600))
+                  for r in running_rows]
         wanted = {d for r in waiting_rows for d in (r.depends_on or [])}
-        finished = dict(session.execute(sa.select(Workload.id, Workload.state).where(
-            Workload.id.in_(wanted), Workload.state.in_(JOB_FINAL_STATES))).tuples().all()) \
+        finished = {job_id: state for job_id, state in session.execute(
+            sa.select(Workload.id, Workload.state).where(
+                Workload.id.in_(wanted), Workload.state.in_(JOB_FINAL_STATES)))} \
             if wanted else {}
         waiting = [queue.Waiting(r.id, r.owner_id, job_records.aware(r.created_at), asks[r.id],
                                  r.time_limit_seconds or 3600, tuple(r.depends_on or ()))
@@ -418,7 +432,7 @@ class Agent:
                                  job_records.aware(r.started_at or r.created_at), _ask(r),
                                  r.time_limit_seconds or 3600, tuple(r.gpu_ids or ()))
                    for r in running_rows]
-        usage = queue.decayed_usage(spent, running, now, FAIR_SHARE_HALF_LIFE)
+        usage = queue.decayed_usage(spent, (), now, FAIR_SHARE_HALF_LIFE)
         owners = {r.id: r.owner_id for r in waiting_rows}
         return queue.plan(waiting, running, self.pool(), usage, finished, now), owners
 
@@ -476,9 +490,18 @@ class Agent:
             row.output_hash = self.backend.outputs(row.id).hash
         except (ComputeError, OSError) as exc:
             log.warning("cannot read the outputs of job %s: %s", row.id, exc)
-        self._trace(object_session(row), job_records.ended_trace(
-            row, row.stopped_by if row.state == "cancelled" and row.stopped_by
-            else PLATFORM_ACTOR))
+        actor = row.stopped_by if row.state == "cancelled" and row.stopped_by \
+            else PLATFORM_ACTOR
+        try:
+            trace = job_records.ended_trace(row, actor)
+        except ValueError:
+            try:  # as for desktops: only an actor the tracer refuses gets here
+                trace = job_records.ended_trace(row, PLATFORM_ACTOR)
+            except ValueError as exc:  # a job its submission never traced: recorded only
+                log.error("the end of job %s cannot be traced: %s", row.id, exc,
+                          extra={"event": "trace_refused"})
+                return
+        self._trace(object_session(row), trace)
 
     # -- the lifecycle of desktops ---------------------------------------------------------
     def keep_deadlines(self, now: datetime | None = None) -> list[str]:
@@ -603,9 +626,9 @@ class Agent:
     def _ended(self, row: Workload, exited: Exited) -> None:
         stopped = row.state == "stopping" or exited.reason == "stopped"
         row.state = "stopped" if stopped or exited.status == 0 else "failed"
-        if row.kind == "job":
-            row.state = ("cancelled" if row.stop_reason == lifecycle.CANCELLED else
-                         "succeeded" if exited.status == 0 and not stopped else "failed")
+        if row.kind == "job":  # a job stopped by anyone is cancelled, with why it was
+            row.state = ("cancelled" if stopped else
+                         "succeeded" if exited.status == 0 else "failed")
         row.reason = exited.reason or ("" if exited.status == 0 else f"exit status {exited.status}")
         row.exit_status = exited.status
         row.cpu_seconds = exited.cpu_seconds

@@ -62,11 +62,12 @@ def test_start_show_logs_stop_through_the_socket(agent_parts: tuple) -> None:
     assert b"Chest-CT" in data and offset == len(data)
     assert client.logs(workload.workload_id, offset)[0] == b""
     stopped = client.stop(workload.workload_id)
-    assert stopped["state"] == "stopped" and stopped["reason"] == "stopped"
+    # A job stopped (by anyone) ends cancelled; why is in its stop reason.
+    assert stopped["state"] == "cancelled" and stopped["reason"] == "stopped"
     assert ended == [workload.workload_id]
     with db.session() as session:
         row = session.get(Workload, workload.workload_id)
-        assert row.state == "stopped" and row.ended_at is not None
+        assert row.state == "cancelled" and row.ended_at is not None
         assert "token" not in row.spec
 
 
@@ -74,7 +75,7 @@ def test_a_workload_that_ends_by_itself_is_recorded(agent_parts: tuple) -> None:
     _agent, client, _, ended, _served = agent_parts
     workload = spec(["sh", "-c", "exit 3"])
     client.start(workload, "no-gpu", [])
-    shown = wait_state(client, workload.workload_id, {"stopped", "failed"})
+    shown = wait_state(client, workload.workload_id, {"cancelled", "failed", "succeeded"})
     assert shown["state"] == "failed" and shown["exit_status"] == 3
     assert shown["reason"] == "exit status 3" and ended == [workload.workload_id]
 
@@ -115,7 +116,7 @@ def test_a_restarted_agent_adopts_the_running_and_fails_the_vanished(
     assert shown["state"] == "failed" and "vanished" in shown["reason"]
     assert again.show(alive.workload_id)["state"] == "running"
     again.stop(alive.workload_id, now=True)
-    assert again.show(alive.workload_id)["state"] == "stopped"
+    assert again.show(alive.workload_id)["state"] == "cancelled"
 
 
 def test_only_the_platform_account_may_open_the_agent(agent_parts: tuple, config: Config) -> None:
@@ -162,7 +163,7 @@ def test_the_lifecycle_calls_refuse_what_does_not_apply(agent_parts: tuple) -> N
     with pytest.raises(ComputeError):
         client.show(never.workload_id)
     stopped = client.stop(job.workload_id, reason="owner_revoked", actor="admin-1")
-    assert stopped["state"] == "stopped" and stopped["stop_reason"] == "owner_revoked"
+    assert stopped["state"] == "cancelled" and stopped["stop_reason"] == "owner_revoked"
 
 
 def test_a_tracer_outage_neither_blocks_nor_loses_a_desktops_traces(
