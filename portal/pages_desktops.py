@@ -69,14 +69,15 @@ def _own(principal: Principal, desktop_id: str) -> Workload:
         return row
 
 
-def _when(value: Any) -> datetime | None:
+def moment_of(value: Any) -> datetime | None:
+    """A stored or ISO moment as an aware datetime (UTC when it names no zone); None if empty."""
     if not value:
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     """A duration as people read it on a card: 45 s, 12 min, 3 h 20 min, 2 d."""
     seconds = max(0, int(seconds))
     if seconds < 60:
@@ -91,10 +92,10 @@ def _span(seconds: float) -> str:
 
 def card(desktop: dict[str, Any], now: datetime) -> dict[str, Any]:
     """A desktop as its card shows it: the record, its age, and the time left when known."""
-    created, expires = _when(desktop.get("created_at")), _when(desktop.get("expires_at"))
+    created, expires = moment_of(desktop.get("created_at")), moment_of(desktop.get("expires_at"))
     return {**desktop, "active": desktop.get("state") in ACTIVE_STATES,
-            "age": _span((now - created).total_seconds()) if created else "",
-            "time_left": _span((expires - now).total_seconds()) if expires else None}
+            "age": span((now - created).total_seconds()) if created else "",
+            "time_left": span((expires - now).total_seconds()) if expires else None}
 
 
 @bp.get("/desktops")

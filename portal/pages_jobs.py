@@ -22,7 +22,7 @@ from flask_login import login_required
 
 from portal import clients, jobs
 from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES
-from portal.pages_desktops import _span, _when, dataset_names, session_principal
+from portal.pages_desktops import dataset_names, moment_of, session_principal, span
 from tracer.chain import ChainError
 from tracer.client import TracerError
 from vre.errors import ApiError, NotFound
@@ -47,7 +47,7 @@ def row_of(job: dict[str, Any]) -> dict[str, Any]:
     and its run time as people read it."""
     run = job.get("wall_seconds")
     return {**job, "open": job["state"] in JOB_OPEN_STATES,
-            "run_time": _span(run) if run is not None else ""}
+            "run_time": span(run) if run is not None else ""}
 
 
 @bp.get("/jobs")
@@ -101,7 +101,7 @@ def job_traces(job: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any
     ledger or the chain cannot be read. The tracer is asked by the job's first dataset (every
     actor on it, an administrator who cancelled included) or, for a job without data, by its
     owner; the job's own are those naming it as their workload."""
-    since = _when(job["submitted_at"])
+    since = moment_of(job["submitted_at"])
     asked: dict[str, Any] = {"since": (since - TRACE_MARGIN).isoformat() if since else None}
     if job["datasets"]:
         asked["dataset"] = job["datasets"][0]["id"]
