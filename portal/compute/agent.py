@@ -322,25 +322,31 @@ class Agent:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Poll until asked to stop; an error in one round is logged, never fatal."""
-        planned_at = 0.0
+        planned_at, pace, due = 0.0, 0.0, True
         while not stop.is_set():
-            woken = self.wake.wait(POLL_SECONDS)
+            wait = POLL_SECONDS if not due else max(0.0, min(
+                POLL_SECONDS, planned_at + pace - time.monotonic()))
+            due = self.wake.wait(wait) or due
             self.wake.clear()
             if stop.is_set():
                 return
-            ended: list[str] = []
             for work in (self.tick, self.keep_deadlines, self._watch_now_and_then):
                 try:
                     found = work()
-                    ended = found if work == self.tick and found else ended
+                    due = due or bool(work == self.tick and found)
                 except Exception:  # the agent outlives one bad round
                     log.exception("watching workloads failed (%s)", work.__name__)
-            if woken or ended or time.monotonic() - planned_at >= QUEUE_SECONDS:
-                planned_at = time.monotonic()
+            # The queue is planned when a job arrived or ended, and every QUEUE_SECONDS; a
+            # burst of submissions is planned together, the rounds paced at twice what the
+            # last one took, so planning a long queue never takes more than a third of a core.
+            since = time.monotonic() - planned_at
+            if (due and since >= pace) or since >= QUEUE_SECONDS:
+                planned_at, due = time.monotonic(), False
                 try:
                     self.dispatch()
                 except Exception:
                     log.exception("planning the job queue failed")
+                pace = 2 * (time.monotonic() - planned_at)
 
     # -- the queue of jobs -----------------------------------------------------------------
     def dispatch(self, now: datetime | None = None) -> list[str]:
