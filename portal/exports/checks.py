@@ -690,8 +690,9 @@ _MAX_PREFIXES = 32
 
 @functools.lru_cache(maxsize=16)
 def _identifier_index(identifiers: frozenset[str]) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
-    """Identifiers as bytes and their distinct first four bytes (empty when too many)."""
-    encoded = frozenset(i.encode() for i in identifiers if i)
+    """Identifiers as bytes and their distinct first four bytes (empty when too many). Those
+    shaped like UIDs are left to the UID scan, which finds every one of them anyway."""
+    encoded = frozenset(i.encode() for i in identifiers if i and not _uid_shaped(i.encode()))
     prefixes = sorted({e[:4] for e in encoded})
     return encoded, tuple(prefixes) if len(prefixes) <= _MAX_PREFIXES else ()
 
@@ -736,13 +737,17 @@ def _uid_hits(data: Data) -> Iterator[tuple[int, str]]:
         while pos != -1:
             match = _UID.match(data, pos)
             end = match.end() if match else pos + 1
-            if match and _starts_word(data, pos):
-                value = match.group()
-                parts = value.split(b".")
-                if (parts[1] == b"2" and len(parts) >= 5) or \
-                        (parts[1] == b"25" and len(parts) == 3 and len(parts[2]) >= 10):
-                    yield pos, value.decode()
+            if match and _starts_word(data, pos) and _uid_shaped(match.group()):
+                yield pos, match.group().decode()
             pos = data.find(prefix, end)
+
+
+def _uid_shaped(value: bytes) -> bool:
+    if _UID.fullmatch(value) is None:
+        return False
+    parts = value.split(b".")
+    return (parts[1] == b"2" and len(parts) >= 5) or \
+        (parts[1] == b"25" and len(parts) == 3 and len(parts[2]) >= 10)
 
 
 def _place(data: Data, pos: int, text: bool) -> str:
@@ -777,8 +782,13 @@ def _text_scan(data: Data, known: Known, text: bool) -> Iterator[tuple[str, str]
                                "granted dataset (a UID, pseudonym or study id); remove it or "
                                "replace it with a code of your own")
     for pos, value in sorted(_uid_hits(data)):
-        if value not in reported and value not in known.identifiers:
-            reported.add(value)
+        if value in reported:
+            continue
+        reported.add(value)
+        if value in known.identifiers:
+            yield IDENTIFIER, (f"{_place(data, pos, text)}: contains {value}, a UID of a granted "
+                               "dataset; remove it or replace it with a code of your own")
+        else:
             yield UID_LIKE, (f"{_place(data, pos, text)}: contains {value}, shaped like a DICOM "
                              "UID; reviewers must check it does not name a study, series or "
                              "image")
@@ -805,7 +815,8 @@ def _text_findings(where: str, data: Data, known: Known, head: bytes,
     found: list[tuple[str, str]] = []
     if text and maybe_table and len(data) <= MAX_TABLE_BYTES:
         found.extend(_table_scan(where, data, head, known.threshold))
-    found.extend(_text_scan(data, known, text))
+    if text:  # binary formats are recognised by their magic above, or left to reviewers
+        found.extend(_text_scan(data, known, text))
     yield from _capped(found, where)
 
 
@@ -852,13 +863,19 @@ def _delimiter(head: bytes) -> str | None:
 
 
 def _might_hold_small(data: Data, delimiter: str, threshold: int) -> bool:
-    """Whether any cell could be an integer under the threshold: one regex pass over the
-    bytes, so tables of only large numbers and decimals are never parsed cell by cell."""
+    """Whether any cell could be an integer under the threshold, so tables of only large
+    numbers and decimals are never parsed cell by cell. Digits are read as "0", delimiters
+    and line ends as one separator, quotes and spaces dropped: a short integer cell is then
+    a short run of "0" between separators, which bytes.find finds at memory speed."""
     digits = max(1, len(str(max(threshold - 1, 0))))
-    d = re.escape(delimiter.encode())
-    pattern = re.compile(rb"(?:^|" + d + rb")[ \"]*\d{1,%d}[ \"]*(?=" % digits + d
-                         + rb"|\r?$)", re.MULTILINE)
-    return pattern.search(data) is not None
+    masked = b"\n" + bytes(data).translate(_masks(delimiter), b' "') + b"\n"
+    return any(masked.find(b"\n" + b"0" * length + b"\n") != -1
+               for length in range(1, digits + 1))
+
+
+@functools.cache
+def _masks(delimiter: str) -> bytes:
+    return bytes.maketrans(b"123456789\r" + delimiter.encode(), b"000000000\n\n")
 
 
 def _words(name: str) -> set[str]:
