@@ -17,7 +17,8 @@ What is refused: a copy of a repository file (by SHA-256), anything DICOM (with 
 its preamble and "DICM" magic), and arrays or volumes whose shape or byte size is a granted
 series' (NIfTI, NumPy, PyTorch). What is flagged: other images and arrays, small counts and
 zeros in tables (statistical disclosure control with SACRO's minimum cell count), known
-identifiers of the granted datasets, and anything shaped like a DICOM UID."""
+identifiers of the granted datasets, and anything shaped like a DICOM UID, in text (binary
+files other than the formats above are left to reviewers, who see every file)."""
 
 from __future__ import annotations
 
