@@ -163,6 +163,7 @@ class Mount(BaseModel):
     version: str
     content_hash: str
     tree: str = Field(description="the dataset's own tree, relative to the repository root")
+    project_id: str = Field("", description="the project whose stewards review what leaves")
     read_only: Literal[True] = True
 
 
@@ -560,7 +561,8 @@ def create_grant(body: GrantIn) -> GrantOut:
                                code="dataset_tree_missing", status=409)
             mounts.append(Mount(dataset_id=dataset.id, name=dataset.name,
                                 version=dataset.version, content_hash=dataset.content_hash,
-                                tree=repository.tree_name(dataset.id)))
+                                tree=repository.tree_name(dataset.id),
+                                project_id=dataset.project_id))
         grant = Grant(user_id=body.user_id, workload_id=body.workload_id,
                       purpose=body.purpose, dataset_ids=wanted, tool=body.tool,
                       image=body.image, flavor=body.flavor)

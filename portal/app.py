@@ -16,6 +16,7 @@ from portal import (
     api,
     api_admin,
     api_desktops,
+    api_exports,
     api_jobs,
     clients,
     fragments,
@@ -103,6 +104,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api_admin.bp)
     app.register_blueprint(api_desktops.bp)
     app.register_blueprint(api_jobs.bp)
+    app.register_blueprint(api_exports.bp)
     app.register_blueprint(pages_admin.bp)
     app.register_blueprint(pages_desktops.bp)
     app.register_blueprint(pages_jobs.bp)

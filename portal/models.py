@@ -288,3 +288,88 @@ class Workload(Base):
                             name="uq_workloads_owner_id_idempotency_key"),
         sa.Index("ix_workloads_kind_state", "kind", "state"),
     )
+
+
+EXPORT_STATES = ("draft", "submitted", "checking", "in_review", "changes_requested",
+                 "approved", "rejected", "released", "withdrawn")
+
+
+class ExportRequest(Base):
+    """Results a researcher asks to take out: what they are, why, the files pinned by
+    SHA-256 when it was submitted, the datasets they came from, and where review stands."""
+
+    __tablename__ = "export_requests"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    title: Mapped[str] = mapped_column(sa.String(200))
+    purpose: Mapped[str] = mapped_column(sa.Text, default="")
+    state: Mapped[str] = mapped_column(sa.String(24), index=True, default="draft")
+    project: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    reviewers_needed: Mapped[int] = mapped_column(sa.Integer, default=2)
+    datasets: Mapped[list[dict]] = mapped_column(sa.JSON, default=list)
+    jobs: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    workload_id: Mapped[str | None] = mapped_column(sa.String(64))
+    total_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        sa.CheckConstraint("state IN ('draft', 'submitted', 'checking', 'in_review', "
+                           "'changes_requested', 'approved', 'rejected', 'released', "
+                           "'withdrawn')", name="state"),
+    )
+
+
+class ExportFile(Base):
+    """One file of a request: its path in ~/persistent, its pinned size and SHA-256, what the
+    automatic checks found, and the decision once reviewed."""
+
+    __tablename__ = "export_files"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("export_requests.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(sa.String(1024))
+    size: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    sha256: Mapped[str] = mapped_column(sa.String(64), default="")
+    verdict: Mapped[str] = mapped_column(sa.String(8), default="pass")
+    findings: Mapped[list[dict]] = mapped_column(sa.JSON, default=list)
+    decision: Mapped[str | None] = mapped_column(sa.String(24))
+    job_id: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class ExportVote(Base):
+    """One reviewer's vote on one file, hidden from the other reviewers until theirs are in."""
+
+    __tablename__ = "export_votes"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    request_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("export_requests.id", ondelete="CASCADE"), index=True)
+    file_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("export_files.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[str] = mapped_column(sa.String(128))
+    vote: Mapped[str] = mapped_column(sa.String(16))
+    comment: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    __table_args__ = (sa.UniqueConstraint("file_id", "reviewer_id",
+                                          name="uq_export_votes_file_id_reviewer_id"),)
+
+
+class Notification(Base):
+    """A message for one person about something that changed (an export's state)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    user_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    text: Mapped[str] = mapped_column(sa.String(500))
+    link: Mapped[str] = mapped_column(sa.String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    read_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -33,8 +33,11 @@ class Action(StrEnum):
     JOB_FINISHED = "JOB_FINISHED"
     JOB_CANCELLED = "JOB_CANCELLED"
     EXPORT_REQUESTED = "EXPORT_REQUESTED"
+    EXPORT_REVIEWED = "EXPORT_REVIEWED"  # one reviewer's votes on a request's files
     EXPORT_APPROVED = "EXPORT_APPROVED"
     EXPORT_REJECTED = "EXPORT_REJECTED"
+    EXPORT_RELEASED = "EXPORT_RELEASED"
+    EXPORT_DOWNLOADED = "EXPORT_DOWNLOADED"
     USER_REVOKED = "USER_REVOKED"
     USER_RESTORED = "USER_RESTORED"
 
@@ -83,6 +86,10 @@ class Details(BaseModel):
     time_limit_seconds: int | None = Field(None, ge=0, le=10**8)
     gpus: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")]] | None = Field(
         None, max_length=64, description="the devices a job was given")
+    file_hashes: list[Annotated[str, Field(pattern=_HASH)]] | None = Field(
+        None, max_length=1000, description="the files an export request pinned, by content")
+    decision: str | None = Field(None, pattern=r"^[a-z_]{1,32}$",
+                                 description="a review's or an export's outcome")
     run_seconds: int | None = Field(None, ge=0, le=10**10)
     cpu_seconds: int | None = Field(None, ge=0, le=10**12)
     memory_peak_bytes: int | None = Field(None, ge=0, le=2**62)

@@ -229,6 +229,18 @@ class Config(BaseModel):
     host_memory_mib: int | None = Field(
         None, gt=0, description="Memory one desktop or job may get at most, in MiB; "
         "default: this machine's memory.")
+    export_reviewers: int = Field(
+        2, ge=1, le=5, description="Independent reviewers an export request needs (each "
+        "file's votes are hidden from the others until all are in).")
+    export_threshold: int = Field(
+        10, ge=1, le=1000, description="Smallest count a table in an export may show; "
+        "smaller counts and zeros are flagged for the reviewers.")
+    export_max_files: int = Field(100, ge=1, le=100_000, description="Files per export "
+                                  "request at most.")
+    export_max_bytes: int = Field(1 << 30, ge=1, description="Bytes per export request at "
+                                  "most, all files together.")
+    export_max_file_bytes: int = Field(512 << 20, ge=1, description="Bytes per exported "
+                                       "file at most.")
     job_cpus: float | None = Field(
         None, gt=0, description="CPUs the job queue hands out on one machine at once (jobs "
         "wait beyond it); default: this machine's cores. Desktops are not counted.")

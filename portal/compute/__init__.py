@@ -53,6 +53,7 @@ class DatasetMount:
     version: str
     content_hash: str
     tree: str
+    project_id: str = ""  # whose stewards review what leaves
 
 
 def dataset_folders(mounts: tuple[DatasetMount, ...] | list[DatasetMount]) -> list[str]:
@@ -177,6 +178,8 @@ class ComputeBackend(ABC):
       it away with None; a backend that cannot show one ignores it.
     - `outputs(workload_id)`: the manifest of a job's output folder (`~/persistent/jobs/<id>`
       inside), read without following anything the job left there.
+    - `pin(owner, path, dest, max_bytes)`: copy a file of the owner's `~/persistent` to
+      `dest` for an export request, following no link; its size and SHA-256.
     """
 
     def __init__(self, config: Config) -> None:
@@ -224,6 +227,10 @@ class ComputeBackend(ABC):
     @abstractmethod
     def outputs(self, workload_id: str) -> Manifest:
         """The manifest of a job's output folder."""
+
+    @abstractmethod
+    def pin(self, owner: str, path: str, dest: Path, max_bytes: int) -> tuple[int, str]:
+        """Copy a file of the owner's ~/persistent to `dest`; its size and SHA-256."""
 
 
 def spec_to_json(spec: WorkloadSpec) -> dict[str, Any]:

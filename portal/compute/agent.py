@@ -17,6 +17,8 @@ import argparse
 import contextlib
 import logging
 import os
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +45,7 @@ from portal.compute import (
     spec_to_json,
 )
 from portal.compute import jobs as job_records
+from portal.exports import store_of
 from portal.models import ACTIVE_STATES, JOB_FINAL_STATES, User, Workload, trace_outbox
 from portal.revocations import revoke_workload
 from tracer.client import TracerClient, checked_trace
@@ -672,7 +675,9 @@ class Agent:
                 log.exception("after-exit work for %s failed", workload_id)
 
 
-STATUS = {"workload_unknown": 404, "workload_exists": 409, "bad_spec": 422,
+_PIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+STATUS = {"not_found": 404, "not_a_file": 422, "bad_path": 422, "too_large": 413,
+          "workload_unknown": 404, "workload_exists": 409, "bad_spec": 422,
           "exceeds_host": 422, "mount_refused": 422, "bad_environment": 422,
           "desktop_not_running": 409, "lifetime_limit": 409, "application_not_local": 422}
 
@@ -741,6 +746,29 @@ def create_app(agent: Agent) -> Flask:
     @app.get("/jobs/queue")
     def places() -> Any:
         return jsonify(agent.places(request.args.get("owner")))
+
+    @app.post("/exports/<request_id>/pin")
+    def pin(request_id: str) -> Any:
+        """Copy files of an owner's ~/persistent into an export request, pinned."""
+        body = request.get_json(force=True, silent=True) or {}
+        owner, files, most = body.get("owner"), body.get("files"), body.get("max_bytes")
+        if not (_PIN_ID.match(request_id) and isinstance(owner, str) and isinstance(files, list)
+                and isinstance(most, int) and not isinstance(most, bool) and most > 0
+                and all(isinstance(f, dict) and isinstance(f.get("path"), str)
+                        and _PIN_ID.match(str(f.get("id", ""))) for f in files)):
+            raise ComputeError("bad_spec", "owner, files [{id, path}] and max_bytes are needed")
+        folder = store_of(agent.config) / request_id
+        folder.mkdir(parents=True, mode=0o700)
+        try:
+            pinned = []
+            for item in files:
+                size, digest = agent.backend.pin(owner, item["path"], folder / item["id"], most)
+                pinned.append({"id": item["id"], "path": item["path"], "size": size,
+                               "sha256": digest})
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return jsonify({"files": pinned})
 
     @app.get("/workloads/<workload_id>/outputs")
     def outputs(workload_id: str) -> Any:

@@ -102,3 +102,9 @@ class AgentClient:
     def outputs(self, workload_id: str) -> dict[str, Any]:
         """The manifest of a job's output folder."""
         return self._json("GET", f"/workloads/{workload_id}/outputs")
+
+    def pin(self, request_id: str, owner: str, files: list[dict[str, str]],
+            max_bytes: int) -> list[dict[str, Any]]:
+        """Copy files of the owner's ~/persistent into an export request, pinned by SHA-256."""
+        return self._json("POST", f"/exports/{request_id}/pin", {
+            "owner": owner, "files": files, "max_bytes": max_bytes})["files"]

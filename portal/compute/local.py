@@ -42,7 +42,7 @@ from portal.compute import (
     job_outputs_inside,
     sandbox,
 )
-from portal.compute.outputs import Manifest, manifest
+from portal.compute.outputs import Manifest, Unpinnable, manifest, pin_file
 from vre.config import Config
 
 SESSION = Path(__file__).parent / "session"
@@ -332,6 +332,14 @@ class LocalBackend(ComputeBackend):
         if os.geteuid() == 0:
             os.chown(partial, self.user.uid, self.user.gid)
         partial.replace(notice)
+
+    def pin(self, owner: str, path: str, dest: Path, max_bytes: int) -> tuple[int, str]:
+        if not _SAFE_ID.match(owner):
+            raise ComputeError("bad_spec", "owner ids are letters, digits, - and _")
+        try:
+            return pin_file(self.workspaces / owner, path, dest, max_bytes)
+        except Unpinnable as exc:
+            raise ComputeError(exc.code, exc.reason) from None
 
     def outputs(self, workload_id: str) -> Manifest:
         state = self._state(self._home(workload_id))

@@ -137,3 +137,70 @@ def manifest(folder: Path, limit: int = MAX_FILES) -> Manifest:
         for dir_fd, _ in stack:
             os.close(dir_fd)
     return Manifest(tuple(sorted(entries, key=lambda e: e.path)), truncated)
+
+
+class Unpinnable(ValueError):
+    """A path that cannot be pinned, with a stable code and a reason a person can act on."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def checked_relative(path: str) -> list[str]:
+    """The components of a path inside a folder, refused when it could point elsewhere."""
+    parts = path.split("/")
+    if (not path or len(path) > 1024 or "\x00" in path or path.startswith("/")
+            or any(p in ("", ".", "..") for p in parts)):
+        raise Unpinnable("bad_path", f"{path!r} is not a path inside ~/persistent")
+    return parts
+
+
+def pin_file(root: Path, path: str, dest: Path, max_bytes: int) -> tuple[int, str]:
+    """Copy `root/path` to `dest` (written whole, then renamed) without following a link at
+    any step: the bytes reviewed are exactly the bytes that may leave. Its size and SHA-256."""
+    parts = checked_relative(path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        folder = os.open(root, flags | os.O_DIRECTORY)
+    except OSError:
+        raise Unpinnable("not_found", "there is no persistent folder yet") from None
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=folder)
+            except OSError:
+                raise Unpinnable("not_found", f"{path!r}: {part!r} is not a folder") from None
+            os.close(folder)
+            folder = inner
+        try:
+            fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=folder)
+        except OSError:
+            raise Unpinnable("not_found", f"{path!r} is not a file in ~/persistent") from None
+    finally:
+        os.close(folder)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Unpinnable("not_a_file", f"{path!r} is not a regular file")
+        if info.st_size > max_bytes:
+            raise Unpinnable("too_large", f"{path!r} has {info.st_size} bytes; a file may "
+                             f"have at most {max_bytes}")
+        digest, size = hashlib.sha256(), 0
+        partial = dest.with_name(dest.name + ".partial")
+        with open(partial, "wb") as out:
+            while chunk := os.read(fd, CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise Unpinnable("too_large", f"{path!r} grew beyond {max_bytes} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+        partial.chmod(0o400)
+        partial.replace(dest)
+        return size, digest.hexdigest()
+    except BaseException:
+        dest.with_name(dest.name + ".partial").unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)

@@ -18,9 +18,14 @@ from vre.tokens import WORKLOAD_SCOPE, WORKLOAD_SCOPES
 
 SERVICES = ("portal", "dataset_service", "tracer")
 # What code inside a desktop may reach: who it is, the catalogues `vre-job` reads, its
-# owner's quota, its own desktop, and the jobs it submits. Anything added here is a
-# deliberate widening of what a sandbox can do.
+# owner's quota, its own desktop, the jobs it submits and the exports it asks for. Anything
+# added here is a deliberate widening of what a sandbox can do.
 WORKLOAD_ROUTES = {
+    ("portal", "POST", "/api/v1/exports"),
+    ("portal", "GET", "/api/v1/exports"),
+    ("portal", "GET", "/api/v1/exports/<export_id>"),
+    ("portal", "POST", "/api/v1/exports/<export_id>/submit"),
+    ("portal", "POST", "/api/v1/exports/<export_id>/withdraw"),
     ("portal", "POST", "/api/v1/jobs"),
     ("portal", "GET", "/api/v1/jobs"),
     ("portal", "GET", "/api/v1/jobs/<job_id>"),
