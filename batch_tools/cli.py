@@ -5,26 +5,21 @@ same flavor and application catalogues, and the same quota, as the portal's page
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from batch_tools import _common
+from batch_tools._common import as_json, fields, table
+
 # The client, the configuration (pydantic) and HTTP are imported once the arguments are
 # parsed: `vre-job --help` and a mistyped command answer at once, without loading them.
 if TYPE_CHECKING:
     from portal.client import PortalClient
-    from vre.service_auth import TokenSource
 
-EXIT_CODES = """\
-exit status:
-  0    success
-  1    the platform refused the request
-  2    usage or configuration error
-  3    the platform cannot be reached, or failed on its side
+EXIT_CODES = _common.EXIT_CODES + """\
   with submit --wait, how the job ended:
   0-255  the job's own exit status
   124    stopped at its time limit
@@ -55,53 +50,6 @@ def job_exit_code(job: dict[str, Any]) -> int:
     if status is None or (job["state"] == "failed" and status == 0):
         return 1  # a failure never reads as success
     return int(status) & 0xFF
-
-
-def _tokens(args: argparse.Namespace) -> TokenSource | None:
-    """One given (--token, VRE_TOKEN), the workload's own that the platform keeps current
-    (VRE_TOKEN_FILE, inside a desktop or job), or a user's (password on stdin)."""
-    from vre.config import load_config
-    from vre.service_auth import FileToken, StaticToken, command_line_tokens
-
-    token = args.token or os.environ.get("VRE_TOKEN")
-    if token:
-        return StaticToken(token)
-    if os.environ.get("VRE_TOKEN_FILE") and not args.user:
-        return FileToken(os.environ["VRE_TOKEN_FILE"])
-    return command_line_tokens(load_config(), None, args.user, client="vre-job") \
-        if args.user else None
-
-
-def _client(args: argparse.Namespace) -> PortalClient:
-    """The portal through the workload's API socket inside a desktop or job (it has no
-    network), else over HTTP."""
-    from portal.client import PortalClient
-    from vre.client import unix_socket_pool
-    from vre.config import load_config
-
-    socket_path = os.environ.get("VRE_API_SOCKET")
-    if socket_path and not args.portal:
-        return PortalClient("http://localhost", _tokens(args), pool=unix_socket_pool(socket_path))
-    return PortalClient(args.portal or load_config().url_of("portal"), _tokens(args))
-
-
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    cells = [list(map(str, header))] + [[("" if c is None else str(c)) for c in r]
-                                        for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in cells)
-
-
-def _fields(pairs: Sequence[tuple[str, Any]]) -> str:
-    """`key: value` lines, values aligned; an absent value shows as "-"."""
-    width = max(len(key) for key, _ in pairs) + 1
-    return "\n".join(f"{key + ':':<{width}} {'-' if value in (None, '') else value}"
-                     for key, value in pairs)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, indent=2, default=str)
 
 
 def _duration(seconds: float | None) -> str | None:
@@ -208,13 +156,13 @@ def cmd_submit(client: PortalClient, args: argparse.Namespace) -> int:
         dry_run=args.dry_run)
     if args.dry_run:
         if args.json:
-            print(_json(answer))
+            print(as_json(answer))
             return 0
         job = answer["job"]
         queue = job.get("queue")
         decision = "accepted, would wait in the queue" if queue and queue.get("position") \
             else "accepted, would start at once"
-        print(_fields([("dry run", f"{decision}; nothing was submitted"),
+        print(fields([("dry run", f"{decision}; nothing was submitted"),
                        ("flavor", job.get("flavor")),
                        ("image", job.get("image") or job.get("application")),
                        ("command", shlex.join(job.get("command") or [])),
@@ -227,18 +175,18 @@ def cmd_submit(client: PortalClient, args: argparse.Namespace) -> int:
         print(answer["id"], flush=True)
     if not args.wait:
         if args.json:
-            print(_json(answer))
+            print(as_json(answer))
         return 0
     job = _wait(client, answer)
     if args.json:
-        print(_json(job))
+        print(as_json(job))
     return job_exit_code(job)
 
 
 def cmd_queue(client: PortalClient, args: argparse.Namespace) -> int:
     jobs = client.jobs(state="active")
     if args.json:
-        print(_json(jobs))
+        print(as_json(jobs))
         return 0
     rows = []
     for job in jobs:
@@ -248,14 +196,14 @@ def cmd_queue(client: PortalClient, args: argparse.Namespace) -> int:
         rows.append((job["id"], job.get("name"), job["state"], job.get("flavor"),
                      queue.get("position", "-"), queue.get("reason") or job.get("reason"),
                      start or "-"))
-    print(_table(rows, ("JOB", "NAME", "STATE", "FLAVOR", "POSITION", "REASON",
+    print(table(rows, ("JOB", "NAME", "STATE", "FLAVOR", "POSITION", "REASON",
                         "ESTIMATED START")))
     return 0
 
 
 def cmd_show(client: PortalClient, args: argparse.Namespace) -> int:
     job = client.job(args.job)
-    print(_json(job) if args.json else _fields(_job_lines(job)))
+    print(as_json(job) if args.json else fields(_job_lines(job)))
     return 0
 
 
@@ -275,7 +223,7 @@ def cmd_logs(client: PortalClient, args: argparse.Namespace) -> int:
 def cmd_cancel(client: PortalClient, args: argparse.Namespace) -> int:
     job = client.cancel_job(args.job)
     if args.json:
-        print(_json(job))
+        print(as_json(job))
     elif job["state"] == "cancelled":
         print(f"cancelled {job['id']}")
     else:
@@ -286,24 +234,24 @@ def cmd_cancel(client: PortalClient, args: argparse.Namespace) -> int:
 def cmd_history(client: PortalClient, args: argparse.Namespace) -> int:
     jobs = client.jobs(state="ended", limit=args.limit)
     if args.json:
-        print(_json(jobs))
+        print(as_json(jobs))
         return 0
     rows = [(j["id"], j.get("name"), _state(j), j.get("exit_status"),
              _duration(j.get("wall_seconds")) or "-",
              "-" if j.get("gpu_hours") is None else f"{j['gpu_hours']:.2f}", j.get("ended_at"))
             for j in jobs]
-    print(_table(rows, ("JOB", "NAME", "STATE", "EXIT", "WALL", "GPU-HOURS", "ENDED")))
+    print(table(rows, ("JOB", "NAME", "STATE", "EXIT", "WALL", "GPU-HOURS", "ENDED")))
     return 0
 
 
 def cmd_outputs(client: PortalClient, args: argparse.Namespace) -> int:
     outputs = client.job_outputs(args.job)
     if args.json:
-        print(_json(outputs))
+        print(as_json(outputs))
         return 0
     rows = [(f["path"], f["size"], f["sha256"]) for f in outputs.get("files") or []]
-    print(_table(rows, ("PATH", "SIZE", "SHA256")))
-    print(_fields([("folder", outputs.get("folder")),
+    print(table(rows, ("PATH", "SIZE", "SHA256")))
+    print(fields([("folder", outputs.get("folder")),
                    ("manifest hash", outputs.get("manifest_hash"))]))
     return 0
 
@@ -318,7 +266,7 @@ QUOTA_MEASURES = (("desktops", "max_desktops", "desktops"), ("jobs", "max_jobs",
 def cmd_quota(client: PortalClient, args: argparse.Namespace) -> int:
     quota = client.quota()
     if args.json:
-        print(_json(quota))
+        print(as_json(quota))
         return 0
     limits, usage = quota.get("limits") or {}, quota.get("usage") or {}
     rows = []
@@ -326,41 +274,39 @@ def cmd_quota(client: PortalClient, args: argparse.Namespace) -> int:
         limit, used = limits.get(limit_key), usage.get(usage_key) or 0
         rows.append((label, "unlimited" if limit is None else _number(limit), _number(used),
                      "-" if limit is None else _number(max(limit - used, 0))))
-    print(_table(rows, ("MEASURE", "LIMIT", "USED", "LEFT")))
+    print(table(rows, ("MEASURE", "LIMIT", "USED", "LEFT")))
     return 0
 
 
 def cmd_flavors(client: PortalClient, args: argparse.Namespace) -> int:
     flavors = client.flavors(args.project, args.kind)
     if args.json:
-        print(_json(flavors))
+        print(as_json(flavors))
         return 0
     rows = [(f["name"], f["cpus"], f"{f['memory_mib'] / 1024:g} GiB",
              f"{f['gpus']}{' ' + f['gpu_model'] if f.get('gpu_model') else ''}",
              f"{f['max_runtime_minutes'] / 60:g} h",
              "yes" if f.get("usable", True) else f"no: {f.get('reason') or f.get('refusal')}")
             for f in flavors]
-    print(_table(rows, ("FLAVOR", "CPUS", "MEMORY", "GPUS", "MAX RUN", "USABLE")))
+    print(table(rows, ("FLAVOR", "CPUS", "MEMORY", "GPUS", "MAX RUN", "USABLE")))
     return 0
 
 
 def cmd_applications(client: PortalClient, args: argparse.Namespace) -> int:
     apps = client.applications(args.kind)
     if args.json:
-        print(_json(apps))
+        print(as_json(apps))
         return 0
     rows = [(a["id"], a["kind"], a["image"] + (f"@{a['image_digest']}" if a.get("image_digest")
                                                else ""), a["name"]) for a in apps]
-    print(_table(rows, ("APPLICATION", "KIND", "IMAGE", "NAME")))
+    print(table(rows, ("APPLICATION", "KIND", "IMAGE", "NAME")))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vre-job", description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--portal", help="portal URL (default: VRE_PORTAL_URL or the local one)")
-    parser.add_argument("--token", help="bearer token (default: $VRE_TOKEN)")
-    parser.add_argument("--user", help="sign in as this user; password read from stdin")
+    _common.global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Callable[[PortalClient, argparse.Namespace], int],
@@ -420,20 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "submit" and not args.argv:
         parser.error("submit: give the command to run after --, e.g. -- python train.py")
-    from portal.client import PortalError, PortalUnavailable
-    from vre.config import ConfigError
-
-    try:
-        return args.func(_client(args), args)
-    except ConfigError as exc:
-        print(f"vre-job: {exc}", file=sys.stderr)
-        return 2
-    except PortalError as exc:
-        print(f"vre-job: {exc.message} ({exc.code})", file=sys.stderr)
-        return 3 if isinstance(exc, PortalUnavailable) else 1
-    except OSError as exc:  # on this side: a token file that cannot be read
-        print(f"vre-job: {exc}", file=sys.stderr)
-        return 2
+    return _common.run("vre-job", args.func, args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`PortalClient`: how desktops, jobs and tools talk to the portal's control plane: the
-flavor and application catalogues, batch jobs and the caller's quota."""
+flavor and application catalogues, batch jobs, the caller's quota and the export airlock."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +23,11 @@ class PortalUnavailable(PortalError):
 def _job_path(job_id: str, *rest: str) -> str:
     # A job id goes into the path as one segment, whatever it holds.
     return "/".join(("/api/v1/jobs", quote(job_id, safe=""), *rest))
+
+
+def _export_path(export_id: str, *rest: str) -> str:
+    return "/".join(("/api/v1/exports", quote(export_id, safe=""),
+                     *(quote(part, safe="") for part in rest)))
 
 
 class PortalClient(ServiceClient):
@@ -89,3 +95,38 @@ class PortalClient(ServiceClient):
     def quota(self) -> dict[str, Any]:
         """The caller's limits and what is in use against them."""
         return self._call("GET", "/api/v1/quota")
+
+    def create_export(self, title: str, purpose: str, files: list[str], *,
+                      submit: bool = True) -> dict[str, Any]:
+        """Ask for files of the caller's ~/persistent (paths relative to it) to leave the
+        platform: the export request, checked; left a draft unless `submit`."""
+        return self._call("POST", "/api/v1/exports", json={
+            "title": title, "purpose": purpose, "files": files, "submit": submit})
+
+    def exports(self) -> list[dict[str, Any]]:
+        """The caller's export requests."""
+        return self._call("GET", "/api/v1/exports")["exports"]
+
+    def export(self, export_id: str) -> dict[str, Any]:
+        """One export request with its files, their checks, decisions and the reviewers' votes
+        the caller may see."""
+        return self._call("GET", _export_path(export_id))
+
+    def submit_export(self, export_id: str) -> dict[str, Any]:
+        return self._call("POST", _export_path(export_id, "submit"))
+
+    def withdraw_export(self, export_id: str) -> dict[str, Any]:
+        return self._call("POST", _export_path(export_id, "withdraw"))
+
+    def export_link(self, export_id: str, file_id: str) -> dict[str, Any]:
+        """A short-lived link to one approved file: `{"url", "expires_in", "sha256"}`, the
+        hash the file must have, pinned when it was reviewed."""
+        return self._call("POST", _export_path(export_id, "files", file_id, "link"))
+
+    def download(self, url: str) -> Iterator[bytes]:
+        """The bytes behind a link the portal gave (`export_link`'s url, a path on the
+        portal), in chunks as they arrive. A link to anywhere else is refused, so that the
+        caller's token goes nowhere but the portal."""
+        if not url.startswith("/") or url.startswith("//"):
+            raise self.error(0, "bad_link", "the portal gave a link that is not on the portal")
+        return self._stream("GET", url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json as _json
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -111,6 +111,34 @@ class ServiceClient:
         """`unless`: an ETag the caller holds; the service answers 304 and no body while it
         still names the answer (asked with raw=True, to read the status). `timeout`: this
         call's own bound, in seconds, instead of the client's."""
+        response = self._send(method, path, params=params, json=json, unless=unless,
+                              timeout=timeout, stream=False)
+        answer = Answer(response.status, response.headers, response.data)
+        return answer if raw else answer.json()
+
+    def _stream(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        """The answer's body in chunks as it arrives, for bodies too large to hold in memory.
+        Nothing is sent until the first chunk is asked for; a refusal raises then, as from
+        `_call`, and so does a connection lost half way."""
+        response = self._send(method, path, params=params, stream=True)
+        complete = False
+        try:
+            yield from response.stream(chunk_size)
+            complete = True
+        except urllib3.exceptions.HTTPError as exc:
+            raise self.unavailable(0, f"{self.error.service}_unavailable",
+                                   f"the {self.error.service} service {_failure(exc)}") from None
+        finally:
+            if complete:
+                response.release_conn()
+            else:  # a half-read answer cannot carry the next request
+                response.close()
+
+    def _send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+              json: Any = None, unless: str | None = None, timeout: float | None = None,
+              stream: bool) -> urllib3.BaseHTTPResponse:
+        """One request; a refusal or failure raised as the service's error, with its code."""
         headers = {"Accept": "application/json"}
         if unless:
             headers["If-None-Match"] = unless
@@ -131,14 +159,15 @@ class ServiceClient:
             response = self.pool.request(method, url, body=body, headers=headers,
                                          timeout=self.timeout if timeout is None else
                                          urllib3.Timeout(connect=timeout, read=timeout),
-                                         redirect=False)
+                                         redirect=False, preload_content=not stream)
         except urllib3.exceptions.HTTPError as exc:
             # urllib3's words name the host, port and path; callers pass this message on
             # to people, so it says only what went wrong.
             raise self.unavailable(0, f"{self.error.service}_unavailable",
                                    f"the {self.error.service} service {_failure(exc)}") from None
-        answer = Answer(response.status, response.headers, response.data)
-        if answer.status >= 400:
+        if response.status >= 400:
+            answer = Answer(response.status, response.headers, response.data)
+            response.release_conn()
             try:
                 error = answer.json()["error"]
                 code, message = error["code"], error["message"]
@@ -147,7 +176,7 @@ class ServiceClient:
                 code, message, field, details = "http_error", answer.text[:200], None, None
             cls = self.unavailable if answer.status >= 500 else self.error
             raise cls(answer.status, code, message, field, details)
-        return answer if raw else answer.json()
+        return response
 
 
 def _failure(exc: urllib3.exceptions.HTTPError) -> str:

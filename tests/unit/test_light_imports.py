@@ -1,6 +1,6 @@
-"""The layering the workloads rely on, checked on the real modules: a client or `vre-job`,
-imported in a fresh interpreter, loads no server (no Flask, SQLAlchemy, pydicom, web3,
-Granian) and none of its service's server modules; the core `vre` imports no service nor the
+"""The layering the workloads rely on, checked on the real modules: a client, `vre-job` or
+`vre-export`, imported in a fresh interpreter, loads no server (no Flask, SQLAlchemy, pydicom,
+web3, Granian) and none of its service's server modules; the core `vre` imports no service nor the
 launcher; and no two of the platform's modules import each other at import time."""
 
 from __future__ import annotations
@@ -38,27 +38,34 @@ def test_a_client_imports_no_server(client: str) -> None:
     assert first_party(modules) - CLIENT_CORE == LIGHT[client]
 
 
-def test_vre_job_help_loads_neither_the_client_nor_the_configuration() -> None:
-    modules = loaded_modules("batch_tools.cli", code=(
+# The researchers' commands: (module, a command that calls the portal).
+COMMANDS = {"batch_tools.cli": ["flavors"], "batch_tools.export_cli": ["list"]}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_commands_help_loads_neither_the_client_nor_the_configuration(command: str) -> None:
+    modules = loaded_modules(command, code=(
         "import contextlib, io\n"
-        "from batch_tools.cli import main\n"
+        f"from {command} import main\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['--help'])\n"))
-    assert first_party(modules) == {"batch_tools", "batch_tools.cli"}
+    assert first_party(modules) == {"batch_tools", "batch_tools._common", command}
     assert not {m for m in modules if m.split(".")[0] in ("pydantic", "requests", "urllib3")}
 
 
-def test_a_vre_job_command_loads_only_the_portal_client() -> None:
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_command_loads_only_the_portal_client(command: str) -> None:
     # Port 9 (discard) on loopback: nothing answers, so the command fails at its first call,
     # after everything it needs is imported.
-    modules = loaded_modules("batch_tools.cli", code=(
+    modules = loaded_modules(command, code=(
         "import contextlib, io\n"
-        "from batch_tools.cli import main\n"
+        f"from {command} import main\n"
         "with contextlib.redirect_stderr(io.StringIO()):\n"
-        "    assert main(['--portal', 'http://127.0.0.1:9', '--token', 't', 'flavors']) == 3\n"))
+        "    assert main(['--portal', 'http://127.0.0.1:9', '--token', 't', "
+        f"{COMMANDS[command][0]!r}]) == 3\n"))
     assert server_libraries(modules) == set()
-    assert first_party(modules) - CLIENT_CORE == {"batch_tools", "batch_tools.cli", "portal",
-                                                  "portal.client"}
+    assert first_party(modules) - CLIENT_CORE == {"batch_tools", "batch_tools._common", command,
+                                                  "portal", "portal.client"}
 
 
 def _imports(path: Path, everywhere: bool) -> set[str]:
