@@ -32,7 +32,8 @@ WORKLOAD_ROLES = ["researcher"]
 AGENT_STATUS = {"agent_unavailable": 503, "exceeds_host": 422, "mount_refused": 409,
                 "bad_environment": 422, "workload_exists": 409, "workload_unknown": 404,
                 "desktop_not_running": 409, "lifetime_limit": 409,
-                "application_not_local": 422}
+                "application_not_local": 422, "not_found": 404, "not_a_file": 422,
+                "bad_path": 422, "too_large": 413, "outputs_refused": 409}
 
 
 @dataclass(frozen=True)
