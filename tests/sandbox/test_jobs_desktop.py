@@ -6,6 +6,7 @@ sandboxes; their logs, outputs and traces are checked against the files on the h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import threading
@@ -57,6 +58,8 @@ vre-job logs "$train" > $out/train.log 2>&1
 vre-job show --json "$stats" > $out/stats.json
 vre-job history --json > $out/history.json
 vre-job outputs --json "$train" > $out/train-outputs.json
+vre-export request --json --title "Classifier" --purpose "The trained model for the paper" \
+    "jobs/$train/model.pt" ~/persistent/jobs/"$train"/metrics.json > $out/export.json 2>&1
 ls -R ~/persistent/jobs > $out/listing.txt
 echo done > $out/done
 sleep 600
@@ -70,7 +73,7 @@ def desk(site: dict[str, Any], platform, config, steward) -> Iterator[dict[str, 
         seed_defaults(session)
         create_application(session, ApplicationIn(
             id="terminal-session", name="Scripted terminal", kind="desktop",
-            image="vre/desktop:0.1.0", local_command=["bash", "-c", SESSION]))
+            image="vre/desktop:0.1.0", local_command=["bash", "persistent/session.sh"]))
     server = make_server("127.0.0.1", 0, portal, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     served = portal.extensions.get("vre.config", config).model_copy(
@@ -113,13 +116,17 @@ def wait_for(path: Path, timeout: float) -> None:
 def test_jobs_submitted_from_a_desktop_run_and_are_traced(desk, token) -> None:
     client = desk["portal"].test_client()
     alice = auth(token("res-1", "researcher"))
+    persistent = desk["config"].home / "workspaces" / "res-1"
+    out = persistent / "session"
+    # What the researcher types, kept where the desktop's terminal finds it (~/persistent).
+    persistent.mkdir(parents=True, exist_ok=True)
+    (persistent / "session.sh").write_text(SESSION)
+    (persistent / "session.sh").chmod(0o644)
     started = client.post("/api/v1/desktops", headers=alice, json={
         "application": "terminal-session", "flavor": "desktop",
         "datasets": [desk["dataset"]["id"]]})
     assert started.status_code == 201, started.get_json()
     desktop = started.get_json()
-    persistent = desk["config"].home / "workspaces" / "res-1"
-    out = persistent / "session"
     wait_for(out / "done", 400)
 
     assert (out / "train.rc").read_text().strip() == "0", (out / "submit.err").read_text()
@@ -147,6 +154,14 @@ def test_jobs_submitted_from_a_desktop_run_and_are_traced(desk, token) -> None:
         finished = traces["JOB_FINISHED"]["details"]
         assert finished["exit_status"] == 0
         assert finished["output_hash"] == manifest(persistent / "jobs" / job_id).hash
+    # The results are asked out from the desktop: pinned, checked, waiting for review.
+    export = json.loads((out / "export.json").read_text())
+    assert export["state"] == "in_review" and export["datasets"] == [dataset_ref], export
+    pinned = {f["path"]: f for f in export["files"]}
+    for name in ("model.pt", "metrics.json"):
+        item = pinned[f"jobs/{train_id}/{name}"]
+        assert item["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        assert item["verdict"] != "refuse", item["findings"]
     assert client.delete(f"/api/v1/desktops/{desktop['id']}", headers=alice).status_code == 200
 
 
