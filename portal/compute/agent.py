@@ -758,7 +758,9 @@ def create_app(agent: Agent) -> Flask:
                         and _PIN_ID.match(str(f.get("id", ""))) for f in files)):
             raise ComputeError("bad_spec", "owner, files [{id, path}] and max_bytes are needed")
         folder = store_of(agent.config) / request_id
-        folder.mkdir(parents=True, mode=0o700)
+        store_of(agent.config).mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.rmtree(folder, ignore_errors=True)  # what a submission rolled back left
+        folder.mkdir(mode=0o700)
         try:
             pinned = []
             for item in files:

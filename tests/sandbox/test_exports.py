@@ -29,6 +29,15 @@ shutil.copy(scan, out / "notes.txt")  # a DICOM file under another name
 import pydicom
 uid = pydicom.dcmread(scan, stop_before_pixels=True).StudyInstanceUID
 (out / "studies.txt").write_text("studies used: " + uid + "\\n")
+import io, tarfile, zipfile, numpy
+inner = io.BytesIO()
+with zipfile.ZipFile(inner, "w") as archive:
+    archive.write(scan, "scan.bin")
+with tarfile.open(out / "bundle.tar", "w") as bundle:
+    info = tarfile.TarInfo("inner.zip")
+    info.size = len(inner.getvalue())
+    bundle.addfile(info, io.BytesIO(inner.getvalue()))
+numpy.save(out / "pixels.npy", pydicom.dcmread(scan).pixel_array)
 print("written")
 """
 
@@ -56,7 +65,8 @@ def by_path(export: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_results_leave_only_through_two_reviewers(airlock, token) -> None:
     client = airlock["portal"].test_client()
     alice, job_id = airlock["alice"], airlock["job"]["id"]
-    names = ["model.bin", "results.csv", "small.csv", "notes.txt", "studies.txt"]
+    names = ["model.bin", "results.csv", "small.csv", "notes.txt", "studies.txt",
+             "bundle.tar", "pixels.npy"]
     asked = client.post("/api/v1/exports", headers=alice, json={
         "title": "Model and figures", "purpose": "For the paper's tables",
         "files": [f"jobs/{job_id}/{n}" for n in names]})
@@ -76,6 +86,9 @@ def test_results_leave_only_through_two_reviewers(airlock, token) -> None:
     assert files["studies.txt"]["verdict"] == "flag" and "identifier" in codes["studies.txt"]
     assert files["model.bin"]["verdict"] in ("pass", "flag")
     assert files["results.csv"]["verdict"] == "pass", codes["results.csv"]
+    assert files["bundle.tar"]["verdict"] == "refuse" and "dicom" in codes["bundle.tar"]
+    assert "inner.zip!scan.bin" in files["bundle.tar"]["findings"][0]["where"]
+    assert files["pixels.npy"]["verdict"] == "refuse" and "dataset_pixels" in codes["pixels.npy"]
 
     # The file changes after submission: what is reviewed is what was pinned.
     (folder / "model.bin").write_bytes(b"something else")
@@ -118,7 +131,7 @@ def test_results_leave_only_through_two_reviewers(airlock, token) -> None:
     assert decided.status_code == 200 and decided.get_json()["state"] == "approved"
 
     # Release: the requester alone, approved files only, short-lived links.
-    for name in ("notes.txt", "small.csv", "studies.txt"):
+    for name in ("notes.txt", "small.csv", "studies.txt", "bundle.tar", "pixels.npy"):
         denied = client.post(f"{url}/files/{files[name]['id']}/link", headers=alice)
         assert denied.status_code == 403, name
     assert client.post(f"{url}/files/{files['model.bin']['id']}/link",
@@ -186,3 +199,18 @@ def ledger(where: dict[str, Any], request_id: str, wanted: set[str]) -> dict[str
             assert wanted <= set(found), set(found)
             return found
         time.sleep(0.2)
+
+
+def test_an_oversized_request_is_refused_and_leaves_nothing(airlock) -> None:
+    portal = airlock["portal"]
+    portal.extensions["vre.config"] = airlock["config"].model_copy(
+        update={"export_max_file_bytes": 1000})
+    client = portal.test_client()
+    job_id = airlock["job"]["id"]
+    answer = client.post("/api/v1/exports", headers=airlock["alice"], json={
+        "title": "too much", "purpose": "y", "files": [f"jobs/{job_id}/model.bin"]})
+    assert answer.status_code == 413 and answer.get_json()["error"]["code"] == "too_large"
+    assert client.get("/api/v1/exports", headers=airlock["alice"]).get_json()["exports"] == []
+    store = airlock["config"].home / "exports"
+    assert not any(p.is_dir() and p.name.startswith("e") for p in store.iterdir()) \
+        if store.exists() else True
