@@ -50,17 +50,20 @@ def _pinned(request_id: str, file_id: str) -> Path:
     return store_of(config_of()) / request_id / file_id
 
 
-def _preview(export: dict[str, Any], item: dict[str, Any]) -> Preview | None:
-    """What the page shows of a file; None for a refused one (nothing of it is shown) or one
-    not pinned yet."""
-    if item["verdict"] == REFUSE or not item["sha256"]:
-        return None
+def _preview(request_id: str, file_id: str, path: str, size: int) -> Preview | None:
+    """What the page shows of a pinned file (refused ones are never asked for); None when
+    the pinned copy cannot be read."""
     try:
-        with _pinned(export["id"], item["id"]).open("rb") as pinned:
+        with _pinned(request_id, file_id).open("rb") as pinned:
             head = pinned.read(TEXT_BYTES)
     except OSError:
         return None
-    return preview_of(head, item["path"], item["size"])
+    return preview_of(head, path, size)
+
+
+def _shown(item: dict[str, Any]) -> bool:
+    """Whether a file of a request is previewed at all: never one the checks refused."""
+    return item["verdict"] != REFUSE and bool(item["sha256"])
 
 
 @bp.get("/exports")
@@ -85,7 +88,8 @@ def detail(export_id: str) -> Any:
         row = requests.visible(session, principal, export_id, clients.datasets_as_portal())
         export = requests.request_out(session, row, principal)
     owner = export["owner_id"] == principal.subject
-    previews = {f["id"]: _preview(export, f) for f in export["files"]}
+    previews = {f["id"]: _preview(export["id"], f["id"], f["path"], f["size"])
+                for f in export["files"] if _shown(f)}
     page = make_response(render_template(
         "export.html", export=export, owner=owner, previews=previews, choices=CHOICES,
         open=export["state"] in requests.OPEN,
@@ -106,12 +110,10 @@ def preview(export_id: str, file_id: str) -> Response:
     with db_of().session() as session:
         row = requests.visible(session, principal, export_id, clients.datasets_as_portal())
         item = session.get(ExportFile, file_id)
-        if item is None or item.request_id != row.id or item.verdict == REFUSE \
-                or not item.sha256:
+        if item is None or item.request_id != row.id or not _shown(
+                {"verdict": item.verdict, "sha256": item.sha256}):
             abort(404)
-        export = {"id": row.id}
-        shown = _preview(export, {"id": item.id, "path": item.path, "size": item.size,
-                                  "verdict": item.verdict, "sha256": item.sha256})
+        shown = _preview(row.id, item.id, item.path, item.size)
     if shown is None or shown.kind != "image":
         abort(404)
     answer = send_file(_pinned(export_id, file_id), mimetype=shown.mimetype, max_age=0)

@@ -125,6 +125,16 @@ def test_the_requester_sees_the_request_with_previews_and_outsiders_nothing(
     anonymous = signed_in(app, None)
     assert anonymous.get(image).status_code == 302
 
+    # Withdrawn by its requester alone, once.
+    assert post(steward, f"{url}/withdraw").status_code == 404
+    withdrawn = post(owner, f"{url}/withdraw")
+    assert withdrawn.status_code == 302 and withdrawn.headers["Location"] == url
+    after = text(owner.get(url))
+    assert "The request was withdrawn." in after and "Withdraw request" not in after
+    again = post(owner, f"{url}/withdraw")
+    assert "wrong_state" in text(owner.get(again.headers["Location"]))
+    assert "vote-form" not in text(steward.get(url)), "nothing left to review"
+
 
 @needs_bwrap
 def test_stewards_vote_through_the_form_and_the_requester_downloads(
