@@ -112,7 +112,7 @@ class LinkOut(BaseModel):
     size: int
 
 
-def _link_secret() -> str:
+def link_secret() -> str:
     """The key download links are signed with: the portal's own secret, for this use alone."""
     return hashlib.sha256(b"export-links:" + str(current_app.secret_key).encode()).hexdigest()
 
@@ -186,7 +186,7 @@ def vote_export(export_id: str, body: VoteIn) -> dict[str, Any]:
 def export_link(export_id: str, file_id: str) -> dict[str, Any]:
     with db_of().session() as session:
         return requests.link(session, _principal(), export_id, file_id,
-                             _link_secret(), outbox_of())
+                             link_secret(), outbox_of())
 
 
 @bp.get("/exports/download/<token>")
@@ -194,7 +194,7 @@ def export_link(export_id: str, file_id: str) -> dict[str, Any]:
           tags=["exports"])
 def export_download(token: str) -> Response:
     with db_of().session() as session:
-        path, item = requests.download(session, _principal(), token, _link_secret(),
+        path, item = requests.download(session, _principal(), token, link_secret(),
                                        config_of(), outbox_of())
         name, digest = item.path.rsplit("/", 1)[-1], item.sha256
     answer = send_file(path, mimetype="application/octet-stream", as_attachment=True,

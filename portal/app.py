@@ -26,6 +26,7 @@ from portal import (
     pages_catalogue,
     pages_datasets,
     pages_desktops,
+    pages_exports,
     pages_jobs,
     security,
 )
@@ -108,6 +109,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(pages_admin.bp)
     app.register_blueprint(pages_desktops.bp)
     app.register_blueprint(pages_jobs.bp)
+    app.register_blueprint(pages_exports.bp)
     install_outbox(app, trace_outbox, lambda traces, timeout: clients.tracer(app)
                    .record_many(traces, timeout=timeout))
     return app

@@ -241,6 +241,12 @@ class Config(BaseModel):
                                   "most, all files together.")
     export_max_file_bytes: int = Field(512 << 20, ge=1, description="Bytes per exported "
                                        "file at most.")
+    smtp_host: str | None = Field(
+        None, description="Mail server notifications are sent through by e-mail; none: they "
+        "are shown in the portal only.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="Port of the mail server.")
+    smtp_from: str = Field("vre@localhost", min_length=3, max_length=254,
+                           description="Sender address of notification e-mails.")
     job_cpus: float | None = Field(
         None, gt=0, description="CPUs the job queue hands out on one machine at once (jobs "
         "wait beyond it); default: this machine's cores. Desktops are not counted.")

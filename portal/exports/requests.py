@@ -34,9 +34,9 @@ from portal.models import (
     ExportFile,
     ExportRequest,
     ExportVote,
-    Notification,
     Workload,
 )
+from portal.notifications import notify
 from tracer.client import checked_trace
 from vre.config import Config
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
@@ -432,8 +432,7 @@ def _now() -> datetime:
 
 
 def _notify(session: Session, user_id: str, row: ExportRequest, text: str) -> None:
-    session.add(Notification(user_id=user_id, text=text[:500], link=f"/exports/{row.id}",
-                             created_at=_now()))
+    notify(session, user_id, text, f"/exports/{row.id}")
 
 
 def _trace(outbox: Outbox | None, session: Session, row: ExportRequest, actor: str,
