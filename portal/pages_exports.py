@@ -85,15 +85,17 @@ def detail(export_id: str) -> Any:
     checks' findings, its preview, the votes shown so far and the forms this person may use."""
     principal = session_principal()
     with db_of().session() as session:
-        row = requests.visible(session, principal, export_id, clients.datasets_as_portal())
+        service = clients.datasets_as_portal()
+        row = requests.visible(session, principal, export_id, service)
         export = requests.request_out(session, row, principal)
+        reviewer = requests.may_review(principal, row, service)
     owner = export["owner_id"] == principal.subject
     previews = {f["id"]: _preview(export["id"], f["id"], f["path"], f["size"])
                 for f in export["files"] if _shown(f)}
     page = make_response(render_template(
         "export.html", export=export, owner=owner, previews=previews, choices=CHOICES,
         open=export["state"] in requests.OPEN,
-        reviewing=not owner and export["state"] == "in_review",
+        reviewing=reviewer and export["state"] == "in_review",
         voted={f["id"] for f in export["files"]
                if any(v["reviewer_id"] == principal.subject for v in f["votes"])},
         downloadable=owner and export["state"] in ("approved", "released")))

@@ -219,6 +219,14 @@ def visible(session: Session, principal: Principal, request_id: str,
                    field="export_id")
 
 
+def may_review(principal: Principal, row: ExportRequest,
+               datasets_service: DatasetClient) -> bool:
+    """Whether this person reviews the request: a steward of the project its data came from,
+    signed in as themselves (never a workload), and not its requester."""
+    return (principal.workload_id is None and row.owner_id != principal.subject
+            and principal.subject in _stewards(datasets_service, row.project))
+
+
 def vote(session: Session, principal: Principal, request_id: str, file_id: str,
          choice: str, comment: str, datasets_service: DatasetClient,
          outbox: Outbox | None) -> dict[str, Any]:
@@ -227,8 +235,7 @@ def vote(session: Session, principal: Principal, request_id: str, file_id: str,
     row = visible(session, principal, request_id, datasets_service)
     if row.owner_id == principal.subject:
         raise Forbidden("nobody reviews their own request", code="own_request")
-    if principal.workload_id is not None or \
-            principal.subject not in _stewards(datasets_service, row.project):
+    if not may_review(principal, row, datasets_service):
         raise Forbidden("only the stewards of the project the data came from review it",
                         code="not_a_reviewer")
     if row.state != "in_review":
