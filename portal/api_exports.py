@@ -168,7 +168,7 @@ def submit_export(export_id: str) -> dict[str, Any]:
           scopes=[WORKLOAD_SCOPE])
 def withdraw_export(export_id: str) -> dict[str, Any]:
     with db_of().session() as session:
-        return requests.withdraw(session, _principal(), export_id)
+        return requests.withdraw(session, _principal(), export_id, outbox_of())
 
 
 @bp.post("/exports/<export_id>/votes")

@@ -160,7 +160,7 @@ def withdraw(export_id: str) -> Any:
     principal = session_principal()
     try:
         with db_of().session() as session:
-            requests.withdraw(session, principal, export_id)
+            requests.withdraw(session, principal, export_id, outbox_of())
     except ApiError as exc:
         _refused(exc)
     else:

@@ -293,12 +293,19 @@ def _settle(session: Session, row: ExportRequest, outbox: Outbox | None) -> None
     _notify(session, row.owner_id, row, f"Your export request “{row.title}” is {_said(row)}.")
 
 
-def withdraw(session: Session, principal: Principal, request_id: str) -> dict[str, Any]:
-    """The requester takes a request back while it is open."""
+def withdraw(session: Session, principal: Principal, request_id: str,
+             outbox: Outbox | None = None) -> dict[str, Any]:
+    """The requester takes a request back while it is open (traced once it was submitted:
+    nothing of it leaves)."""
     row = _owned(session, principal, request_id)
     if row.state not in OPEN:
         raise ApiError(f"the request is {row.state}", code="wrong_state", status=409)
+    submitted = row.state != "draft"
     row.state, row.decided_at = "withdrawn", _now()
+    if submitted:
+        files = list(session.scalars(sa.select(ExportFile).where(
+            ExportFile.request_id == row.id)))
+        _trace(outbox, session, row, row.owner_id, "EXPORT_REJECTED", files, "withdrawn")
     return request_out(session, row, principal)
 
 
