@@ -163,8 +163,14 @@ class Mount(BaseModel):
     version: str
     content_hash: str
     tree: str = Field(description="the dataset's own tree, relative to the repository root")
-    project_id: str = Field("", description="the project whose stewards review what leaves")
+    project: str = Field("", description="the project (by name) whose stewards review what "
+                         "leaves")
     read_only: Literal[True] = True
+
+
+def _project_name(session: Session, project_id: str) -> str:
+    project = session.get(Project, project_id)
+    return project.name if project is not None else ""
 
 
 class GrantOut(BaseModel):
@@ -562,7 +568,7 @@ def create_grant(body: GrantIn) -> GrantOut:
             mounts.append(Mount(dataset_id=dataset.id, name=dataset.name,
                                 version=dataset.version, content_hash=dataset.content_hash,
                                 tree=repository.tree_name(dataset.id),
-                                project_id=dataset.project_id))
+                                project=_project_name(session, dataset.project_id)))
         grant = Grant(user_id=body.user_id, workload_id=body.workload_id,
                       purpose=body.purpose, dataset_ids=wanted, tool=body.tool,
                       image=body.image, flavor=body.flavor)

@@ -203,3 +203,40 @@ def export_download(token: str) -> Response:
     answer.headers["Cache-Control"] = "no-store"
     answer.headers["X-Content-Type-Options"] = "nosniff"
     return answer
+
+
+class PolicyIn(BaseModel):
+    """A project's export policy; null leaves a measure to the platform's setting."""
+
+    model_config = ConfigDict(extra="forbid")
+    reviewers: int | None = Field(None, ge=1, le=5, description=(
+        "Independent reviewers each request needs (one is allowed)"))
+    threshold: int | None = Field(None, ge=1, le=1000, description=(
+        "Smallest count a table may show; smaller ones and zeros are flagged"))
+    files_per_month: int | None = Field(None, ge=0, le=10**7)
+    bytes_per_month: int | None = Field(None, ge=0, le=2**50)
+
+
+class PolicyOut(BaseModel):
+    project: str
+    reviewers: int | None
+    threshold: int | None
+    files_per_month: int | None
+    bytes_per_month: int | None
+
+
+@bp.get("/exports/policies/<project>")
+@endpoint("A project's export policy, with the platform's settings where it sets none",
+          response=PolicyOut, tags=["exports"])
+def show_policy(project: str) -> dict[str, Any]:
+    with db_of().reading() as session:
+        return requests.policy_out(requests.policy_of(session, project, config_of()))
+
+
+@bp.put("/exports/policies/<project>")
+@endpoint("Set a project's export policy (its stewards or an administrator)", body=PolicyIn,
+          response=PolicyOut, tags=["exports"])
+def put_policy(project: str, body: PolicyIn) -> dict[str, Any]:
+    with db_of().session() as session:
+        return requests.set_policy(session, _principal(), project, body.model_dump(),
+                                   datasets_as_portal())

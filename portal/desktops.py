@@ -188,7 +188,7 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
                        details=exc.details) from None
     mounts = tuple(DatasetMount(dataset_id=m["dataset_id"], name=m["name"],
                                 version=str(m["version"]), content_hash=m["content_hash"],
-                                tree=m["tree"], project_id=m.get("project_id", ""))
+                                tree=m["tree"], project=m.get("project", ""))
                    for m in grant["mounts"])
     # The backend's hard limit is the maximum lifetime: the agent enforces the expiry, which
     # starts at the flavor's run time and moves with each extension.

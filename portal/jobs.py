@@ -233,7 +233,7 @@ def _grant(datasets_service: DatasetClient, owner: str, principal: Principal,
 def _mount(m: dict[str, Any]) -> dict[str, Any]:
     return {"dataset_id": m["dataset_id"], "name": m["name"], "version": str(m["version"]),
             "content_hash": m["content_hash"], "tree": m["tree"],
-            "project_id": m.get("project_id", "")}
+            "project": m.get("project", "")}
 
 
 def mounts_of(row: Workload) -> tuple[DatasetMount, ...]:

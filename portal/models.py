@@ -373,3 +373,19 @@ class Notification(Base):
     link: Mapped[str] = mapped_column(sa.String(500), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     read_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class ExportPolicy(Base):
+    """How a project's results leave: how many reviewers each request needs, the smallest
+    count its tables may show, and how much it may export a month (None: the platform's
+    setting, or no limit)."""
+
+    __tablename__ = "export_policies"
+
+    project: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    reviewers: Mapped[int | None] = mapped_column(sa.Integer)
+    threshold: Mapped[int | None] = mapped_column(sa.Integer)
+    files_per_month: Mapped[int | None] = mapped_column(sa.Integer)
+    bytes_per_month: Mapped[int | None] = mapped_column(sa.BigInteger)
+    updated_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -53,7 +53,7 @@ class DatasetMount:
     version: str
     content_hash: str
     tree: str
-    project_id: str = ""  # whose stewards review what leaves
+    project: str = ""  # the project (by name) whose stewards review what leaves
 
 
 def dataset_folders(mounts: tuple[DatasetMount, ...] | list[DatasetMount]) -> list[str]:

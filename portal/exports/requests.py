@@ -32,6 +32,7 @@ from portal.exports.checks import REFUSE, RequestLimits, check_limits, check_pat
 from portal.exports.known import known_for
 from portal.models import (
     ExportFile,
+    ExportPolicy,
     ExportRequest,
     ExportVote,
     Workload,
@@ -128,7 +129,9 @@ def submit(session: Session, principal: Principal, request_id: str, config: Conf
     for item in files:
         item.size, item.sha256 = by_id[item.id]["size"], by_id[item.id]["sha256"]
     row.total_bytes = sum(f.size for f in files)
-    _check(row, files, mounts, config)
+    policy = policy_of(session, row.project, config)
+    row.reviewers_needed = policy.reviewers or config.export_reviewers
+    _check(session, row, files, mounts, config, policy)
     row.submitted_at = _now()
     if all(f.verdict == REFUSE for f in files):
         row.state, row.decided_at = "rejected", _now()
@@ -166,7 +169,7 @@ def _provenance(session: Session, row: ExportRequest,
 
 def _project(mounts: list[dict[str, Any]]) -> str | None:
     """The project whose stewards review: that of the datasets the files came from."""
-    return next((m["project_id"] for m in mounts if m.get("project_id")), None)
+    return next((m["project"] for m in mounts if m.get("project")), None)
 
 
 def _stewards(datasets_service: DatasetClient, project: str | None) -> set[str]:
@@ -183,15 +186,47 @@ def _stewards(datasets_service: DatasetClient, project: str | None) -> set[str]:
     return {m["user_id"] for m in members if m.get("role") == "steward"}
 
 
-def _check(row: ExportRequest, files: list[ExportFile], mounts: list[dict[str, Any]],
-           config: Config) -> None:
+def policy_of(session: Session, project: str | None, config: Config) -> ExportPolicy:
+    """The project's export policy, the platform's settings filling what it leaves open."""
+    own = session.get(ExportPolicy, project) if project else None
+    return ExportPolicy(
+        project=project or "", reviewers=(own and own.reviewers) or config.export_reviewers,
+        threshold=(own and own.threshold) or config.export_threshold,
+        files_per_month=own.files_per_month if own else None,
+        bytes_per_month=own.bytes_per_month if own else None)
+
+
+def _allowance_left(session: Session, row: ExportRequest,
+                    policy: ExportPolicy) -> tuple[int | None, int | None]:
+    """What the project may still export this month (files, bytes): its allowance less the
+    requests submitted since the month began that were not rejected or withdrawn."""
+    if row.project is None or (policy.files_per_month is None
+                               and policy.bytes_per_month is None):
+        return None, None
+    since = _now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    counted = sa.select(ExportRequest.id).where(
+        ExportRequest.project == row.project, ExportRequest.id != row.id,
+        ExportRequest.submitted_at >= since,
+        ExportRequest.state.not_in(("rejected", "withdrawn")))
+    files = session.scalar(sa.select(sa.func.count()).select_from(ExportFile).where(
+        ExportFile.request_id.in_(counted))) or 0
+    used = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(ExportRequest.total_bytes), 0))
+                          .where(ExportRequest.id.in_(counted))) or 0
+    return (None if policy.files_per_month is None else max(0, policy.files_per_month - files),
+            None if policy.bytes_per_month is None else max(0, policy.bytes_per_month - used))
+
+
+def _check(session: Session, row: ExportRequest, files: list[ExportFile],
+           mounts: list[dict[str, Any]], config: Config, policy: ExportPolicy) -> None:
     """The automatic checks on the pinned copies; a refused file is rejected for good."""
     trees = [(m["content_hash"], config.repository_path / m["tree"]) for m in mounts]
-    known = known_for(trees, store_of(config) / "known", config.export_threshold)
+    known = known_for(trees, store_of(config) / "known", policy.threshold or 10)
     folder = store_of(config) / row.id
+    files_left, bytes_left = _allowance_left(session, row, policy)
     whole = check_limits([(f.path, f.size) for f in files], RequestLimits(
         max_files=config.export_max_files, max_bytes=config.export_max_bytes,
-        max_file_bytes=config.export_max_file_bytes))
+        max_file_bytes=config.export_max_file_bytes, project_files_left=files_left,
+        project_bytes_left=bytes_left))
     for item in files:
         verdict = check_path(folder / item.id, known, name=item.path)
         findings = [*verdict.findings, *whole]
@@ -459,3 +494,31 @@ def _trace(outbox: Outbox | None, session: Session, row: ExportRequest, actor: s
             "request_id": row.id, "subject_user": row.owner_id, "project": row.project,
             "file_hashes": ["sha256:" + f.sha256 for f in files if f.sha256][:1000],
             "decision": decision}.items() if v}}))
+
+
+def set_policy(session: Session, principal: Principal, project: str, values: dict[str, Any],
+               datasets_service: DatasetClient) -> dict[str, Any]:
+    """Set a project's export policy: its stewards or an administrator."""
+    if not principal.has_any("admin"):
+        try:  # fails closed: a steward the dataset service cannot confirm is none
+            stewards = _stewards(datasets_service, project) \
+                if principal.workload_id is None else set()
+        except ServiceUnavailable:
+            stewards = set()
+        if principal.subject not in stewards:
+            raise Forbidden("only the project's stewards or an administrator set its export "
+                            "policy", code="not_a_steward")
+    row = session.get(ExportPolicy, project)
+    if row is None:
+        row = ExportPolicy(project=project)
+        session.add(row)
+    for name in ("reviewers", "threshold", "files_per_month", "bytes_per_month"):
+        setattr(row, name, values.get(name))
+    row.updated_by, row.updated_at = principal.subject, _now()
+    session.flush()
+    return policy_out(row)
+
+
+def policy_out(row: ExportPolicy) -> dict[str, Any]:
+    return {"project": row.project, "reviewers": row.reviewers, "threshold": row.threshold,
+            "files_per_month": row.files_per_month, "bytes_per_month": row.bytes_per_month}

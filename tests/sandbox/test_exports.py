@@ -72,7 +72,7 @@ def test_results_leave_only_through_two_reviewers(airlock, token) -> None:
         "files": [f"jobs/{job_id}/{n}" for n in names]})
     assert asked.status_code == 201, asked.get_json()
     export = asked.get_json()
-    assert export["state"] == "in_review" and export["project"], export
+    assert export["state"] == "in_review" and export["project"] == "lung", export
     assert export["datasets"] == [{"id": airlock["dataset"]["id"],
                                    "hash": airlock["dataset"]["content_hash"]}]
     files = by_path(export)
@@ -214,3 +214,31 @@ def test_an_oversized_request_is_refused_and_leaves_nothing(airlock) -> None:
     store = airlock["config"].home / "exports"
     assert not any(p.is_dir() and p.name.startswith("e") for p in store.iterdir()) \
         if store.exists() else True
+
+
+def test_a_projects_policy_sets_its_reviewers_threshold_and_allowance(airlock, token) -> None:
+    client = airlock["portal"].test_client()
+    alice, job_id = airlock["alice"], airlock["job"]["id"]
+    policy = "/api/v1/exports/policies/lung"  # by name
+    assert client.put(policy, headers=alice, json={"reviewers": 1}).status_code == 403
+    set_ = client.put(policy, headers=auth(token("steward-1", "steward")),
+                      json={"reviewers": 1, "threshold": 50})
+    assert set_.status_code == 200 and set_.get_json()["reviewers"] == 1, set_.get_json()
+    assert client.get(policy, headers=alice).get_json()["threshold"] == 50
+    export = client.post("/api/v1/exports", headers=alice, json={
+        "title": "Figures", "purpose": "paper",
+        "files": [f"jobs/{job_id}/results.csv"]}).get_json()
+    assert export["reviewers_needed"] == 1
+    table = export["files"][0]
+    assert table["verdict"] == "flag" and "small_count" in {f["code"] for f in table["findings"]}
+    decided = client.post(f"/api/v1/exports/{export['id']}/votes",
+                          headers=auth(token("steward-2", "steward")),
+                          json={"file_id": table["id"], "vote": "approve"})
+    assert decided.get_json()["state"] == "approved"  # one reviewer was enough here
+
+    client.put(policy, headers=auth(token("steward-1", "steward")),
+               json={"reviewers": 1, "bytes_per_month": 100})
+    over = client.post("/api/v1/exports", headers=alice, json={
+        "title": "More", "purpose": "paper", "files": [f"jobs/{job_id}/model.bin"]}).get_json()
+    assert over["state"] == "rejected"
+    assert "too_large" in {f["code"] for f in over["files"][0]["findings"]}
