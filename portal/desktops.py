@@ -19,16 +19,14 @@ from portal import catalogues
 from portal.compute import ComputeError, DatasetMount, Resources, WorkloadSpec, lifecycle
 from portal.compute.agent import socket_path
 from portal.compute.client import AgentClient
+from portal.compute.tokens import workload_token
 from portal.models import ACTIVE_STATES, Flavor, Workload
 from portal.quotas import Account, Decision, HostCapacity, Requester, Usage, decide
 from vre.db import utcnow
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
-from vre.tokens import WORKLOAD_SCOPES, Principal, TokenIssuer
+from vre.tokens import Principal
 from vre.web import config_of
 
-# What code in a desktop may do with its token: see itself and the catalogues, submit jobs.
-DESKTOP_TOKEN_SCOPE = " ".join(sorted(WORKLOAD_SCOPES))
-WORKLOAD_ROLES = ["researcher"]
 AGENT_STATUS = {"agent_unavailable": 503, "exceeds_host": 422, "mount_refused": 409,
                 "bad_environment": 422, "workload_exists": 409, "workload_unknown": 404,
                 "desktop_not_running": 409, "lifetime_limit": 409,
@@ -155,14 +153,6 @@ def host_of(client: AgentClient) -> HostCapacity:
         raise _agent_error(exc) from None
     return HostCapacity(cpus=capacity["total_cpus"], memory_mib=capacity["total_memory_mib"],
                         gpus=capacity["total_gpus"])
-
-
-def workload_token(issuer: TokenIssuer, owner_id: str, workload_id: str,
-                   datasets: list[str], ttl: int) -> str:
-    """The desktop's own token: its owner, itself, its datasets, job submission; short-lived."""
-    token, _ = issuer.issue(owner_id, WORKLOAD_ROLES, client="workload", ttl=ttl,
-                            scope=DESKTOP_TOKEN_SCOPE, wid=workload_id, datasets=datasets)
-    return token
 
 
 def start(session: Session, principal: Principal, ask: DesktopRequest,

@@ -45,6 +45,7 @@ from portal.compute import (
     spec_to_json,
 )
 from portal.compute import jobs as job_records
+from portal.compute.tokens import workload_token
 from portal.exports import store_of
 from portal.models import ACTIVE_STATES, JOB_FINAL_STATES, User, Workload, trace_outbox
 from portal.revocations import revoke_workload
@@ -828,8 +829,6 @@ def service_tokens(config: Config) -> TokenSource:
 def workload_tokens(config: Config) -> TokenMinter:
     """A job's own token, signed under the portal's name like a desktop's (the gateway
     renews it while the job runs)."""
-    from portal.desktops import workload_token
-
     issuer = TokenIssuer.from_file(config.signing_key_path, config.portal_issuer,
                                    config.token_audience, config.token_ttl_seconds)
     return lambda row: workload_token(issuer, row.owner_id, row.id, list(row.datasets),

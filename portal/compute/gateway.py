@@ -30,7 +30,7 @@ import sqlalchemy as sa
 import urllib3
 
 from portal.compute.local import api_socket_path, ensure_workload_user
-from portal.desktops import workload_token
+from portal.compute.tokens import workload_token
 from portal.models import Workload
 from vre.config import Config
 from vre.db import Database
