@@ -466,8 +466,9 @@ def _projects_stewarded(datasets_service: DatasetClient, principal: Principal) -
         projects = datasets_service.projects()
     except (DatasetError, DatasetUnavailable):
         return []
-    return [p["id"] for p in projects
-            if principal.subject in _stewards(datasets_service, p["id"])]
+    # Requests name their project as grants do: by name.
+    return [p["name"] for p in projects
+            if principal.subject in _stewards(datasets_service, p["name"])]
 
 
 def _iso(moment: datetime | None) -> str | None:
