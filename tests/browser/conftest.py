@@ -110,7 +110,11 @@ def start_platform(workdir: Path, **settings: str) -> Platform:
                VRE_DATASET_PORT=str(free_port()), VRE_TRACER_PORT=str(free_port()),
                VRE_CHAIN_PORT=str(free_port()), VRE_VNC_PROXY_PORT=str(free_port()),
                VRE_ADMIN_PASSWORD=ADMIN_PASSWORD,
-               VRE_LOG_LEVEL="WARNING", VRE_ANCHOR_INTERVAL_SECONDS="1", **settings)
+               VRE_LOG_LEVEL="WARNING", VRE_ANCHOR_INTERVAL_SECONDS="1",
+               # Every test signs in from 127.0.0.1, many times a minute: the limit that
+               # guards a real portal would lock later tests out (it is tested on its own).
+               VRE_SIGNIN_LIMIT_PER_ADDRESS="1000", VRE_SIGNIN_LIMIT_PER_USER="1000",
+               **settings)
     log = workdir / "vre-up.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "launcher", "up"], env=env, cwd=workdir,
