@@ -48,7 +48,8 @@ def agent() -> AgentClient:
     return AgentClient(socket_path(config_of()))
 
 
-def _agent_error(exc: ComputeError) -> ApiError:
+def agent_error(exc: ComputeError) -> ApiError:
+    """A refusal of the compute agent as the API answers it, with its status."""
     return ApiError(exc.reason, code=exc.code, status=AGENT_STATUS.get(exc.code, 502))
 
 
@@ -150,7 +151,7 @@ def host_of(client: AgentClient) -> HostCapacity:
     try:
         capacity = client.capacity()
     except ComputeError as exc:
-        raise _agent_error(exc) from None
+        raise agent_error(exc) from None
     return HostCapacity(cpus=capacity["total_cpus"], memory_mib=capacity["total_memory_mib"],
                         gpus=capacity["total_gpus"])
 
@@ -196,7 +197,7 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
                             expires_in=flavor.max_runtime_minutes * 60)
     except ComputeError as exc:
         end_grant(datasets_service, grant["id"])
-        raise _agent_error(exc) from None
+        raise agent_error(exc) from None
 
 
 def end_grant(datasets_service: DatasetClient, grant_id: str | None) -> None:
@@ -241,7 +242,7 @@ def stop_workload(session: Session, principal: Principal, workload_id: str,
     try:
         shown = agent().stop(workload_id, reason=reason, actor=principal.subject)
     except ComputeError as exc:
-        raise _agent_error(exc) from None
+        raise agent_error(exc) from None
     end_grant(datasets_service, grant_id)
     return shown
 
@@ -283,7 +284,7 @@ def extend(session: Session, principal: Principal, workload_id: str) -> dict[str
     try:
         return agent().extend(workload_id)
     except ComputeError as exc:
-        raise _agent_error(exc) from None
+        raise agent_error(exc) from None
 
 
 def retire_ended(session: Session, datasets_service: DatasetClient,

@@ -38,7 +38,7 @@ from portal.compute.jobs import (
     wall_seconds,
 )
 from portal.compute.sandbox import HOME
-from portal.desktops import _agent_error, agent, end_grant, user_account
+from portal.desktops import agent, agent_error, end_grant, user_account
 from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Flavor, Workload
 from portal.quotas import HostCapacity, Requester, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
@@ -331,7 +331,7 @@ def cancel(session: Session, principal: Principal, job_id: str,
     try:
         agent().stop(job_id, reason=CANCELLED, actor=actor)
     except ComputeError as exc:
-        raise _agent_error(exc) from None
+        raise agent_error(exc) from None
     session.expire_all()
     return job_out(session.get(Workload, job_id))
 
@@ -345,7 +345,7 @@ def outputs(principal: Principal, session: Session, job_id: str) -> dict[str, An
         try:
             files = agent().outputs(job_id)
         except ComputeError as exc:
-            raise _agent_error(exc) from None
+            raise agent_error(exc) from None
     return {"job_id": row.id, "folder": job_out(row)["outputs"], **files,
             "recorded_hash": row.output_hash}
 
@@ -362,7 +362,7 @@ def logs(principal: Principal, session: Session, job_id: str,
     except ComputeError as exc:
         if exc.code == "workload_unknown":
             return b"", offset, row.state
-        raise _agent_error(exc) from None
+        raise agent_error(exc) from None
     session.refresh(row)
     return data, after, row.state
 

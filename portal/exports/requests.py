@@ -26,7 +26,7 @@ from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailab
 from portal.compute import ComputeError
 from portal.compute.jobs import aware
 from portal.compute.outputs import Unpinnable, checked_relative
-from portal.desktops import _agent_error, agent
+from portal.desktops import agent, agent_error
 from portal.exports import store_of
 from portal.exports.checks import REFUSE, RequestLimits, check_limits, check_path
 from portal.exports.known import known_for
@@ -124,7 +124,7 @@ def submit(session: Session, principal: Principal, request_id: str, config: Conf
                                                     for f in files],
                              config.export_max_file_bytes)
     except ComputeError as exc:
-        raise _agent_error(exc) from None
+        raise agent_error(exc) from None
     by_id = {p["id"]: p for p in pinned}
     for item in files:
         item.size, item.sha256 = by_id[item.id]["size"], by_id[item.id]["sha256"]
