@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ from websockets.sync.client import connect
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from portal.compute.local import descendants
 from tests.helpers import free_port
+from tests.platform import platform_env, start_vre_up, stop_vre_up
 from tests.sandbox.rfb import RfbClient, WebSocketStream
 
 ADMIN_PASSWORD = "bench-admin-password"
@@ -43,28 +42,15 @@ class Platform:
     """`vre up` with the demo data in a scratch data directory, on free ports."""
 
     def __init__(self, workdir: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
-        env.update(VRE_HOME=str(workdir / "var"), VRE_PORTAL_PORT=str(free_port()),
-                   VRE_DATASET_PORT=str(free_port()), VRE_TRACER_PORT=str(free_port()),
-                   VRE_CHAIN_PORT=str(free_port()), VRE_VNC_PROXY_PORT=str(free_port()),
-                   VRE_ADMIN_PASSWORD=ADMIN_PASSWORD, VRE_LOG_LEVEL="WARNING")
+        env = platform_env(workdir, ADMIN_PASSWORD)
         self.env = env
         self.home = Path(env["VRE_HOME"])
         self.portal = f"http://127.0.0.1:{env['VRE_PORTAL_PORT']}"
         self.datasets = f"http://127.0.0.1:{env['VRE_DATASET_PORT']}"
-        self.log = workdir / "vre-up.log"
-        vre = shutil.which("vre", path=str(Path(sys.executable).parent)) or "vre"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen([vre, "up"], env=env, cwd=workdir,
-                                            stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 600
-        while "Press Ctrl-C to stop." not in self.log.read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("vre up did not start:\n"
-                                 + self.log.read_text(errors="replace")[-2000:])
-            time.sleep(0.2)
+        try:
+            self.process, self.log = start_vre_up(env, workdir, seconds=600)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         answer = requests.post(self.portal + "/api/v1/tokens", timeout=30, json={
             "grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD})
         answer.raise_for_status()
@@ -78,12 +64,7 @@ class Platform:
         return dict(answer.json())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_vre_up(self.process)
 
 
 def wait_for(check: Callable[[], bool], what: str, seconds: float = 60) -> None:

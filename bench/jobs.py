@@ -30,7 +30,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from portal.compute import Resources, WorkloadSpec
 from portal.compute.local import LocalBackend
 from portal.models import Workload
-from tests.helpers import free_port
+from tests.platform import platform_env, start_vre_up, stop_vre_up
 from vre.config import Config, load_config
 from vre.db import Database, drop_schemas
 from vre.services import service
@@ -71,12 +70,7 @@ class Platform:
     in schemas of its own (dropped by the caller)."""
 
     def __init__(self, workdir: Path, database_url: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
-        env.update(VRE_HOME=str(workdir / "var"), VRE_PORTAL_PORT=str(free_port()),
-                   VRE_DATASET_PORT=str(free_port()), VRE_TRACER_PORT=str(free_port()),
-                   VRE_CHAIN_PORT=str(free_port()), VRE_VNC_PROXY_PORT=str(free_port()),
-                   VRE_ADMIN_PASSWORD=ADMIN_PASSWORD, VRE_LOG_LEVEL="WARNING",
-                   VRE_JOB_CPUS="2")
+        env = platform_env(workdir, ADMIN_PASSWORD, VRE_JOB_CPUS="2")
         if database_url:
             env.update(VRE_DATABASE_URL=database_url,
                        VRE_DATABASE_SCHEMA_PREFIX=f"benchjobs{os.getpid()}_")
@@ -84,19 +78,10 @@ class Platform:
         self.config: Config = load_config(env=env)
         self.portal = f"http://127.0.0.1:{env['VRE_PORTAL_PORT']}"
         self.datasets = f"http://127.0.0.1:{env['VRE_DATASET_PORT']}"
-        self.log = workdir / "vre-up.log"
-        vre = shutil.which("vre", path=str(Path(sys.executable).parent)) or "vre"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen([vre, "up"], env=env, cwd=workdir,
-                                            stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 600
-        while "Press Ctrl-C to stop." not in self.log.read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("vre up did not start:\n"
-                                 + self.log.read_text(errors="replace")[-2000:])
-            time.sleep(0.2)
+        try:
+            self.process, self.log = start_vre_up(env, workdir, seconds=600)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         self.admin = self.token("admin", ADMIN_PASSWORD)
 
     def token(self, username: str, password: str) -> str:
@@ -124,12 +109,7 @@ class Platform:
         return token, subject
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_vre_up(self.process)
 
 
 @contextlib.contextmanager

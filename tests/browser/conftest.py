@@ -16,8 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,8 @@ import pytest
 import requests
 
 from dataset_service.bootstrap import DEMO_DATASET
-from tests.helpers import auth, free_port
+from tests.helpers import auth
+from tests.platform import platform_env, start_vre_up, stop_vre_up
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
@@ -89,13 +88,7 @@ class Platform:
 
     def stop(self) -> None:
         """Ctrl-C, as an operator stops it; then kill whatever is left."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_vre_up(self.process, grace=30)
         state = self.home / "run" / "state.json"
         if state.is_file():  # a supervisor that died could not stop its children
             for child in json.loads(state.read_text()).get("processes", []):
@@ -105,29 +98,16 @@ class Platform:
 
 def start_platform(workdir: Path, **settings: str) -> Platform:
     """`vre up` in a fresh data directory on free ports (SQLite), waiting for its banner."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VRE_")}
-    env.update(VRE_HOME=str(workdir / "var"), VRE_PORTAL_PORT=str(free_port()),
-               VRE_DATASET_PORT=str(free_port()), VRE_TRACER_PORT=str(free_port()),
-               VRE_CHAIN_PORT=str(free_port()), VRE_VNC_PROXY_PORT=str(free_port()),
-               VRE_ADMIN_PASSWORD=ADMIN_PASSWORD,
-               VRE_LOG_LEVEL="WARNING", VRE_ANCHOR_INTERVAL_SECONDS="1",
-               # Every test signs in from 127.0.0.1, many times a minute: the limit that
-               # guards a real portal would lock later tests out (it is tested on its own).
-               VRE_SIGNIN_LIMIT_PER_ADDRESS="1000", VRE_SIGNIN_LIMIT_PER_USER="1000",
-               **settings)
-    log = workdir / "vre-up.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "launcher", "up"], env=env, cwd=workdir,
-                                   stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+    env = platform_env(
+        workdir, ADMIN_PASSWORD, VRE_ANCHOR_INTERVAL_SECONDS="1",
+        # Every test signs in from 127.0.0.1, many times a minute: the limit that guards a
+        # real portal would lock later tests out (it is tested on its own).
+        VRE_SIGNIN_LIMIT_PER_ADDRESS="1000", VRE_SIGNIN_LIMIT_PER_USER="1000", **settings)
+    try:  # each process may take a while on a loaded machine
+        process, log = start_vre_up(env, workdir, seconds=300)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     platform = Platform(Path(env["VRE_HOME"]), env, process, log)
-    deadline = time.monotonic() + 300  # each process may take a while on a loaded machine
-    while "Press Ctrl-C to stop." not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            platform.stop()
-            pytest.fail(f"vre up did not start (status {process.returncode}); it printed:\n"
-                        f"{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
     ready = requests.get(platform.portal + "/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
     return platform
