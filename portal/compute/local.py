@@ -21,6 +21,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -193,6 +194,7 @@ class LocalBackend(ComputeBackend):
         self.bwrap = shutil.which("bwrap")
         self.limits = cgroups.available()
         self.gpus = _host_gpus(config)
+        self._exits = threading.Lock()
         if os.geteuid() == 0:
             share_repository(self.repository, self.user.gid)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -240,6 +242,14 @@ class LocalBackend(ComputeBackend):
         recorded = home / "exited.json"
         if recorded.exists():
             return Exited(**json.loads(recorded.read_text()))
+        # One thread records an exit (reads the cgroup's usage, then removes the cgroup);
+        # another polling the same workload meanwhile waits and reads what it recorded.
+        with self._exits:
+            if recorded.exists():
+                return Exited(**json.loads(recorded.read_text()))
+            return self._poll_once(workload_id, home, recorded)
+
+    def _poll_once(self, workload_id: str, home: Path, recorded: Path) -> Exited | None:
         state = self._state(home)
         status_file = home / "exit"
         if status_file.exists():
