@@ -20,6 +20,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from vre.cache import TimedCache
 from vre.errors import ApiError
 from vre.jsonbody import too_deep
 from vre.revocation import RevocationState, token_refusal
@@ -27,6 +28,11 @@ from vre.revocation import RevocationState, token_refusal
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ["RS256", "ES256", "EdDSA"]
+# A token whose signature was checked is not checked again for this long (the same bearer
+# token comes with each request of a client): expiry and revocation are still checked on
+# each request, and a key the issuer withdraws stops its tokens within this time.
+VERIFIED_SECONDS = 60.0
+VERIFIED_TOKENS = 4096
 
 
 class TokenError(ApiError):
@@ -143,10 +149,38 @@ class TokenValidator:
             platform[0], KeySet(platform[1]))
         # What refuses a person's token before it expires; set where the service installs it.
         self.revocations: RevocationState | None = None
+        self._verified: TimedCache[tuple[dict[str, Any], str]] = TimedCache(
+            VERIFIED_SECONDS, VERIFIED_TOKENS)
 
     def validate(self, token: str | None) -> Principal:
         if not token:
             raise TokenError("a bearer token is required", code="token_missing")
+        verified = self._verified.get(token)
+        if verified is None:
+            verified = self._verify(token)
+            self._verified.put(token, verified)
+        elif verified[0]["exp"] + self.leeway < time.time():
+            raise TokenError("token has expired", code="token_expired")
+        claims, issuer = verified
+        principal = Principal(
+            subject=str(claims["sub"]), roles=_roles_of(claims),
+            client=claims.get("azp") or claims.get("client_id"),
+            username=claims.get("preferred_username"), claims=claims,
+        )
+        if issuer != self.issuer and not (principal.is_service or principal.scopes):
+            raise TokenError("people sign in at the identity provider; the platform issues "
+                             "tokens for services and workloads only")
+        # A service's credentials come from the platform's secrets, not from an account; the
+        # feeds themselves are read with them, so they never wait on a feed.
+        if self.revocations is not None and not principal.is_service:
+            refusal = token_refusal(claims, self.revocations.snapshot())
+            if refusal:
+                raise TokenError(refusal, code="token_revoked")
+        return principal
+
+    def _verify(self, token: str) -> tuple[dict[str, Any], str]:
+        """The claims of a token whose signature, issuer, audience and times hold, and the
+        issuer that signed it."""
         if _header_too_deep(token):
             raise TokenError("malformed token: its header nests too deep")
         try:
@@ -169,21 +203,7 @@ class TokenValidator:
             raise TokenError("token has expired", code="token_expired") from exc
         except jwt.PyJWTError as exc:
             raise TokenError(f"token rejected: {exc}") from exc
-        principal = Principal(
-            subject=str(claims["sub"]), roles=_roles_of(claims),
-            client=claims.get("azp") or claims.get("client_id"),
-            username=claims.get("preferred_username"), claims=claims,
-        )
-        if issuer != self.issuer and not (principal.is_service or principal.scopes):
-            raise TokenError("people sign in at the identity provider; the platform issues "
-                             "tokens for services and workloads only")
-        # A service's credentials come from the platform's secrets, not from an account; the
-        # feeds themselves are read with them, so they never wait on a feed.
-        if self.revocations is not None and not principal.is_service:
-            refusal = token_refusal(claims, self.revocations.snapshot())
-            if refusal:
-                raise TokenError(refusal, code="token_revoked")
-        return principal
+        return claims, issuer
 
 
 def _unverified_issuer(token: str) -> str | None:

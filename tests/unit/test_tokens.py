@@ -131,3 +131,30 @@ def test_with_a_realm_the_portal_signs_as_itself(tmp_path: Path) -> None:
     validator = validator_for(oidc)
     assert validator.issuer == realm and validator.platform is not None
     assert validator.platform[0] == "https://vre.example.org"
+
+
+def test_a_token_checked_before_is_refused_once_it_expires(
+        pair: tuple[TokenIssuer, TokenValidator], monkeypatch: pytest.MonkeyPatch) -> None:
+    issuer, validator = pair
+    token, _ = issuer.issue("alice", ["researcher"])
+    assert validator.validate(token).subject == "alice"  # its signature is now remembered
+    later = time.time() + 3600
+    monkeypatch.setattr("vre.tokens.time.time", lambda: later)
+    with pytest.raises(TokenError) as err:
+        validator.validate(token)
+    assert err.value.code == "token_expired"
+
+
+def test_a_remembered_token_vouches_for_no_other_bytes(
+        pair: tuple[TokenIssuer, TokenValidator]) -> None:
+    issuer, validator = pair
+    token, _ = issuer.issue("alice", ["researcher"])
+    validator.validate(token)
+    head, body, signature = token.split(".")
+    claims = json.loads(jwt.utils.base64url_decode(body))
+    forged_body = jwt.utils.base64url_encode(
+        json.dumps({**claims, "sub": "mallory", "roles": ["admin"]}).encode()).decode()
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    for forged in (f"{head}.{forged_body}.{signature}", f"{head}.{body}.{flipped}"):
+        with pytest.raises(TokenError):
+            validator.validate(forged)
