@@ -194,13 +194,14 @@ def _tracer() -> TracerClient:
 
 
 def record_trace(session: Session, actor: str, action: str, datasets: list[Dataset],
-                 details: dict[str, Any]) -> None:
+                 details: dict[str, Any], at_once: bool = True) -> None:
     """Trace an action in its own transaction: the trace reaches the ledger if and only if
-    the action commits (the outbox sends it after commit, until the tracer acknowledges)."""
+    the action commits (the outbox sends it after commit, until the tracer acknowledges;
+    with `at_once` False, with others in the deliverer's next batch)."""
     outbox_of().record(session, checked_trace({
         "actor": actor, "action": action,
         "datasets": [{"id": d.id, "hash": d.content_hash} for d in datasets],
-        "details": {k: v for k, v in details.items() if v is not None}}))
+        "details": {k: v for k, v in details.items() if v is not None}}), at_once=at_once)
 
 
 def _out(dataset: Dataset, exact: bool = True) -> DatasetOut:
@@ -576,7 +577,10 @@ def create_grant(body: GrantIn) -> GrantOut:
         session.flush()
         record_trace(session, body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
             "workload_id": body.workload_id, "purpose": body.purpose, "tool": body.tool,
-            "image": body.image, "flavor": body.flavor})
+            "image": body.image, "flavor": body.flavor},
+            # A job's grant comes with its submission, many a second: its trace goes in
+            # the outbox's next batch, as the job's own JOB_SUBMITTED does.
+            at_once=body.purpose != "job")
         return GrantOut(id=grant.id, user_id=grant.user_id, workload_id=grant.workload_id,
                         purpose=grant.purpose, mounts=mounts)
 
@@ -585,11 +589,14 @@ def _restore_trees(repository: Repository, wanted: list[str]) -> None:
     """Lay out again, before a grant and outside its transaction, the tree of a released
     dataset that went missing (a repository restored from a backup without its trees): trees
     are made at release, never inside a grant."""
+    missing = [i for i in wanted
+               if re.match(_ID, i) and not repository.tree_path(i).is_dir()]
+    if not missing:  # the usual case, asked many a second: no query
+        return
     with db_of().reading() as session:
         for dataset in session.scalars(sa.select(Dataset).where(
-                Dataset.id.in_(wanted), Dataset.state.in_(("released", "published")))):
-            if not repository.tree_path(dataset.id).is_dir():
-                ds.build_tree(session, repository, dataset)
+                Dataset.id.in_(missing), Dataset.state.in_(("released", "published")))):
+            ds.build_tree(session, repository, dataset)
 
 
 # Who may end a grant: the portal, which asked for it, and an administrator.

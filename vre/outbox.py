@@ -75,6 +75,7 @@ class Outbox:
         retry: float,
         batch: int = 200,
         poll: float = 5.0,
+        linger: float = 0.05,
     ) -> None:
         self.db = db
         self.table = table
@@ -83,6 +84,8 @@ class Outbox:
         self.retry = retry
         self.batch = batch
         self.poll = poll
+        self.linger = linger
+        self._lingers = False  # a trace that need not wait came: gather more before sending
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards the thread's start and end
@@ -100,7 +103,8 @@ class Outbox:
         if not at_once:
             if not session.info.get(_LATER):
                 session.info[_LATER] = True
-                after_commit(session, lambda: (session.info.pop(_LATER, None), self._kick()))
+                after_commit(session, lambda: (session.info.pop(_LATER, None),
+                                               self._kick(linger=True)))
                 on_rollback(session, lambda: session.info.pop(_LATER, None))
             return trace_id
         pending: list[str] | None = session.info.get(_PENDING)
@@ -308,9 +312,11 @@ class Outbox:
         if thread is not None:
             thread.join(timeout)
 
-    def _kick(self) -> None:
-        """Wake the deliverer, starting it if it is not running."""
+    def _kick(self, linger: bool = False) -> None:
+        """Wake the deliverer, starting it if it is not running; with `linger`, it first
+        waits a moment for more traces, so that many a second go in few batches."""
         with self._lock:
+            self._lingers = self._lingers or linger
             self._wake.set()
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="trace-outbox", daemon=True)
@@ -320,6 +326,9 @@ class Outbox:
         failures, waiting = 0, False
         while not self._stop.is_set():
             self._wake.clear()
+            if self._lingers:
+                self._lingers = False
+                self._stop.wait(self.linger)
             pause: float | None
             try:
                 self.drain()
