@@ -57,53 +57,57 @@ def month_start(now: datetime) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def usage_of(session: Session, owner_id: str, now: datetime) -> Usage:
-    """What a user runs now and has used this month, from the workloads the agent recorded."""
-    flavors = {f.name: f for f in catalogues.flavors(session)}
+def usage_of(session: Session, owner_id: str, now: datetime,
+             flavors: dict[str, Flavor] | None = None) -> Usage:
+    """What a user runs now and has used this month, from the workloads the agent recorded
+    (`flavors` by name, when the caller read them already)."""
+    if flavors is None:
+        flavors = {f.name: f for f in catalogues.flavors(session)}
     since = month_start(now)
     desktops = jobs = gpus = 0
     cpu_hours = gpu_hours = 0.0
-    # Waiting jobs are summed by the database: a researcher may have thousands queued.
-    for name, count, seconds in session.execute(
-            sa.select(Workload.flavor, sa.func.count(),
+    # One statement, grouped by the database: a researcher may have thousands of jobs
+    # waiting, and they fall in one group a flavor (they have not started).
+    for state, kind, name, started_at, ended_at, count, seconds in session.execute(
+            sa.select(Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
+                      Workload.ended_at, sa.func.count(),
                       sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
-            .where(Workload.owner_id == owner_id, Workload.state == "queued")
-            .group_by(Workload.flavor)):
-        # A waiting job counts against the jobs allowed, and reserves the most it may use of
-        # the month's budget, so jobs queued together never overrun it.
-        jobs += count
+            .where(Workload.owner_id == owner_id,
+                   sa.or_(Workload.state.in_((*ACTIVE_STATES, "queued")),
+                          Workload.ended_at >= since))
+            .group_by(Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
+                      Workload.ended_at)):
         flavor = flavors.get(name)
-        if flavor:
-            cpu_hours += seconds / 3600 * flavor.cpus
-            gpu_hours += seconds / 3600 * flavor.gpus
-    rows = session.execute(sa.select(
-        Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
-        Workload.ended_at).where(
-        Workload.owner_id == owner_id,
-        sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at >= since)))
-    for row in rows:
-        flavor = flavors.get(row.flavor)
-        active = row.state in ACTIVE_STATES
+        if state == "queued":
+            # A waiting job counts against the jobs allowed, and reserves the most it may
+            # use of the month's budget, so jobs queued together never overrun it.
+            jobs += count
+            if flavor:
+                cpu_hours += seconds / 3600 * flavor.cpus
+                gpu_hours += seconds / 3600 * flavor.gpus
+            continue
+        active = state in ACTIVE_STATES
         if active:
-            desktops += row.kind == "desktop"
-            jobs += row.kind == "job"
-            gpus += flavor.gpus if flavor else 0
-        if flavor and row.started_at:
-            began = max(_aware(row.started_at), since)
-            ended = now if active or row.ended_at is None else _aware(row.ended_at)
-            hours = max(0.0, (ended - began).total_seconds() / 3600)
+            desktops += count if kind == "desktop" else 0
+            jobs += count if kind == "job" else 0
+            gpus += count * flavor.gpus if flavor else 0
+        if flavor and started_at:
+            began = max(_aware(started_at), since)
+            ended = now if active or ended_at is None else _aware(ended_at)
+            hours = count * max(0.0, (ended - began).total_seconds() / 3600)
             cpu_hours += hours * flavor.cpus
             gpu_hours += hours * flavor.gpus
     return Usage(desktops=desktops, jobs=jobs, gpus=gpus, cpu_hours=cpu_hours,
                  gpu_hours=gpu_hours)
 
 
-def user_account(session: Session, subject: str, now: datetime) -> Account:
+def user_account(session: Session, subject: str, now: datetime,
+                 flavors: dict[str, Flavor] | None = None) -> Account:
     """The user's quota (their own, else the default) with what they use now and this month:
     the account every start, every flavor listing and the quota route count against."""
     quota = catalogues.effective_quota(session, "user", subject)
     return Account("user", subject, catalogues.limits_of(quota),
-                   usage_of(session, subject, now))
+                   usage_of(session, subject, now, flavors))
 
 
 def _aware(value: datetime) -> datetime:

@@ -10,6 +10,7 @@ A person's token sees all of their jobs."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,7 @@ from portal.compute import (
     sandbox,
     spec_to_json,
 )
+from portal.compute.client import AgentClient
 from portal.compute.jobs import (
     aware,
     cancel_queued,
@@ -39,7 +41,7 @@ from portal.compute.jobs import (
 )
 from portal.compute.sandbox import HOME
 from portal.desktops import agent, agent_error, end_grant, user_account
-from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Flavor, Workload
+from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Workload
 from portal.quotas import HostCapacity, Requester, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.outbox import Outbox
@@ -117,10 +119,13 @@ def _dependencies(session: Session, owner: str, after: tuple[str, ...]) -> list[
 
 
 def _existing(session: Session, owner: str, key: str | None) -> Workload | None:
+    """The owner's job submitted with this idempotency key, if any (its id is read first:
+    a fresh key, the usual case, loads no record)."""
     if key is None:
         return None
-    return session.scalar(sa.select(Workload).where(Workload.owner_id == owner,
-                                                    Workload.idempotency_key == key))
+    job_id = session.scalar(sa.select(Workload.id).where(Workload.owner_id == owner,
+                                                         Workload.idempotency_key == key))
+    return None if job_id is None else session.get(Workload, job_id)
 
 
 def submit(session: Session, principal: Principal, ask: JobRequest,
@@ -137,10 +142,12 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
     if earlier is not None:
         return job_out(earlier), False
     application = _application(session, ask)
-    row = session.get(Flavor, ask.flavor)
+    flavors = {f.name: f for f in catalogues.flavors(session)}
+    row = flavors.get(ask.flavor)
     spec = catalogues.spec_of(row) if row is not None else None
     decide("job", spec, Requester.of(principal.roles, ask.projects),
-           [user_account(session, owner, now)], host, flavor_name=ask.flavor).raise_if_refused()
+           [user_account(session, owner, now, flavors)], host,
+           flavor_name=ask.flavor).raise_if_refused()
     assert row is not None
     limit = round((ask.time_limit_minutes or row.max_runtime_minutes) * 60)
     if limit > row.max_runtime_minutes * 60:
@@ -181,11 +188,11 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
     except ValueError as exc:
         end_grant(datasets_service, job.grant_id)
         raise ApiError(f"the job cannot be traced: {exc}", code="bad_job", status=422) from None
+    session.add(job)
     try:
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
+        session.flush()
     except IntegrityError:  # the same key, submitted at the same moment: answer the first
+        session.rollback()  # the transaction has written nothing else yet
         end_grant(datasets_service, job.grant_id)
         earlier = _existing(session, owner, ask.idempotency_key)
         if earlier is None:
@@ -367,10 +374,48 @@ def logs(principal: Principal, session: Session, job_id: str,
     return data, after, row.state
 
 
+class _Poker:
+    """Tells the agent that the queue moved, from a thread of its own: a submission does not
+    wait for the agent's answer, and a burst of submissions sends one poke while the last is
+    under way. The thread ends after a quiet second (no thread is left to a fork)."""
+
+    QUIET_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._due = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._client: AgentClient | None = None
+
+    def poke(self, client: AgentClient) -> None:
+        with self._lock:
+            self._client = client
+            self._due.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="vre-agent-poke",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            if not self._due.wait(self.QUIET_SECONDS):
+                with self._lock:
+                    if not self._due.is_set():
+                        self._thread = None
+                        return
+            self._due.clear()
+            client = self._client
+            if client is not None:
+                with contextlib.suppress(ComputeError):
+                    client.dispatch_soon()
+
+
+_poker = _Poker()
+
+
 def poke_agent() -> None:
-    """Tell the agent a job is waiting, so it need not wait for its next round."""
-    with contextlib.suppress(ComputeError):
-        agent().dispatch_soon()
+    """Tell the agent a job is waiting (or left), so it need not wait for its next round."""
+    _poker.poke(agent())
 
 
 def queue_places(owner: str | None) -> dict[str, dict[str, Any]]:

@@ -62,6 +62,8 @@ log = logging.getLogger("vre.compute.agent")
 POLL_SECONDS = 0.25
 # The queue is planned when a job arrives or ends, and also this often (estimates age).
 QUEUE_SECONDS = 5.0
+# A round of planning waits this many times what the last one took after it.
+PLAN_PACE = 4.0
 ExitHook = Callable[[Workload], None]
 TokenMinter = Callable[[Workload], str]
 # Fair share forgets: usage counts half after this long (Slurm's PriorityDecayHalfLife).
@@ -206,6 +208,7 @@ class Agent:
         self._queue_lock = threading.Lock()
         self._watched_at = 0.0
         self.wake = threading.Event()
+        self.planned_in = 0.0  # seconds the last round took to plan (paces the rounds)
         # The last round's places and their jobs' owners, swapped whole (readers never lock).
         self._snapshot: tuple[dict[str, dict[str, Any]], dict[str, str]] = ({}, {})
         self._asks: dict[str, queue.Ask] = {}
@@ -325,24 +328,30 @@ class Agent:
         return ended
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Poll until asked to stop; an error in one round is logged, never fatal."""
-        planned_at, pace, due = 0.0, 0.0, True
+        """Poll until asked to stop; an error in one round is logged, never fatal. Workloads
+        are polled on their own clock; a poke (a job submitted or cancelled) only makes the
+        queue due, so a burst of submissions costs the agent rounds of planning, not polls."""
+        polled_at = planned_at = pace = 0.0
+        due = True
         while not stop.is_set():
-            wait = POLL_SECONDS if not due else max(0.0, min(
-                POLL_SECONDS, planned_at + pace - time.monotonic()))
+            plan_at = planned_at + (pace if due else QUEUE_SECONDS)
+            wait = max(0.0, min(polled_at + POLL_SECONDS, plan_at) - time.monotonic())
             due = self.wake.wait(wait) or due
             self.wake.clear()
             if stop.is_set():
                 return
-            for work in (self.tick, self.keep_deadlines, self._watch_now_and_then):
-                try:
-                    found = work()
-                    due = due or bool(work == self.tick and found)
-                except Exception:  # the agent outlives one bad round
-                    log.exception("watching workloads failed (%s)", work.__name__)
+            if time.monotonic() - polled_at >= POLL_SECONDS:
+                polled_at = time.monotonic()
+                for work in (self.tick, self.keep_deadlines, self._watch_now_and_then):
+                    try:
+                        found = work()
+                        due = due or bool(work == self.tick and found)
+                    except Exception:  # the agent outlives one bad round
+                        log.exception("watching workloads failed (%s)", work.__name__)
             # The queue is planned when a job arrived or ended, and every QUEUE_SECONDS; a
-            # burst of submissions is planned together, the rounds paced at twice what the
-            # last one took, so planning a long queue never takes more than a third of a core.
+            # burst of submissions is planned together, the rounds paced at PLAN_PACE times
+            # what the last one took, so planning a long queue never takes more than a fifth
+            # of a core.
             since = time.monotonic() - planned_at
             if (due and since >= pace) or since >= QUEUE_SECONDS:
                 planned_at, due = time.monotonic(), False
@@ -350,7 +359,9 @@ class Agent:
                     self.dispatch()
                 except Exception:
                     log.exception("planning the job queue failed")
-                pace = 2 * (time.monotonic() - planned_at)
+                # Paced by the planning alone: starting the jobs it gave a turn is not
+                # planning, and must not hold the next round back.
+                pace = PLAN_PACE * self.planned_in
 
     # -- the queue of jobs -----------------------------------------------------------------
     def dispatch(self, now: datetime | None = None) -> list[str]:
@@ -359,6 +370,7 @@ class Agent:
         API. Answers the ids started."""
         now = now or utcnow()
         with self._queue_lock:
+            began = time.monotonic()
             with self.db.session() as session:
                 plan, owners = self._plan(session, now)
                 for cancel in plan.cancels:
@@ -373,6 +385,7 @@ class Agent:
                     if taken.rowcount == 1:
                         started.append(start.job_id)
                 self._keep_places(plan, owners)
+            self.planned_in = time.monotonic() - began
             for cancel in plan.cancels:
                 self._hook(cancel.job_id)
             for job_id in started:

@@ -223,10 +223,11 @@ def test_a_job_sees_the_gpus_it_was_given(jobsite, token) -> None:
     client = jobsite["portal"].test_client()
     alice = as_user(token, "res-1")
     ids = []
-    for _ in range(2):
+    for _ in range(2):  # each runs long enough for the other to start beside it
         job = client.post("/api/v1/jobs", headers=alice, json={
             "flavor": "tiny-gpu", "command": python(
-                "import os; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'])")})
+                "import os, time; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'], "
+                "flush=True); time.sleep(3)")})
         assert job.status_code == 201, job.get_json()
         ids.append(job.get_json()["id"])
     seen = []
