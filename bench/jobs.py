@@ -5,10 +5,13 @@ baseline measured in the same run:
 1. submissions accepted per second through POST /api/v1/jobs from loopback (target: 500/s,
    what Slurm's controller accepts), against GET /api/v1/me (the bare authenticated request
    path) through the same server, both from the same keep-alive client threads. Half the
-   submissions name a dataset (each then gets its own grant from the dataset service). One
-   job holding the whole job pool (VRE_JOB_CPUS = the no-gpu flavor's 2 CPUs) runs
-   meanwhile, so every submission waits in the queue and none starts: the agent still plans
-   the queue on each submission's poke, as it does on a full cluster.
+   submissions name a dataset (each then gets its own grant from the dataset service); the
+   plain ones are also measured alone (Slurm's figure is for plain submissions). One job
+   holding the whole job pool (VRE_JOB_CPUS = the no-gpu flavor's 2 CPUs) runs meanwhile,
+   so every submission waits in the queue and none starts: the agent still plans the queue
+   as submissions poke it, as it does on a full cluster. Each part of the platform's CPU
+   time a request is printed too (portal, dataset service, tracer, agent, PostgreSQL, the
+   clients), with the rate the machine's cores would allow at that cost.
 2. submit-to-running p50 and p95 of a trivial job (`sleep 30`) on an empty queue (target: p50
    under 1 s), read from the job's own record (started_at - submitted_at, both set by the
    platform), each cancelled once running; against a bare start of the same command in the
@@ -157,6 +160,76 @@ def hammer(portal: str, requests_of: list[list[tuple[str, str, bytes | None, str
         thread.join()
     total = sum(len(r) for r in requests_of)
     return total / (time.perf_counter() - began), sum(failures)
+
+
+def _processes() -> dict[int, tuple[int, str, str, float]]:
+    """Every process: pid -> (parent pid, name, command line, CPU seconds so far)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        fields = rest.split()
+        found[int(pid)] = (int(fields[1]), name,
+                           " ".join(a.decode(errors="replace") for a in argv),
+                           (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def _part_of(pid: int, processes: dict[int, tuple[int, str, str, float]],
+             root: int) -> str | None:
+    """Which part of the platform a process is (by its command line), None for none: those
+    under `vre up`, the PostgreSQL server's, and this process (the clients)."""
+    parent, name, words, _ = processes[pid]
+    if pid == os.getpid():
+        return "bench clients"
+    if name.startswith("postgres"):
+        return "PostgreSQL"
+    while parent not in (root, 0, 1) and parent in processes:
+        parent = processes[parent][0]
+    if parent != root:
+        return None
+    for needle, part in (("serve portal", "portal"), ("serve dataset_service", "dataset service"),
+                         ("serve tracer", "tracer"), ("tracer worker", "tracer"),
+                         ("compute.agent", "compute agent")):
+        if needle in words:
+            return part
+    return "other"
+
+
+def cpu_by_part(root: int) -> dict[str, float]:
+    """CPU seconds used so far by each part of the platform (live processes only: take two
+    readings around the work and subtract)."""
+    processes = _processes()
+    used: dict[str, float] = {}
+    for pid, (_, _, _, seconds) in processes.items():
+        part = _part_of(pid, processes, root)
+        if part is not None:
+            used[part] = used.get(part, 0.0) + seconds
+    return used
+
+
+def measured(portal: str, root: int, requests_of: list[list[tuple[str, str, bytes | None,
+                                                                   str]]]
+             ) -> tuple[float, int, dict[str, float]]:
+    """`hammer`, with the CPU milliseconds each part of the platform spent per request."""
+    before = cpu_by_part(root)
+    rate, failures = hammer(portal, requests_of)
+    after = cpu_by_part(root)
+    total = sum(len(r) for r in requests_of)
+    return rate, failures, {part: (after[part] - before.get(part, 0.0)) * 1000 / total
+                            for part in after}
+
+
+def cpu_line(per_request: dict[str, float]) -> str:
+    total = sum(per_request.values())
+    parts = ", ".join(f"{part} {ms:.1f}" for part, ms in
+                      sorted(per_request.items(), key=lambda kv: -kv[1]) if ms >= 0.05)
+    return f"{total:.1f} ms CPU a request ({parts})"
 
 
 def submission(dataset_id: str | None) -> bytes:
@@ -323,16 +396,33 @@ def run_figures(platform: Platform, args: argparse.Namespace, vre_job: list[str]
                    for item in pair] + submissions[2 * half:]
     bare_gets = [("GET", "/api/v1/me", None, researcher)] * args.submissions
     hammer(platform.portal, split(bare_gets[:200], args.clients))  # warm the workers
-    me_rate, me_failed = hammer(platform.portal, split(bare_gets, args.clients))
-    submit_rate, submit_failed = hammer(platform.portal, split(submissions, args.clients))
+    group = platform.process.pid  # every part of the platform runs under vre up
+    me_rate, me_failed, me_cpu = measured(platform.portal, group, split(bare_gets, args.clients))
+    plain = [item for item in submissions if item[3] == researcher]
+    plain_rate, plain_failed, plain_cpu = measured(
+        platform.portal, group, split([(m, p, submission(None), t) for m, p, _, t in plain],
+                                      args.clients))
+    submit_rate, submit_failed, submit_cpu = measured(platform.portal, group,
+                                                      split(submissions, args.clients))
     me_rate_after, _ = hammer(platform.portal, split(bare_gets, args.clients))
-    if submit_failed or me_failed:
-        raise SystemExit(f"{submit_failed} submissions and {me_failed} GETs failed")
+    if submit_failed or me_failed or plain_failed:
+        raise SystemExit(f"{submit_failed + plain_failed} submissions and {me_failed} GETs "
+                         "failed")
+    cores = os.cpu_count() or 1
     print(f"submissions: {submit_rate:.0f}/s over {args.submissions} ({half} with dataset "
           f"{dataset_id}), {args.clients} keep-alive clients; GET /api/v1/me "
           f"{me_rate:.0f}/s before, {me_rate_after:.0f}/s after", flush=True)
+    print(f"  with datasets: {cpu_line(submit_cpu)}", flush=True)
+    print(f"  without (plain, {len(plain)} at {plain_rate:.0f}/s): {cpu_line(plain_cpu)}",
+          flush=True)
+    print(f"  GET /api/v1/me: {cpu_line(me_cpu)}", flush=True)
+    print(f"  on {cores} cores, all parts busy, that CPU allows at most "
+          f"{cores * 1000 / sum(submit_cpu.values()):.0f} submissions/s half with datasets, "
+          f"{cores * 1000 / sum(plain_cpu.values()):.0f}/s plain", flush=True)
     rows.append(("submissions accepted /s (GET /me: baseline)", submit_rate,
                  (me_rate + me_rate_after) / 2, "/s", ">= 500/s"))
+    rows.append(("  of them plain (no dataset) /s", plain_rate, (me_rate + me_rate_after) / 2,
+                 "/s", ""))
 
     # 3. vre-job queue with --queued jobs waiting
     db = Database.for_service(platform.config, "portal", service("portal").migrations)
