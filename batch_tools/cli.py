@@ -278,13 +278,19 @@ def cmd_quota(client: PortalClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpus(flavor: dict[str, Any]) -> str:
+    """A flavor's GPUs as people read them: 1/4 for a quarter share of one."""
+    share = flavor.get("gpu_share") or 1
+    return f"1/{share}" if flavor["gpus"] == 1 and share > 1 else str(flavor["gpus"])
+
+
 def cmd_flavors(client: PortalClient, args: argparse.Namespace) -> int:
     flavors = client.flavors(args.project, args.kind)
     if args.json:
         print(as_json(flavors))
         return 0
     rows = [(f["name"], f["cpus"], f"{f['memory_mib'] / 1024:g} GiB",
-             f"{f['gpus']}{' ' + f['gpu_model'] if f.get('gpu_model') else ''}",
+             f"{_gpus(f)}{' ' + f['gpu_model'] if f.get('gpu_model') else ''}",
              f"{f['max_runtime_minutes'] / 60:g} h",
              "yes" if f.get("usable", True) else f"no: {f.get('reason') or f.get('refusal')}")
             for f in flavors]

@@ -40,6 +40,9 @@ class FlavorIn(BaseModel):
     memory_mib: int = Field(gt=0, le=16 * 1024 * 1024)
     gpus: int = Field(0, ge=0, le=64)
     gpu_model: str | None = Field(None, min_length=1, max_length=100)
+    gpu_share: int = Field(1, ge=1, le=64, description=(
+        "How many jobs of it may run on one GPU at once (for small jobs: inference, "
+        "debugging); 1: each job has its GPU to itself. Only a one-GPU flavor shares."))
     max_runtime_minutes: int = Field(gt=0, le=60 * 24 * 31)
     enabled: bool = True
     allowed_roles: list[Role] = Field(
@@ -54,6 +57,8 @@ class FlavorIn(BaseModel):
                 raise ValueError(f"allowed_projects: {project!r} is not a project name")
         if self.gpu_model and not self.gpus:
             raise ValueError("gpu_model is given but gpus is 0")
+        if self.gpu_share > 1 and self.gpus != 1:
+            raise ValueError("gpu_share: only a flavor of one GPU shares it")
         self.allowed_roles = sorted(set(self.allowed_roles))
         self.allowed_projects = sorted(set(self.allowed_projects))
         return self
@@ -68,6 +73,7 @@ class FlavorPatch(BaseModel):
     memory_mib: int | None = None
     gpus: int | None = None
     gpu_model: str | None = None
+    gpu_share: int | None = None
     max_runtime_minutes: int | None = None
     enabled: bool | None = None
     allowed_roles: list[str] | None = None
@@ -389,6 +395,10 @@ DEFAULT_FLAVORS = (
     FlavorIn(name="no-gpu", description="2 CPUs and 4 GiB, no GPU, for up to 4 hours: "
              "scripts, data conversion and statistics that need no graphics card.",
              cpus=2, memory_mib=4096, max_runtime_minutes=4 * 60),
+    FlavorIn(name="shared-gpu", description="2 CPUs, 8 GiB and a share of one GPU (four "
+             "jobs run on it at once) for up to 4 hours: inference, debugging and small "
+             "experiments that leave most of a graphics card idle.",
+             cpus=2, memory_mib=8192, gpus=1, gpu_share=4, max_runtime_minutes=4 * 60),
     FlavorIn(name="small-gpu", description="4 CPUs, 16 GiB and one GPU for up to 8 hours: "
              "trying out a model, fine-tuning, or inference on a few thousand images.",
              cpus=4, memory_mib=16384, gpus=1, max_runtime_minutes=8 * 60),

@@ -84,7 +84,7 @@ def usage_of(session: Session, owner_id: str, now: datetime,
             jobs += count
             if flavor:
                 cpu_hours += seconds / 3600 * flavor.cpus
-                gpu_hours += seconds / 3600 * flavor.gpus
+                gpu_hours += seconds / 3600 * _gpus_held(flavor)
             continue
         active = state in ACTIVE_STATES
         if active:
@@ -96,9 +96,14 @@ def usage_of(session: Session, owner_id: str, now: datetime,
             ended = now if active or ended_at is None else _aware(ended_at)
             hours = count * max(0.0, (ended - began).total_seconds() / 3600)
             cpu_hours += hours * flavor.cpus
-            gpu_hours += hours * flavor.gpus
+            gpu_hours += hours * _gpus_held(flavor)
     return Usage(desktops=desktops, jobs=jobs, gpus=gpus, cpu_hours=cpu_hours,
                  gpu_hours=gpu_hours)
+
+
+def _gpus_held(flavor: Flavor) -> float:
+    """The GPUs a workload of this flavor holds: a share of one, for a flavor that shares."""
+    return flavor.gpus / max(flavor.gpu_share or 1, 1)
 
 
 def user_account(session: Session, subject: str, now: datetime,

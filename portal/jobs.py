@@ -169,7 +169,7 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
                    idempotency_key=ask.idempotency_key, time_limit_seconds=limit,
                    gpu_ids=[], created_at=now)
     resources = Resources(cpus=row.cpus, memory_mib=row.memory_mib, gpus=row.gpus,
-                          max_runtime_seconds=limit)
+                          max_runtime_seconds=limit, gpu_share=row.gpu_share or 1)
     kept = spec_to_json(WorkloadSpec(
         workload_id=workload_id, owner=owner, kind="job", application=application.id,
         command=ask.command, resources=resources, environment=dict(ask.environment),

@@ -184,6 +184,8 @@ class Flavor(Base):
     memory_mib: Mapped[int] = mapped_column(sa.Integer)
     gpus: Mapped[int] = mapped_column(sa.Integer, default=0)
     gpu_model: Mapped[str | None] = mapped_column(sa.String(100))
+    # How many jobs of this flavor may run on one GPU at once; 1: each has a GPU to itself.
+    gpu_share: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
     max_runtime_minutes: Mapped[int] = mapped_column(sa.Integer)
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     # Empty lists mean everyone; a user needs one of the roles AND one of the projects.

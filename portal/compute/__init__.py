@@ -79,7 +79,8 @@ def datasets_readme(mounts: tuple[DatasetMount, ...] | list[DatasetMount]) -> st
 
 @dataclass(frozen=True)
 class Resources:
-    """What a flavor gives one workload: `gpus` counted, `gpu_ids` the devices handed over."""
+    """What a flavor gives one workload: `gpus` counted, `gpu_ids` the devices handed over,
+    `gpu_share` how many workloads may run on each of them at once (1: none beside it)."""
 
     cpus: float
     memory_mib: int
@@ -87,6 +88,7 @@ class Resources:
     gpus: int = 0
     max_runtime_seconds: int = 3600
     gpu_ids: tuple[str, ...] = ()
+    gpu_share: int = 1
 
 
 @dataclass(frozen=True)

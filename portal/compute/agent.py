@@ -188,7 +188,8 @@ def _ask_of(spec: dict[str, Any]) -> queue.Ask:
     resources = spec.get("resources", {})
     return queue.Ask(cpus=float(resources.get("cpus", 1)),
                      memory_mib=int(resources.get("memory_mib", 0)),
-                     gpus=int(resources.get("gpus", 0)))
+                     gpus=int(resources.get("gpus", 0)),
+                     gpu_share=int(resources.get("gpu_share", 1)))
 
 
 class Agent:

@@ -34,7 +34,10 @@ def desktop_values(spec: WorkloadSpec, *, home_claim: str, token_secret: str,
     limits: dict[str, Any] = {"cpu": f"{resources.cpus:g}",
                               "memory": f"{resources.memory_mib}Mi"}
     if resources.gpus:
-        limits["nvidia.com/gpu"] = resources.gpus
+        # A flavor that shares its GPU asks for a time-sliced one: the NVIDIA device plugin
+        # offers those as nvidia.com/gpu.shared where sharing is set up with renamed replicas.
+        limits["nvidia.com/gpu.shared" if resources.gpu_share > 1 else "nvidia.com/gpu"] = \
+            resources.gpus
     values: dict[str, Any] = {
         "desktop": {"id": spec.workload_id[:_LABEL_MAX], "owner": spec.owner[:_LABEL_MAX]},
         "datasets": [{"id": mount.dataset_id, "folder": folder, "subPath": mount.tree}

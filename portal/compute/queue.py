@@ -10,7 +10,11 @@ job's estimated start may run (conservative backfill: it delays nobody's estimat
 waits for the jobs it comes `after` to succeed and is cancelled if any ended otherwise.
 
 Estimated starts assume every running job runs to its time limit, so they are upper bounds
-for the jobs already in line; jobs submitted later with less usage can still go ahead."""
+for the jobs already in line; jobs submitted later with less usage can still go ahead.
+
+A GPU goes to one job, unless the job's flavor shares: then up to `gpu_share` jobs run on
+it at once, each holding that share of it. Sharing jobs are packed onto the GPUs already
+shared, so whole GPUs stay free for the jobs that need one to themselves."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from fractions import Fraction
 
 # Why a waiting job was cancelled (stable codes). EXCEEDS_HOST is the code portal.quotas
 # refuses such a job with at submission; here it catches a pool that shrank since.
@@ -42,11 +47,18 @@ _EPS = 1e-9
 
 @dataclass(frozen=True)
 class Ask:
-    """What a job needs for all of its run."""
+    """What a job needs for all of its run; `gpu_share` jobs may run on each of its GPUs at
+    once (1: the GPUs are its own)."""
 
     cpus: float
     memory_mib: int
     gpus: int = 0
+    gpu_share: int = 1
+
+    @property
+    def gpu_amount(self) -> Fraction:
+        """The GPUs it holds: a share of one, for a job whose flavor shares."""
+        return Fraction(self.gpus, max(self.gpu_share, 1))
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,7 @@ class Plan:
 
 def cost(ask: Ask, seconds: float, gpu_weight: float = GPU_WEIGHT) -> float:
     """What running `ask` for `seconds` charges against fair share, in CPU seconds."""
-    return (ask.cpus + ask.gpus * gpu_weight) * max(seconds, 0.0)
+    return (ask.cpus + float(ask.gpu_amount) * gpu_weight) * max(seconds, 0.0)
 
 
 def decayed_usage(spent: Iterable[Spent], running: Iterable[Running], now: datetime,
@@ -146,7 +158,7 @@ def decayed_usage(spent: Iterable[Spent], running: Iterable[Running], now: datet
         age = max((now - item.ended_at).total_seconds(), 0.0)
         usage[item.owner] = usage.get(item.owner, 0.0) + item.cost * 0.5 ** (age / scale)
     for job in running:
-        held = Ask(job.ask.cpus, job.ask.memory_mib, len(job.gpu_ids))
+        held = Ask(job.ask.cpus, job.ask.memory_mib, len(job.gpu_ids), job.ask.gpu_share)
         so_far = cost(held, (now - job.started_at).total_seconds(), gpu_weight)
         usage[job.owner] = usage.get(job.owner, 0.0) + so_far
     return usage
@@ -185,18 +197,20 @@ class _Timeline:
         self.at = now
         self.cpus = pool.cpus
         self.memory = pool.memory_mib
-        self.gpus = len(pool.gpu_ids)
-        self.ends: list[tuple[datetime, int, float, int, int]] = []
+        # GPUs summed, shares included: for estimates, not for which GPU a job gets
+        self.gpus = Fraction(len(pool.gpu_ids))
+        self.ends: list[tuple[datetime, int, float, int, Fraction]] = []
         for end, ask in holding:
             self._take(ask)
-            self.ends.append((max(end, now), len(self.ends), ask.cpus, ask.memory_mib, ask.gpus))
+            self.ends.append((max(end, now), len(self.ends), ask.cpus, ask.memory_mib,
+                              ask.gpu_amount))
         heapq.heapify(self.ends)
         self.count = len(self.ends)
 
     def _take(self, ask: Ask) -> None:
         self.cpus -= ask.cpus
         self.memory -= ask.memory_mib
-        self.gpus -= ask.gpus
+        self.gpus -= ask.gpu_amount
 
     def reserve(self, ask: Ask, seconds: int) -> datetime:
         """The earliest time, not before the last reservation, at which `ask` fits; held
@@ -210,7 +224,7 @@ class _Timeline:
         self._take(ask)
         self.count += 1
         heapq.heappush(self.ends, (self.at + timedelta(seconds=seconds), self.count,
-                                   ask.cpus, ask.memory_mib, ask.gpus))
+                                   ask.cpus, ask.memory_mib, ask.gpu_amount))
         return self.at
 
 
@@ -218,8 +232,35 @@ def _gpu_key(device: str) -> tuple[int, int, str]:
     return (0, int(device), "") if device.isdigit() else (1, 0, device)
 
 
-def _fits(ask: Ask, cpus: float, memory_mib: int, gpus: int) -> bool:
-    return ask.cpus <= cpus + _EPS and ask.memory_mib <= memory_mib and ask.gpus <= gpus
+def _fits(ask: Ask, cpus: float, memory_mib: int, gpus: Fraction | int) -> bool:
+    return ask.cpus <= cpus + _EPS and ask.memory_mib <= memory_mib and ask.gpu_amount <= gpus
+
+
+def _gpus_for(ask: Ask, load: Mapping[str, Fraction]) -> tuple[str, ...] | None:
+    """The GPUs a job would get now, given how much of each device is held (`load`, 0 to 1);
+    None when too few have room. A sharing job goes to the fullest GPU it still fits on."""
+    if not ask.gpus:
+        return ()
+    part = Fraction(1, max(ask.gpu_share, 1))
+    room = [d for d, held in load.items() if held + part <= 1]
+    if len(room) < ask.gpus:
+        return None
+    room.sort(key=lambda d: (-load[d], _gpu_key(d)) if part < 1 else _gpu_key(d))
+    return tuple(room[:ask.gpus])
+
+
+def _room(ask: Ask, cpus: float, memory_mib: int,
+          load: Mapping[str, Fraction]) -> tuple[str, ...] | None:
+    """The GPUs a job would get if it started now; None when it does not fit (CPUs, memory
+    or GPUs)."""
+    if ask.cpus > cpus + _EPS or ask.memory_mib > memory_mib:
+        return None
+    return _gpus_for(ask, load)
+
+
+def _whole(load: Mapping[str, Fraction]) -> int:
+    """How many GPUs are free to the last share."""
+    return sum(1 for held in load.values() if held == 0)
 
 
 def _amount(value: float, unit: str) -> str:
@@ -303,10 +344,13 @@ def plan(waiting: Sequence[Waiting], running: Sequence[Running], pool: Pool,
                        usage, gpu_weight)
 
     devices = set(pool.gpu_ids)
-    held = {device for job in running for device in job.gpu_ids}
-    free_gpus = sorted(devices - held, key=_gpu_key)
+    load = {device: Fraction(0) for device in devices}
+    for job in running:
+        for device in devices.intersection(job.gpu_ids):
+            load[device] += Fraction(1, max(job.ask.gpu_share, 1))
     holding = [(job.started_at + timedelta(seconds=job.time_limit_seconds),
-                Ask(job.ask.cpus, job.ask.memory_mib, len(devices.intersection(job.gpu_ids))))
+                Ask(job.ask.cpus, job.ask.memory_mib, len(devices.intersection(job.gpu_ids)),
+                    job.ask.gpu_share))
                for job in running]
     free_cpus = pool.cpus - sum(job.ask.cpus for job in running)
     free_memory = pool.memory_mib - sum(job.ask.memory_mib for job in running)
@@ -317,7 +361,8 @@ def plan(waiting: Sequence[Waiting], running: Sequence[Running], pool: Pool,
     shadow = now  # the blocker's estimated start; backfill must end by then
     for job in order:
         ask = job.ask
-        fits = _fits(ask, free_cpus, free_memory, len(free_gpus))
+        given = _room(ask, free_cpus, free_memory, load)
+        fits = given is not None
         if fits and blocker is not None:
             fits = now + timedelta(seconds=job.time_limit_seconds) <= shadow
         if not fits:
@@ -325,7 +370,9 @@ def plan(waiting: Sequence[Waiting], running: Sequence[Running], pool: Pool,
                 blocker = job
                 shadow = _Timeline(pool, holding, now).reserve(ask, job.time_limit_seconds)
             continue
-        given, free_gpus = tuple(free_gpus[:ask.gpus]), free_gpus[ask.gpus:]
+        assert given is not None
+        for device in given:
+            load[device] += Fraction(1, max(ask.gpu_share, 1))
         free_cpus -= ask.cpus
         free_memory -= ask.memory_mib
         starts.append(Start(job.job_id, given))
@@ -340,8 +387,8 @@ def plan(waiting: Sequence[Waiting], running: Sequence[Running], pool: Pool,
         position = len(places) + 1
         estimate = timeline.reserve(job.ask, job.time_limit_seconds)
         if job is blocker:
-            reason, detail = RESOURCES, _short(job.ask, free_cpus, free_memory, len(free_gpus))
-        elif blocker is not None and _fits(job.ask, free_cpus, free_memory, len(free_gpus)):
+            reason, detail = RESOURCES, _short(job.ask, free_cpus, free_memory, load)
+        elif blocker is not None and _room(job.ask, free_cpus, free_memory, load) is not None:
             reason, detail = PRIORITY, (
                 f"fits now, but its time limit runs past {shadow.isoformat()}, when job "
                 f"{blocker.job_id} ahead of it should start")
@@ -358,13 +405,14 @@ def plan(waiting: Sequence[Waiting], running: Sequence[Running], pool: Pool,
     return Plan(tuple(starts), cancels, tuple(places))
 
 
-def _short(ask: Ask, cpus: float, memory: int, gpus: int) -> str:
+def _short(ask: Ask, cpus: float, memory: int, load: Mapping[str, Fraction]) -> str:
     """What the next job lacks now, for a person reading the queue."""
     lacking = []
     if ask.cpus > cpus + _EPS:
         lacking.append(f"{ask.cpus:g} CPUs ({max(cpus, 0):g} free)")
     if ask.memory_mib > memory:
         lacking.append(f"{ask.memory_mib} MiB of memory ({max(memory, 0)} free)")
-    if ask.gpus > gpus:
-        lacking.append(f"{ask.gpus} GPUs ({gpus} free)")
+    if _gpus_for(ask, load) is None:
+        lacking.append(f"a 1/{ask.gpu_share} share of a GPU (none has room)"
+                       if ask.gpu_share > 1 else f"{ask.gpus} GPUs ({_whole(load)} free)")
     return "next in line; waits for " + " and ".join(lacking)

@@ -241,6 +241,17 @@ def test_a_folder_outside_the_datasets_folder_is_refused(helm_home: Path, folder
     assert "folder" in result.stderr or "does not match pattern" in result.stderr
 
 
+@pytest.mark.parametrize(("share", "resource"), [(1, "nvidia.com/gpu"),
+                                                 (4, "nvidia.com/gpu.shared")])
+def test_a_flavor_that_shares_its_gpu_asks_for_a_shared_one(share: int, resource: str) -> None:
+    spec = WorkloadSpec(workload_id="d7f3a", owner="u-42", kind="desktop", application="desktop",
+                        command=("desktop-session",), image="vre/desktop:0.1.0",
+                        resources=Resources(cpus=2, memory_mib=4096, gpus=1, gpu_share=share))
+    limits = desktop_values(spec, home_claim="h", token_secret="t",
+                            vnc_secret="v")["resources"]["limits"]
+    assert limits[resource] == 1 and len([k for k in limits if k.startswith("nvidia")]) == 1
+
+
 def test_a_pod_mounts_what_a_local_sandbox_binds(helm_home: Path) -> None:
     """One mount contract: from the same grant, the desktop chart and the local sandbox put
     each dataset's tree at the same place, read-only, and the persistent folder beside it."""

@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -239,6 +240,38 @@ def test_a_job_sees_the_gpus_it_was_given(jobsite, token) -> None:
     assert sorted(seen) == [(["0"], "gpus 0"), (["1"], "gpus 1")]
     started = traces_of(jobsite, ids[0], 2)["JOB_STARTED"]["details"]
     assert started["gpus"] in (["0"], ["1"])
+
+
+def test_jobs_of_a_sharing_flavor_run_together_on_one_gpu(jobsite, token) -> None:
+    """A flavor that shares its GPU by two: two of its jobs run at the same time on the one
+    declared GPU, each told so by CUDA_VISIBLE_DEVICES; a third waits for a share."""
+    declared = jobsite["config"].model_copy(update={"gpu_devices": ["0"]})
+    jobsite["portal"].extensions["vre.config"] = declared
+    agent = jobsite["agent"]
+    agent.backend, agent.config = LocalBackend(declared), declared
+    with jobsite["portal"].extensions["vre.db"].session() as session:
+        create_flavor(session, FlavorIn(name="half-gpu", cpus=0.25, memory_mib=256, gpus=1,
+                                        gpu_share=2, max_runtime_minutes=10))
+    client = jobsite["portal"].test_client()
+    alice = as_user(token, "res-1")
+    ids = []
+    for _ in range(3):
+        job = client.post("/api/v1/jobs", headers=alice, json={
+            "flavor": "half-gpu", "command": python(
+                "import os, time; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'], "
+                "flush=True); time.sleep(4)")})
+        assert job.status_code == 201, job.get_json()
+        ids.append(job.get_json()["id"])
+    ended = [wait_final(client, alice, job_id) for job_id in ids]
+    assert [e["state"] for e in ended] == ["succeeded"] * 3, ended
+    assert [e["gpus"] for e in ended] == [["0"]] * 3
+    for job_id in ids:
+        text = client.get(f"/api/v1/jobs/{job_id}/logs", headers=alice).get_data(as_text=True)
+        assert text.strip() == "gpus 0"
+    spans = sorted((datetime.fromisoformat(e["started_at"]), datetime.fromisoformat(
+        e["ended_at"])) for e in ended)
+    assert spans[1][0] < spans[0][1], "the first two ran at the same time"
+    assert spans[2][0] >= min(spans[0][1], spans[1][1]), "the third waited for a share"
 
 
 def one_slot(jobsite: dict[str, Any]) -> None:

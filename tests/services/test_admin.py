@@ -233,7 +233,8 @@ def test_researchers_see_only_the_flavors_they_may_use(admin_portal: Flask,
 
     researcher = client.get("/api/v1/flavors", headers=auth(token("res-1", "researcher")))
     seen = {f["name"]: f for f in researcher.get_json()}
-    assert set(seen) == {"no-gpu", "small-gpu", "medium-gpu", "large-gpu", "desktop"}
+    assert set(seen) == {"no-gpu", "shared-gpu", "small-gpu", "medium-gpu", "large-gpu",
+                         "desktop"}
     assert seen["no-gpu"]["usable"] and seen["no-gpu"]["refusal"] is None
     assert not seen["small-gpu"]["usable"], "this host has no GPU"
     assert seen["small-gpu"]["refusal"] == "exceeds_host" and "GPUs" in \
@@ -245,12 +246,15 @@ def test_researchers_see_only_the_flavors_they_may_use(admin_portal: Flask,
 
     everything = {f["name"]: f for f in client.get("/api/v1/flavors",
                                                    headers=admin).get_json()}
-    assert set(everything) == {"no-gpu", "small-gpu", "medium-gpu", "large-gpu", "desktop",
-                               "curate", "lung-big", "retired"}
+    assert set(everything) == {"no-gpu", "shared-gpu", "small-gpu", "medium-gpu",
+                               "large-gpu", "desktop", "curate", "lung-big", "retired"}
     assert everything["retired"]["refusal"] == "flavor_disabled"
     assert everything["curate"]["refusal"] == "flavor_not_allowed"
     assert list(everything) == ["retired", "curate", "desktop", "no-gpu", "lung-big",
-                                "small-gpu", "medium-gpu", "large-gpu"], "smallest first"
+                                "shared-gpu", "small-gpu", "medium-gpu", "large-gpu"], \
+        "smallest first"
+    assert everything["shared-gpu"]["gpu_share"] == 4 and everything["small-gpu"]["gpu_share"] \
+        == 1
 
 
 def test_flavors_reserved_for_a_project_need_its_membership(admin_site: dict[str, Any],
@@ -281,6 +285,10 @@ def test_flavors_reserved_for_a_project_need_its_membership(admin_site: dict[str
     ("POST", "/api/v1/flavors", {**FLAVOR, "cpus": "many"}, 422, "validation_error", "cpus"),
     ("POST", "/api/v1/flavors", {**FLAVOR, "name": "Big One"}, 422, "validation_error",
      "name"),
+    ("POST", "/api/v1/flavors", {**FLAVOR, "gpus": 2, "gpu_share": 4}, 422,
+     "validation_error", None),
+    ("POST", "/api/v1/flavors", {**FLAVOR, "gpus": 1, "gpu_share": 0}, 422,
+     "validation_error", "gpu_share"),
     ("POST", "/api/v1/flavors", {**FLAVOR, "gpu_model": "A100"}, 422, "validation_error",
      None),
     ("POST", "/api/v1/flavors", {**FLAVOR, "allowed_roles": ["wizard"]}, 422,
@@ -329,7 +337,8 @@ def test_bad_requests_get_stable_codes(admin_portal: Flask, token: Callable[...,
     if field is not None:
         assert error["field"] == field
     with admin_portal.extensions["vre.db"].session() as session:
-        assert session.scalar(sa.select(sa.func.count()).select_from(Flavor)) == 5
+        assert session.scalar(sa.select(sa.func.count()).select_from(Flavor)) == \
+            len(DEFAULT_FLAVORS)
         assert session.scalar(sa.select(sa.func.count()).select_from(Application)) == 3
         assert session.scalar(sa.select(sa.func.count()).select_from(Quota)) == 1
 
@@ -669,11 +678,12 @@ def test_first_start_seeds_the_catalogues_once(make_app: Callable[[str], Flask],
             {f.name for f in DEFAULT_FLAVORS}
         assert {a.id for a in session.scalars(sa.select(Application))} == \
             {a.id for a in DEFAULT_APPLICATIONS}
-        sizes = {f.name: (f.cpus, f.memory_mib, f.gpus, f.max_runtime_minutes)
+        sizes = {f.name: (f.cpus, f.memory_mib, f.gpus, f.gpu_share, f.max_runtime_minutes)
                  for f in session.scalars(sa.select(Flavor))}
-        assert sizes == {"no-gpu": (2, 4096, 0, 240), "small-gpu": (4, 16384, 1, 480),
-                         "medium-gpu": (8, 32768, 1, 1440), "large-gpu": (16, 65536, 2, 1440),
-                         "desktop": (2, 4096, 0, 480)}
+        assert sizes == {"no-gpu": (2, 4096, 0, 1, 240), "shared-gpu": (2, 8192, 1, 4, 240),
+                         "small-gpu": (4, 16384, 1, 1, 480),
+                         "medium-gpu": (8, 32768, 1, 1, 1440),
+                         "large-gpu": (16, 65536, 2, 1, 1440), "desktop": (2, 4096, 0, 1, 480)}
         assert all(f.description for f in session.scalars(sa.select(Flavor)))
         default = session.scalar(sa.select(Quota).where(Quota.subject == EVERYONE))
         assert (default.max_desktops, default.max_jobs, default.max_gpus,

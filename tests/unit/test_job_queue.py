@@ -224,6 +224,44 @@ def test_gpu_jobs_get_distinct_free_devices_lowest_first():
     assert waits.estimated_start == T0 + HOUR  # when "r" frees device 1
 
 
+SHARED = q.Ask(cpus=1, memory_mib=1024, gpus=1, gpu_share=4)
+
+
+def test_jobs_of_a_sharing_flavor_run_together_on_one_gpu_up_to_its_share():
+    """Four quarter-GPU jobs fit on device 0 together; the fifth goes to device 1, and a
+    job that needs a GPU to itself waits for a device nobody shares."""
+    pool = q.Pool(cpus=16, memory_mib=65536, gpu_ids=("0", "1"))
+    jobs = [waiting(f"s{n}", minute=n, ask=SHARED) for n in range(5)]
+    jobs.append(waiting("whole", minute=9, ask=GPU))
+    plan = q.plan(jobs, [], pool, {}, {}, T0)
+    given = {s.job_id: s.gpu_ids for s in plan.starts}
+    assert [given[f"s{n}"] for n in range(5)] == [("0",)] * 4 + [("1",)]
+    assert "whole" not in given
+    whole = place(plan, "whole")
+    assert whole.reason == q.RESOURCES and "1 GPUs (0 free)" in whole.detail
+
+
+def test_a_sharing_job_fills_a_shared_gpu_before_taking_a_free_one():
+    pool = q.Pool(cpus=16, memory_mib=65536, gpu_ids=("0", "1", "2"))
+    runs = [running("r1", ask=SHARED, gpu_ids=("2",)), running("r2", ask=GPU, gpu_ids=("0",))]
+    plan = q.plan([waiting("s", ask=SHARED), waiting("w", minute=1, ask=GPU)], runs, pool,
+                  {}, {}, T0)
+    assert [(s.job_id, s.gpu_ids) for s in plan.starts] == [("s", ("2",)), ("w", ("1",))]
+
+
+def test_a_gpu_held_whole_takes_no_share_and_a_full_share_waits():
+    pool = q.Pool(cpus=16, memory_mib=65536, gpu_ids=("0",))
+    for runs in ([running("r", ask=GPU, gpu_ids=("0",))],
+                 [running(f"r{n}", ask=SHARED, gpu_ids=("0",)) for n in range(4)]):
+        plan = q.plan([waiting("s", ask=SHARED)], runs, pool, {}, {}, T0)
+        assert started(plan) == []
+        assert "share of a GPU (none has room)" in place(plan, "s").detail
+
+
+def test_a_share_of_a_gpu_costs_its_share_in_fair_share():
+    assert q.cost(SHARED, 3600) == (1 + q.GPU_WEIGHT / 4) * 3600 < q.cost(GPU, 3600)
+
+
 @pytest.mark.parametrize(("cpu_hours", "backfilled"), [
     (1, True), (2, True), (3, False),
 ], ids=["ends before the gpu job", "ends exactly then", "would delay it"])
