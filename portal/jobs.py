@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -377,9 +378,11 @@ def logs(principal: Principal, session: Session, job_id: str,
 class _Poker:
     """Tells the agent that the queue moved, from a thread of its own: a submission does not
     wait for the agent's answer, and a burst of submissions sends one poke while the last is
-    under way. The thread ends after a quiet second (no thread is left to a fork)."""
+    under way or for a moment after it (the agent plans at its own pace anyway). The thread
+    ends after a quiet second (no thread is left to a fork)."""
 
     QUIET_SECONDS = 1.0
+    GAP_SECONDS = 0.02  # at most one poke this often; a lone submission's goes at once
 
     def __init__(self) -> None:
         self._due = threading.Event()
@@ -408,6 +411,7 @@ class _Poker:
             if client is not None:
                 with contextlib.suppress(ComputeError):
                     client.dispatch_soon()
+                time.sleep(self.GAP_SECONDS)
 
 
 _poker = _Poker()

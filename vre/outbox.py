@@ -75,7 +75,7 @@ class Outbox:
         retry: float,
         batch: int = 200,
         poll: float = 5.0,
-        linger: float = 0.05,
+        linger: float = 0.2,
     ) -> None:
         self.db = db
         self.table = table
