@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Literal
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
-from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailable
 from portal import catalogues, desktops
 from portal.catalogues import (
     ApplicationIn,
@@ -24,13 +23,13 @@ from portal.catalogues import (
     QuotaOut,
     QuotaPatch,
 )
+from portal.clients import member_projects
 from portal.models import Flavor
 from portal.quotas import Account, HostCapacity, Kind, Requester, decide, flavor_decision, left_of
 from vre.api import current_principal, endpoint
 from vre.db import utcnow
-from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
-from vre.service_auth import StaticToken
-from vre.tokens import WORKLOAD_SCOPE, Principal, bearer_token
+from vre.errors import Forbidden, NotFound
+from vre.tokens import WORKLOAD_SCOPE, Principal
 from vre.web import config_of, db_of
 
 bp = Blueprint("portal_admin_api", __name__, url_prefix="/api/v1")
@@ -65,28 +64,6 @@ class FlavorQuery(BaseModel):
         return [value] if isinstance(value, str) else value
 
 
-def _member_projects(principal: Principal, projects: list[str]) -> frozenset[str]:
-    """The named projects, each confirmed with the dataset service (which owns projects)."""
-    if not projects or _is_admin(principal):
-        return frozenset(projects)
-    token = bearer_token(request.headers.get("Authorization"))
-    client = DatasetClient(config_of().url_of("dataset_service"), StaticToken(token or ""),
-                           pool=current_app.extensions["portal.http"])
-    for project in projects:
-        try:
-            members = client.members(project)
-        except DatasetUnavailable as exc:
-            raise ServiceUnavailable("the dataset service cannot confirm project membership "
-                                     "right now", code="dataset_unavailable") from exc
-        except DatasetError as exc:
-            raise ApiError(exc.message, code=exc.code, field="project",
-                           status=exc.status) from exc
-        if principal.subject not in {m["user_id"] for m in members}:
-            raise Forbidden(f"you are not a member of project {project!r}",
-                            code="not_a_member", field="project")
-    return frozenset(projects)
-
-
 def _account(session: Session, principal: Principal) -> Account | None:
     """A person's quota account (a desktop's token counts against its owner); none for a
     service, which starts nothing of its own."""
@@ -115,7 +92,7 @@ def _flavor_view(row: Flavor, principal: Principal, who: Requester, host: HostCa
           scopes=[WORKLOAD_SCOPE])
 def list_flavors(query: FlavorQuery) -> list[FlavorOut]:
     principal = _principal()
-    who = Requester.of(principal.roles, _member_projects(principal, query.project))
+    who = Requester.of(principal.roles, member_projects(principal, query.project))
     host = catalogues.host_capacity(config_of())
     with db_of().session() as session:
         account = _account(session, principal)
@@ -129,7 +106,7 @@ def list_flavors(query: FlavorQuery) -> list[FlavorOut]:
           scopes=[WORKLOAD_SCOPE])
 def get_flavor(name: str, query: FlavorQuery) -> FlavorOut:
     principal = _principal()
-    who = Requester.of(principal.roles, _member_projects(principal, query.project))
+    who = Requester.of(principal.roles, member_projects(principal, query.project))
     with db_of().session() as session:
         view = _flavor_view(catalogues.flavor(session, name), principal, who,
                             catalogues.host_capacity(config_of()), query.kind,

@@ -11,7 +11,7 @@ from flask import Blueprint, current_app
 from pydantic import BaseModel, ConfigDict, Field
 
 from portal import desktops
-from portal.clients import datasets_as_portal
+from portal.clients import datasets_as_portal, member_projects
 from portal.compute import ComputeError
 from portal.vncproxy import TICKET_PROTOCOL, TICKET_SECONDS, issue_ticket, proxy_url
 from vre.api import current_principal, endpoint
@@ -95,7 +95,7 @@ def _principal() -> Principal:
 def start_desktop(body: DesktopIn) -> dict[str, Any]:
     ask = desktops.DesktopRequest(application=body.application, flavor=body.flavor,
                                   datasets=tuple(dict.fromkeys(body.datasets)),
-                                  projects=tuple(body.project))
+                                  projects=tuple(member_projects(_principal(), body.project)))
     with db_of().session() as session:
         return desktops.start(session, _principal(), ask, datasets_as_portal(), utcnow())
 

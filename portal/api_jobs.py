@@ -10,7 +10,7 @@ from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from portal import catalogues, jobs
-from portal.clients import datasets_as_portal
+from portal.clients import datasets_as_portal, member_projects
 from vre.api import current_principal, endpoint
 from vre.db import utcnow
 from vre.outbox import outbox_of
@@ -189,7 +189,7 @@ def submit_job(body: JobIn) -> Any:
         time_limit_minutes=body.time_limit_minutes, after=tuple(body.after),
         idempotency_key=body.idempotency_key,
         datasets=None if body.datasets is None else tuple(body.datasets),
-        projects=tuple(body.project))
+        projects=tuple(member_projects(_principal(), body.project)))
     with db_of().session() as session:
         job, new = jobs.submit(session, _principal(), ask, datasets_as_portal(),
                                catalogues.host_capacity(config_of()), utcnow(), outbox_of(),

@@ -4,15 +4,19 @@ portal's own service token; one HTTP connection pool per portal process."""
 
 from __future__ import annotations
 
-from flask import Flask, current_app
+from collections.abc import Collection
+
+from flask import Flask, current_app, request
 from flask_login import current_user
 
-from dataset_service.client import DatasetClient, DatasetError
+from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailable
 from portal.identity import access_token, identity_of
 from tracer.chain_config import chain_client, contract_address
 from tracer.client import TracerClient, TraceVerifier
 from vre.client import connection_pool
+from vre.errors import ApiError, Forbidden, ServiceUnavailable
 from vre.service_auth import StaticToken
+from vre.tokens import Principal, bearer_token
 from vre.web import config_of
 
 
@@ -94,3 +98,28 @@ def sync_memberships(user_id: str, groups: list[str]) -> list[str]:
         else:
             joined.append(project)
     return joined
+
+
+def member_projects(principal: Principal, projects: Collection[str]) -> frozenset[str]:
+    """The projects a request names, each confirmed with the dataset service (which owns
+    projects) as one the caller is a member of: a project opens the flavors reserved for it,
+    so naming one is a claim to check. Asked with the caller's own token, so a project they
+    are not in answers as one that does not exist."""
+    if not projects or principal.has_any("admin"):
+        return frozenset(projects)
+    token = bearer_token(request.headers.get("Authorization"))
+    client = DatasetClient(config_of().url_of("dataset_service"), StaticToken(token or ""),
+                           pool=current_app.extensions["portal.http"])
+    for project in projects:
+        try:
+            members = client.members(project)
+        except DatasetUnavailable as exc:
+            raise ServiceUnavailable("the dataset service cannot confirm project membership "
+                                     "right now", code="dataset_unavailable") from exc
+        except DatasetError as exc:
+            raise ApiError(exc.message, code=exc.code, field="project",
+                           status=exc.status) from exc
+        if principal.subject not in {m["user_id"] for m in members}:
+            raise Forbidden(f"you are not a member of project {project!r}",
+                            code="not_a_member", field="project")
+    return frozenset(projects)

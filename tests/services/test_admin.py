@@ -16,7 +16,7 @@ import portal.app
 from dataset_service.models import Project, ProjectMember
 from launcher.local import first_start
 from portal.catalogues import DEFAULT_APPLICATIONS, DEFAULT_FLAVORS, seed_defaults
-from portal.models import EVERYONE, Application, Flavor, Quota, User
+from portal.models import EVERYONE, Application, Flavor, Quota, User, Workload
 from tests.helpers import auth, serving
 from tests.portal_helpers import AS_ROLE, add_people, make_portal, post, signed_in
 from vre.config import Config
@@ -276,6 +276,31 @@ def test_flavors_reserved_for_a_project_need_its_membership(admin_site: dict[str
     # A project the caller is not in answers as one that does not exist: names don't leak.
     assert outsider.status_code == 404
     assert outsider.get_json()["error"]["code"] == unknown.get_json()["error"]["code"]
+
+
+def test_naming_a_project_to_start_on_its_flavor_is_checked(admin_site: dict[str, Any],
+                                                           token: Callable[..., str]) -> None:
+    """A project opens the flavors reserved for it, so a job or desktop that names one is
+    refused unless the caller is a member, just as the listing is: an outsider cannot claim
+    a project to get its machines."""
+    client = admin_site["portal"].test_client()
+    assert client.post("/api/v1/flavors", headers=auth(token("admin-1", "admin")), json={
+        "name": "lung-big", "cpus": 1, "memory_mib": 512, "max_runtime_minutes": 60,
+        "allowed_projects": ["lung"]}).status_code == 201
+    job = {"command": ["true"], "flavor": "lung-big", "project": ["lung"], "dry_run": True}
+    member = client.post("/api/v1/jobs", headers=auth(token("res-1", "researcher")), json=job)
+    assert member.status_code == 200, member.get_json()
+    unknown = client.post("/api/v1/jobs", headers=auth(token("res-1", "researcher")),
+                          json={**job, "project": ["nope"]})
+    for path, body in (("/api/v1/jobs", job), ("/api/v1/desktops", {
+            "application": "desktop", "flavor": "lung-big", "datasets": ["ds-1"],
+            "project": ["lung"]})):
+        outsider = client.post(path, headers=auth(token("someone", "researcher")), json=body)
+        assert outsider.status_code == unknown.status_code == 404, outsider.get_json()
+        assert outsider.get_json()["error"]["code"] == unknown.get_json()["error"]["code"]
+        assert outsider.get_json()["error"]["field"] == "project"
+    with admin_site["portal"].extensions["vre.db"].session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Workload)) == 0
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code", "field"), [
