@@ -252,6 +252,11 @@ def flavor_out(row: Flavor, usable: bool = True, refusal: str | None = None,
                      updated_at=row.updated_at, usable=usable, refusal=refusal, reason=reason)
 
 
+def is_project_name(name: str) -> bool:
+    """Whether `name` is shaped like a project's name (the dataset service's rule)."""
+    return re.fullmatch(PROJECT, name) is not None
+
+
 def spec_of(row: Flavor) -> FlavorSpec:
     """The flavor as the quota decision sees it."""
     return FlavorSpec(name=row.name, cpus=row.cpus, memory_mib=row.memory_mib, gpus=row.gpus,

@@ -10,11 +10,12 @@ from flask import Flask, current_app, request
 from flask_login import current_user
 
 from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailable
+from portal.catalogues import is_project_name
 from portal.identity import access_token, identity_of
 from tracer.chain_config import chain_client, contract_address
 from tracer.client import TracerClient, TraceVerifier
 from vre.client import connection_pool
-from vre.errors import ApiError, Forbidden, ServiceUnavailable
+from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.service_auth import StaticToken
 from vre.tokens import Principal, bearer_token
 from vre.web import config_of
@@ -105,6 +106,9 @@ def member_projects(principal: Principal, projects: Collection[str]) -> frozense
     projects) as one the caller is a member of: a project opens the flavors reserved for it,
     so naming one is a claim to check. Asked with the caller's own token, so a project they
     are not in answers as one that does not exist."""
+    for project in projects:
+        if not is_project_name(project):
+            raise NotFound(f"there is no project {project!r}", field="project")
     if not projects or principal.has_any("admin"):
         return frozenset(projects)
     token = bearer_token(request.headers.get("Authorization"))

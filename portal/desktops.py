@@ -6,6 +6,7 @@ ends its grant with it. Web workers run this; only the agent touches sandboxes."
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,9 +59,9 @@ def month_start(now: datetime) -> datetime:
 
 
 def usage_of(session: Session, owner_id: str, now: datetime,
-             flavors: dict[str, Flavor] | None = None) -> Usage:
-    """What a user runs now and has used this month, from the workloads the agent recorded
-    (`flavors` by name, when the caller read them already)."""
+             flavors: dict[str, Flavor] | None = None, *, project: str | None = None) -> Usage:
+    """What a user (or, given `project`, a project) runs now and has used this month, from
+    the workloads the agent recorded (`flavors` by name, when the caller read them already)."""
     if flavors is None:
         flavors = {f.name: f for f in catalogues.flavors(session)}
     since = month_start(now)
@@ -72,7 +73,8 @@ def usage_of(session: Session, owner_id: str, now: datetime,
             sa.select(Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
                       Workload.ended_at, sa.func.count(),
                       sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
-            .where(Workload.owner_id == owner_id,
+            .where(_charged_to(project) if project is not None else
+                   Workload.owner_id == owner_id,
                    sa.or_(Workload.state.in_((*ACTIVE_STATES, "queued")),
                           Workload.ended_at >= since))
             .group_by(Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
@@ -99,6 +101,26 @@ def usage_of(session: Session, owner_id: str, now: datetime,
             gpu_hours += hours * _gpus_held(flavor)
     return Usage(desktops=desktops, jobs=jobs, gpus=gpus, cpu_hours=cpu_hours,
                  gpu_hours=gpu_hours)
+
+
+def _charged_to(project: str) -> sa.ColumnElement[bool]:
+    """Workloads started for `project`. The list is JSON in both databases; a project name
+    has no quote, so its quoted form matches it and no other."""
+    if not catalogues.is_project_name(project):
+        raise ValueError(f"{project!r} is not a project name")
+    return sa.cast(Workload.projects, sa.Text).like(f'%"{project}"%')
+
+
+def project_accounts(session: Session, projects: Iterable[str], now: datetime,
+                     flavors: dict[str, Flavor] | None = None) -> list[Account]:
+    """The quota of each project a workload is started for (its own, else the projects'
+    default), with what the project's workloads use now and this month."""
+    accounts = []
+    for project in sorted(set(projects)):
+        quota = catalogues.effective_quota(session, "project", project)
+        accounts.append(Account("project", project, catalogues.limits_of(quota),
+                                usage_of(session, "", now, flavors, project=project)))
+    return accounts
 
 
 def _gpus_held(flavor: Flavor) -> float:
@@ -134,8 +156,9 @@ def decide_start(session: Session, principal: Principal, ask: DesktopRequest,
                        status=422, field="application")
     row = session.get(Flavor, ask.flavor)
     spec = catalogues.spec_of(row) if row is not None else None
-    account = user_account(session, principal.subject, now)
-    decide("desktop", spec, Requester.of(principal.roles, ask.projects), [account], host,
+    accounts = [user_account(session, principal.subject, now),
+                *project_accounts(session, ask.projects, now)]
+    decide("desktop", spec, Requester.of(principal.roles, ask.projects), accounts, host,
            flavor_name=ask.flavor).raise_if_refused()
     assert row is not None
     return row
@@ -203,7 +226,8 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
                              workload_id, list(ask.datasets), config.token_ttl_seconds))
     try:
         return client.start(spec, flavor.name, list(ask.datasets), grant_id=grant["id"],
-                            expires_in=flavor.max_runtime_minutes * 60)
+                            expires_in=flavor.max_runtime_minutes * 60,
+                            projects=sorted(set(ask.projects)))
     except ComputeError as exc:
         end_grant(datasets_service, grant["id"])
         raise agent_error(exc) from None

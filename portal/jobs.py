@@ -41,7 +41,7 @@ from portal.compute.jobs import (
     wall_seconds,
 )
 from portal.compute.sandbox import HOME
-from portal.desktops import agent, agent_error, end_grant, user_account
+from portal.desktops import agent, agent_error, end_grant, project_accounts, user_account
 from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Workload
 from portal.quotas import HostCapacity, Requester, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
@@ -146,8 +146,9 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
     flavors = {f.name: f for f in catalogues.flavors(session)}
     row = flavors.get(ask.flavor)
     spec = catalogues.spec_of(row) if row is not None else None
-    decide("job", spec, Requester.of(principal.roles, ask.projects),
-           [user_account(session, owner, now, flavors)], host,
+    accounts = [user_account(session, owner, now, flavors),
+                *project_accounts(session, ask.projects, now, flavors)]
+    decide("job", spec, Requester.of(principal.roles, ask.projects), accounts, host,
            flavor_name=ask.flavor).raise_if_refused()
     assert row is not None
     limit = round((ask.time_limit_minutes or row.max_runtime_minutes) * 60)
@@ -168,7 +169,7 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
                    grant_id=None, backend_state={}, cpu_seconds=0.0, memory_peak_bytes=0,
                    name=ask.name, parent_id=parent.id if parent else None, depends_on=after,
                    idempotency_key=ask.idempotency_key, time_limit_seconds=limit,
-                   gpu_ids=[], created_at=now)
+                   gpu_ids=[], created_at=now, projects=sorted(set(ask.projects)))
     resources = Resources(cpus=row.cpus, memory_mib=row.memory_mib, gpus=row.gpus,
                           max_runtime_seconds=limit, gpu_share=row.gpu_share or 1)
     kept = spec_to_json(WorkloadSpec(

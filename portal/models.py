@@ -248,6 +248,8 @@ class Workload(Base):
     state: Mapped[str] = mapped_column(sa.String(16), index=True, default="starting")
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     datasets: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    # The projects it was started for (checked memberships): their quotas count it too.
+    projects: Mapped[list[str]] = mapped_column(sa.JSON, default=list, server_default="[]")
     grant_id: Mapped[str | None] = mapped_column(sa.String(64))
     spec: Mapped[dict] = mapped_column(sa.JSON, default=dict)
     backend_state: Mapped[dict] = mapped_column(sa.JSON, default=dict)

@@ -234,7 +234,8 @@ class Agent:
         return {"adopted": adopted, "vanished": vanished}
 
     def start(self, spec: WorkloadSpec, flavor: str, datasets: list[str],
-              grant_id: str | None = None, expires_in: float | None = None) -> dict[str, Any]:
+              grant_id: str | None = None, expires_in: float | None = None,
+              projects: list[str] | None = None) -> dict[str, Any]:
         """Record the workload, then start it; a refusal leaves it failed with the reason.
         A desktop expires `expires_in` seconds after it started (its flavor's longest run,
         by default the spec's), never later than the configured maximum lifetime."""
@@ -247,7 +248,7 @@ class Agent:
                            application=spec.application, flavor=flavor,
                            state="starting", reason="", datasets=datasets,
                            grant_id=grant_id, spec=kept, backend_state={},
-                           cpu_seconds=0.0, memory_peak_bytes=0)
+                           cpu_seconds=0.0, memory_peak_bytes=0, projects=projects or [])
             if row.kind == "desktop":
                 try:  # a desktop whose trace the tracer would refuse never starts
                     desktop_trace(row, "DESKTOP_STARTED", row.owner_id)
@@ -713,9 +714,12 @@ def create_app(agent: Agent) -> Flask:
         if expires_in is not None and (not isinstance(expires_in, int | float)
                                        or isinstance(expires_in, bool) or expires_in <= 0):
             raise ComputeError("bad_spec", "expires_in is a positive number of seconds")
+        projects = body.get("projects") or []
+        if not (isinstance(projects, list) and all(isinstance(p, str) for p in projects)):
+            raise ComputeError("bad_spec", "projects is a list of project names")
         return jsonify(agent.start(spec, str(body.get("flavor", "")),
                                    [str(d) for d in body.get("datasets", [])],
-                                   body.get("grant_id"), expires_in)), 201
+                                   body.get("grant_id"), expires_in, projects)), 201
 
     @app.get("/workloads/<workload_id>")
     def show(workload_id: str) -> Any:

@@ -54,10 +54,12 @@ class AgentClient:
         return answer
 
     def start(self, spec: WorkloadSpec, flavor: str, datasets: list[str],
-              grant_id: str | None = None, expires_in: float | None = None) -> dict[str, Any]:
+              grant_id: str | None = None, expires_in: float | None = None,
+              projects: list[str] | None = None) -> dict[str, Any]:
         return self._json("POST", "/workloads", {"spec": spec_to_json(spec), "flavor": flavor,
                                                   "datasets": datasets, "grant_id": grant_id,
-                                                  "expires_in": expires_in})
+                                                  "expires_in": expires_in,
+                                                  "projects": projects or []})
 
     def show(self, workload_id: str) -> dict[str, Any]:
         return self._json("GET", f"/workloads/{workload_id}")

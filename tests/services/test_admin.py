@@ -303,6 +303,28 @@ def test_naming_a_project_to_start_on_its_flavor_is_checked(admin_site: dict[str
         assert session.scalar(sa.select(sa.func.count()).select_from(Workload)) == 0
 
 
+def test_a_job_started_for_a_project_counts_against_its_quota(admin_site: dict[str, Any],
+                                                             token: Callable[..., str]) -> None:
+    """A project's quota counts the jobs started for it, whoever started them; a job for no
+    project counts against its owner's quota alone."""
+    client = admin_site["portal"].test_client()
+    assert client.post("/api/v1/quotas", headers=auth(token("admin-1", "admin")), json={
+        "scope": "project", "subject": "lung", "max_jobs": 1}).status_code == 201
+    member = auth(token("res-1", "researcher"))
+    for_lung = {"command": ["true"], "project": ["lung"]}
+    first = client.post("/api/v1/jobs", headers=member, json=for_lung)
+    assert first.status_code == 201, first.get_json()
+    second = client.post("/api/v1/jobs", headers=member, json=for_lung)
+    error = second.get_json()["error"]
+    assert second.status_code == 409 and error["code"] == "quota_jobs", error
+    assert "project 'lung'" in error["message"]
+    alone = client.post("/api/v1/jobs", headers=member, json={"command": ["true"]})
+    assert alone.status_code == 201, alone.get_json()
+    with admin_site["portal"].extensions["vre.db"].session() as session:
+        charged = {w.id: w.projects for w in session.scalars(sa.select(Workload))}
+    assert charged == {first.get_json()["id"]: ["lung"], alone.get_json()["id"]: []}
+
+
 @pytest.mark.parametrize(("method", "path", "body", "status", "code", "field"), [
     ("POST", "/api/v1/flavors", {"name": "no-gpu", "cpus": 1, "memory_mib": 512,
                                  "max_runtime_minutes": 10}, 409, "flavor_exists", "name"),
