@@ -111,6 +111,21 @@ def _charged_to(project: str) -> sa.ColumnElement[bool]:
     return sa.cast(Workload.projects, sa.Text).like(f'%"{project}"%')
 
 
+def hold_quotas(session: Session, owner: str, projects: Iterable[str], *,
+                sqlite_write_lock: bool = True) -> None:
+    """Hold the quota accounts a start counts against until its transaction ends, so two
+    starts at the same instant cannot both take the last slot. Called before the transaction
+    reads anything. PostgreSQL: a transaction-scoped advisory lock per account. SQLite, where
+    one writer runs at a time: the database's write lock, taken now (not when the start
+    writes, after its reads); not where another process writes the row meanwhile."""
+    if session.get_bind().dialect.name == "postgresql":
+        for key in sorted({f"user:{owner}", *(f"project:{p}" for p in projects)}):
+            session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                            {"key": "vre-quota:" + key})
+    elif sqlite_write_lock:
+        session.execute(sa.update(Workload).where(sa.false()).values(state=Workload.state))
+
+
 def project_accounts(session: Session, projects: Iterable[str], now: datetime,
                      flavors: dict[str, Flavor] | None = None) -> list[Account]:
     """The quota of each project a workload is started for (its own, else the projects'
@@ -194,6 +209,9 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
     if principal.is_service:
         raise Forbidden("desktops are started by people", code="not_a_person")
     client = agent()
+    # The agent records the desktop from its own connection: SQLite's write lock would wait
+    # for it, so only PostgreSQL holds the accounts here.
+    hold_quotas(session, principal.subject, ask.projects, sqlite_write_lock=False)
     flavor = decide_start(session, principal, ask, host_of(client), now)
     config = config_of()
     workload_id = "d" + uuid.uuid4().hex[:16]

@@ -41,7 +41,14 @@ from portal.compute.jobs import (
     wall_seconds,
 )
 from portal.compute.sandbox import HOME
-from portal.desktops import agent, agent_error, end_grant, project_accounts, user_account
+from portal.desktops import (
+    agent,
+    agent_error,
+    end_grant,
+    hold_quotas,
+    project_accounts,
+    user_account,
+)
 from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Workload
 from portal.quotas import HostCapacity, Requester, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
@@ -137,8 +144,9 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
     row, no grant and no trace."""
     if principal.is_service:
         raise Forbidden("jobs are submitted by people or their desktops", code="not_a_person")
-    parent = parent_of(session, principal)
     owner = principal.subject
+    hold_quotas(session, owner, ask.projects)
+    parent = parent_of(session, principal)
     earlier = _existing(session, owner, ask.idempotency_key)
     if earlier is not None:
         return job_out(earlier), False

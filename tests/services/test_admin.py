@@ -5,7 +5,9 @@ flavor and quota flows, the error codes of bad input, and the first-start catalo
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -323,6 +325,32 @@ def test_a_job_started_for_a_project_counts_against_its_quota(admin_site: dict[s
     with admin_site["portal"].extensions["vre.db"].session() as session:
         charged = {w.id: w.projects for w in session.scalars(sa.select(Workload))}
     assert charged == {first.get_json()["id"]: ["lung"], alone.get_json()["id"]: []}
+
+
+def test_submissions_at_the_same_instant_never_overrun_a_quota(admin_site: dict[str, Any],
+                                                                token: Callable[..., str]
+                                                                ) -> None:
+    """Many submissions at once against a quota of three jobs, for the user and for the
+    project: three are queued, every other one is refused, however they interleave."""
+    portal = admin_site["portal"]
+    admin = auth(token("admin-1", "admin"))
+    for scope, subject in (("user", "res-1"), ("project", "lung")):
+        assert portal.test_client().post("/api/v1/quotas", headers=admin, json={
+            "scope": scope, "subject": subject, "max_jobs": 3}).status_code == 201
+    member = auth(token("res-1", "researcher"))
+    for body in ({"command": ["true"]}, {"command": ["true"], "project": ["lung"]}):
+        ready = threading.Barrier(12)
+
+        def submit(body: dict[str, Any] = body, ready: threading.Barrier = ready) -> int:
+            client = portal.test_client()
+            ready.wait()
+            return client.post("/api/v1/jobs", headers=member, json=body).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = sorted(pool.map(lambda _: submit(), range(12)))
+        assert codes == [201] * 3 + [409] * 9, codes
+        with portal.extensions["vre.db"].session() as session:
+            session.execute(sa.update(Workload).values(state="cancelled"))
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code", "field"), [
