@@ -72,7 +72,8 @@ def start(platform: dict[str, Any], command: list[str], owner: str = "alice") ->
 def wait_socket(platform: dict[str, Any], workload_id: str) -> Path:
     path = api_socket_path(platform["config"], workload_id)
     deadline = time.monotonic() + 20
-    while not (path.is_socket() and workload_id in platform["gateway"].open):
+    while not (path.is_socket() and workload_id in platform["gateway"].open
+               and (path.parent / "token").stat().st_size):
         assert time.monotonic() < deadline, "the gateway opened no API socket"
         time.sleep(0.05)
     return path
