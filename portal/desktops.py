@@ -59,9 +59,15 @@ def month_start(now: datetime) -> datetime:
 
 
 def usage_of(session: Session, owner_id: str, now: datetime,
-             flavors: dict[str, Flavor] | None = None, *, project: str | None = None) -> Usage:
-    """What a user (or, given `project`, a project) runs now and has used this month, from
-    the workloads the agent recorded (`flavors` by name, when the caller read them already)."""
+             flavors: dict[str, Flavor] | None = None) -> Usage:
+    """What a user runs now and has used this month, from the workloads the agent recorded
+    (`flavors` by name, when the caller read them already)."""
+    return _usage(session, Workload.owner_id == owner_id, now, flavors)
+
+
+def _usage(session: Session, whose: sa.ColumnElement[bool], now: datetime,
+           flavors: dict[str, Flavor] | None) -> Usage:
+    """What the workloads `whose` selects run now and used this month."""
     if flavors is None:
         flavors = {f.name: f for f in catalogues.flavors(session)}
     since = month_start(now)
@@ -73,8 +79,7 @@ def usage_of(session: Session, owner_id: str, now: datetime,
             sa.select(Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
                       Workload.ended_at, sa.func.count(),
                       sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
-            .where(_charged_to(project) if project is not None else
-                   Workload.owner_id == owner_id,
+            .where(whose,
                    sa.or_(Workload.state.in_((*ACTIVE_STATES, "queued")),
                           Workload.ended_at >= since))
             .group_by(Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
@@ -134,7 +139,7 @@ def project_accounts(session: Session, projects: Iterable[str], now: datetime,
     for project in sorted(set(projects)):
         quota = catalogues.effective_quota(session, "project", project)
         accounts.append(Account("project", project, catalogues.limits_of(quota),
-                                usage_of(session, "", now, flavors, project=project)))
+                                _usage(session, _charged_to(project), now, flavors)))
     return accounts
 
 
