@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from portal import catalogues, jobs
 from portal.clients import datasets_as_portal, member_projects
 from vre.api import current_principal, endpoint
 from vre.db import utcnow
+from vre.errors import ApiError
 from vre.outbox import outbox_of
 from vre.tokens import JOBS_SCOPE, WORKLOAD_SCOPE, Principal
 from vre.web import config_of, db_of
@@ -179,6 +180,21 @@ def _principal() -> Principal:
     return principal
 
 
+def _group_commit() -> jobs.GroupCommit:
+    """This process's group commit of submissions to this portal (created on first use)."""
+    found = current_app.extensions.get("portal.submissions")
+    if found is None:  # requests of one app lead each other's groups: current_app is theirs
+        found = current_app.extensions.setdefault("portal.submissions",
+                                                  jobs.GroupCommit(_record))
+    return found
+
+
+def _record(items: list[jobs.Submission]) -> list[jobs.Outcome]:
+    with db_of().session() as session:
+        return jobs.submit_all(session, items, datasets_as_portal(),
+                               catalogues.host_capacity(config_of()), utcnow(), outbox_of())
+
+
 @bp.post("/jobs")
 @endpoint("Submit a batch job; it waits in the queue until its turn", body=JobIn,
           response=JobOut, status=201, tags=["jobs"], scopes=SCOPES)
@@ -190,10 +206,10 @@ def submit_job(body: JobIn) -> Any:
         idempotency_key=body.idempotency_key,
         datasets=None if body.datasets is None else tuple(body.datasets),
         projects=tuple(member_projects(_principal(), body.project)))
-    with db_of().session() as session:
-        job, new = jobs.submit(session, _principal(), ask, datasets_as_portal(),
-                               catalogues.host_capacity(config_of()), utcnow(), outbox_of(),
-                               dry_run=body.dry_run)
+    outcome = _group_commit().submit(jobs.Submission(_principal(), ask, body.dry_run))
+    if isinstance(outcome, ApiError):
+        raise outcome
+    job, new = outcome
     if body.dry_run:
         return {"dry_run": True, "job": job}, 200
     if new:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -358,9 +358,16 @@ def quota_out(row: Quota) -> QuotaOut:
 
 def effective_quota(session: Session, scope: str, subject: str) -> Quota | None:
     """The subject's own quota, else the default of its scope, else None (no limits)."""
+    return effective_quotas(session, scope, [subject])[subject]
+
+
+def effective_quotas(session: Session, scope: str,
+                     subjects: Iterable[str]) -> dict[str, Quota | None]:
+    """`effective_quota` of each subject, read in one statement."""
+    wanted = set(subjects)
     rows = {q.subject: q for q in session.scalars(sa.select(Quota).where(
-        Quota.scope == scope, Quota.subject.in_([subject, EVERYONE])))}
-    return rows.get(subject) or rows.get(EVERYONE)
+        Quota.scope == scope, Quota.subject.in_([*sorted(wanted), EVERYONE])))}
+    return {s: rows.get(s) or rows.get(EVERYONE) for s in wanted}
 
 
 def limits_of(row: Quota | None) -> Limits:

@@ -62,50 +62,63 @@ def usage_of(session: Session, owner_id: str, now: datetime,
              flavors: dict[str, Flavor] | None = None) -> Usage:
     """What a user runs now and has used this month, from the workloads the agent recorded
     (`flavors` by name, when the caller read them already)."""
-    return _usage(session, Workload.owner_id == owner_id, now, flavors)
+    return usages_of(session, [owner_id], now, flavors)[owner_id]
 
 
-def _usage(session: Session, whose: sa.ColumnElement[bool], now: datetime,
-           flavors: dict[str, Flavor] | None) -> Usage:
-    """What the workloads `whose` selects run now and used this month."""
+def usages_of(session: Session, owners: Iterable[str], now: datetime,
+              flavors: dict[str, Flavor] | None = None) -> dict[str, Usage]:
+    """`usage_of` for each of several users, in one statement."""
+    wanted = sorted(set(owners))
+    found = _usages(session, Workload.owner_id.in_(wanted), Workload.owner_id, now, flavors)
+    return {owner: found.get(owner, Usage()) for owner in wanted}
+
+
+def reserved(flavor: Flavor, count: int, seconds: float) -> Usage:
+    """What `count` queued jobs of a flavor hold: a place each among the jobs allowed, and
+    the most they may use of the month's budget (their time limits, `seconds` together), so
+    jobs queued together never overrun it."""
+    return Usage(jobs=count, cpu_hours=seconds / 3600 * flavor.cpus,
+                 gpu_hours=seconds / 3600 * _gpus_held(flavor))
+
+
+def _usages(session: Session, whose: sa.ColumnElement[bool], by: sa.ColumnElement[str] | None,
+            now: datetime, flavors: dict[str, Flavor] | None) -> dict[str | None, Usage]:
+    """What the workloads `whose` selects run now and used this month, summed for each value
+    of `by` (all together under None without one)."""
     if flavors is None:
         flavors = {f.name: f for f in catalogues.flavors(session)}
     since = month_start(now)
-    desktops = jobs = gpus = 0
-    cpu_hours = gpu_hours = 0.0
+    group = (Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
+             Workload.ended_at)
+    key = by if by is not None else sa.null()
+    totals: dict[str | None, Usage] = {}
     # One statement, grouped by the database: a researcher may have thousands of jobs
     # waiting, and they fall in one group a flavor (they have not started).
-    for state, kind, name, started_at, ended_at, count, seconds in session.execute(
-            sa.select(Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
-                      Workload.ended_at, sa.func.count(),
+    for subject, state, kind, name, started_at, ended_at, count, seconds in session.execute(
+            sa.select(key, *group, sa.func.count(),
                       sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
             .where(whose,
                    sa.or_(Workload.state.in_((*ACTIVE_STATES, "queued")),
                           Workload.ended_at >= since))
-            .group_by(Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
-                      Workload.ended_at)):
+            .group_by(*((by,) if by is not None else ()), *group)):
         flavor = flavors.get(name)
         if state == "queued":
-            # A waiting job counts against the jobs allowed, and reserves the most it may
-            # use of the month's budget, so jobs queued together never overrun it.
-            jobs += count
-            if flavor:
-                cpu_hours += seconds / 3600 * flavor.cpus
-                gpu_hours += seconds / 3600 * _gpus_held(flavor)
-            continue
-        active = state in ACTIVE_STATES
-        if active:
-            desktops += count if kind == "desktop" else 0
-            jobs += count if kind == "job" else 0
-            gpus += count * flavor.gpus if flavor else 0
-        if flavor and started_at:
-            began = max(_aware(started_at), since)
-            ended = now if active or ended_at is None else _aware(ended_at)
-            hours = count * max(0.0, (ended - began).total_seconds() / 3600)
-            cpu_hours += hours * flavor.cpus
-            gpu_hours += hours * _gpus_held(flavor)
-    return Usage(desktops=desktops, jobs=jobs, gpus=gpus, cpu_hours=cpu_hours,
-                 gpu_hours=gpu_hours)
+            used = reserved(flavor, count, seconds) if flavor else Usage(jobs=count)
+        else:
+            used = Usage()
+            active = state in ACTIVE_STATES
+            if active:
+                used = Usage(desktops=count if kind == "desktop" else 0,
+                             jobs=count if kind == "job" else 0,
+                             gpus=count * flavor.gpus if flavor else 0)
+            if flavor and started_at:
+                began = max(_aware(started_at), since)
+                ended = now if active or ended_at is None else _aware(ended_at)
+                hours = count * max(0.0, (ended - began).total_seconds() / 3600)
+                used = used + Usage(cpu_hours=hours * flavor.cpus,
+                                    gpu_hours=hours * _gpus_held(flavor))
+        totals[subject] = totals.get(subject, Usage()) + used
+    return totals
 
 
 def _charged_to(project: str) -> sa.ColumnElement[bool]:
@@ -116,17 +129,21 @@ def _charged_to(project: str) -> sa.ColumnElement[bool]:
     return sa.cast(Workload.projects, sa.Text).like(f'%"{project}"%')
 
 
-def hold_quotas(session: Session, owner: str, projects: Iterable[str], *,
+def hold_quotas(session: Session, owners: Iterable[str], projects: Iterable[str], *,
                 sqlite_write_lock: bool = True) -> None:
     """Hold the quota accounts a start counts against until its transaction ends, so two
     starts at the same instant cannot both take the last slot. Called before the transaction
-    reads anything. PostgreSQL: a transaction-scoped advisory lock per account. SQLite, where
-    one writer runs at a time: the database's write lock, taken now (not when the start
+    reads anything. PostgreSQL: a transaction-scoped advisory lock per account, taken in one
+    statement in the order of their names (so two holders never wait for each other). SQLite,
+    where one writer runs at a time: the database's write lock, taken now (not when the start
     writes, after its reads); not where another process writes the row meanwhile."""
     if session.get_bind().dialect.name == "postgresql":
-        for key in sorted({f"user:{owner}", *(f"project:{p}" for p in projects)}):
-            session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                            {"key": "vre-quota:" + key})
+        keys = sorted({*(f"vre-quota:user:{o}" for o in owners),
+                       *(f"vre-quota:project:{p}" for p in projects)})
+        session.execute(sa.text(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM "
+            "(SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k) AS held"),
+            {"keys": keys})
     elif sqlite_write_lock:
         session.execute(sa.update(Workload).where(sa.false()).values(state=Workload.state))
 
@@ -135,12 +152,12 @@ def project_accounts(session: Session, projects: Iterable[str], now: datetime,
                      flavors: dict[str, Flavor] | None = None) -> list[Account]:
     """The quota of each project a workload is started for (its own, else the projects'
     default), with what the project's workloads use now and this month."""
-    accounts = []
-    for project in sorted(set(projects)):
-        quota = catalogues.effective_quota(session, "project", project)
-        accounts.append(Account("project", project, catalogues.limits_of(quota),
-                                _usage(session, _charged_to(project), now, flavors)))
-    return accounts
+    wanted = sorted(set(projects))
+    quotas = catalogues.effective_quotas(session, "project", wanted)
+    return [Account("project", project, catalogues.limits_of(quotas[project]),
+                    _usages(session, _charged_to(project), None, now, flavors).get(
+                        None, Usage()))
+            for project in wanted]
 
 
 def _gpus_held(flavor: Flavor) -> float:
@@ -152,9 +169,16 @@ def user_account(session: Session, subject: str, now: datetime,
                  flavors: dict[str, Flavor] | None = None) -> Account:
     """The user's quota (their own, else the default) with what they use now and this month:
     the account every start, every flavor listing and the quota route count against."""
-    quota = catalogues.effective_quota(session, "user", subject)
-    return Account("user", subject, catalogues.limits_of(quota),
-                   usage_of(session, subject, now, flavors))
+    return user_accounts(session, [subject], now, flavors)[subject]
+
+
+def user_accounts(session: Session, subjects: Iterable[str], now: datetime,
+                  flavors: dict[str, Flavor] | None = None) -> dict[str, Account]:
+    """`user_account` of each of several users, in two statements whatever their number."""
+    wanted = sorted(set(subjects))
+    quotas = catalogues.effective_quotas(session, "user", wanted)
+    usages = usages_of(session, wanted, now, flavors)
+    return {s: Account("user", s, catalogues.limits_of(quotas[s]), usages[s]) for s in wanted}
 
 
 def _aware(value: datetime) -> datetime:
@@ -216,7 +240,7 @@ def start(session: Session, principal: Principal, ask: DesktopRequest,
     client = agent()
     # The agent records the desktop from its own connection: SQLite's write lock would wait
     # for it, so only PostgreSQL holds the accounts here.
-    hold_quotas(session, principal.subject, ask.projects, sqlite_write_lock=False)
+    hold_quotas(session, [principal.subject], ask.projects, sqlite_write_lock=False)
     flavor = decide_start(session, principal, ask, host_of(client), now)
     config = config_of()
     workload_id = "d" + uuid.uuid4().hex[:16]

@@ -13,7 +13,8 @@ import contextlib
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,10 +48,11 @@ from portal.desktops import (
     end_grant,
     hold_quotas,
     project_accounts,
-    user_account,
+    reserved,
+    user_accounts,
 )
-from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Workload
-from portal.quotas import HostCapacity, Requester, decide
+from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Flavor, Workload
+from portal.quotas import Account, HostCapacity, Requester, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.outbox import Outbox
 from vre.tokens import Principal
@@ -92,21 +94,46 @@ def parent_of(session: Session, principal: Principal) -> Workload | None:
     return row
 
 
-def _application(session: Session, ask: JobRequest) -> Application:
+@dataclass(frozen=True)
+class Submission:
+    """One submission as its request made it: who, what, and whether only to check it."""
+
+    principal: Principal
+    ask: JobRequest
+    dry_run: bool = False
+
+
+#: A submission's answer: the job and whether it is new, or its refusal.
+Outcome = tuple[dict[str, Any], bool] | ApiError
+
+
+@dataclass
+class _Batch:
+    """What the submissions of one transaction share: the catalogues and accounts as read
+    once under their locks, and what the submissions before the current one took."""
+
+    session: Session
+    now: datetime
+    applications: list[Application]
+    flavors: dict[str, Flavor]
+    accounts: dict[tuple[str, str], Account]
+    earlier: dict[tuple[str, str], str]  # (owner, idempotency key) -> job id
+    queued: dict[tuple[str, str], Workload] = field(default_factory=dict)
+    traces: list[dict[str, Any]] = field(default_factory=list)  # JOB_SUBMITTED of each queued
+
+
+def _application(batch: _Batch, ask: JobRequest) -> Application:
     """The batch application the job runs: named, found by its image, or the default."""
     if ask.image:
         image, _, digest = ask.image.partition("@")
-        for row in catalogues.applications(session, "batch"):
+        for row in batch.applications:
             if row.enabled and row.image == image and (not digest or digest == row.image_digest):
                 return row
         raise ApiError(f"image {ask.image!r} is not one of the platform's batch applications; "
                        "see `vre-job apps`", code="image_not_allowed", status=422, field="image")
     name = ask.application or DEFAULT_APPLICATION
-    try:
-        row = catalogues.application(session, name)
-    except NotFound:
-        row = None
-    if row is None or row.kind != "batch" or not row.enabled:
+    row = next((a for a in batch.applications if a.id == name), None)
+    if row is None or not row.enabled:
         raise ApiError(f"application {name!r} is not a batch application that may run",
                        code="application_unavailable", status=422, field="application")
     return row
@@ -126,14 +153,17 @@ def _dependencies(session: Session, owner: str, after: tuple[str, ...]) -> list[
     return wanted
 
 
-def _existing(session: Session, owner: str, key: str | None) -> Workload | None:
-    """The owner's job submitted with this idempotency key, if any (its id is read first:
-    a fresh key, the usual case, loads no record)."""
-    if key is None:
-        return None
-    job_id = session.scalar(sa.select(Workload.id).where(Workload.owner_id == owner,
-                                                         Workload.idempotency_key == key))
-    return None if job_id is None else session.get(Workload, job_id)
+def _keys_used(session: Session, items: Sequence[Submission]) -> dict[tuple[str, str], str]:
+    """The jobs already submitted with the idempotency keys these submissions carry (their
+    ids only: a fresh key, the usual case, loads no record)."""
+    keyed = {(s.principal.subject, s.ask.idempotency_key) for s in items
+             if s.ask.idempotency_key is not None}
+    if not keyed:
+        return {}
+    rows = session.execute(sa.select(Workload.owner_id, Workload.idempotency_key, Workload.id)
+                           .where(Workload.owner_id.in_({o for o, _ in keyed}),
+                                  Workload.idempotency_key.in_({k for _, k in keyed})))
+    return {(o, k): j for o, k, j in rows if (o, k) in keyed}
 
 
 def submit(session: Session, principal: Principal, ask: JobRequest,
@@ -142,21 +172,151 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
     """Queue a job; answers it and whether it is new (False for a repeated idempotency key).
     Checked in order: token, flavor, allowed, quota, capacity, datasets; a refusal leaves no
     row, no grant and no trace."""
+    outcome = submit_all(session, [Submission(principal, ask, dry_run)], datasets_service,
+                         host, now, outbox)[0]
+    if isinstance(outcome, ApiError):
+        raise outcome
+    return outcome
+
+
+def submit_all(session: Session, items: Sequence[Submission], datasets_service: DatasetClient,
+               host: HostCapacity, now: datetime, outbox: Outbox | None) -> list[Outcome]:
+    """Decide and queue submissions that arrived together, in one transaction: each exactly
+    as `submit` would, in their order, so each counts what those before it took. A refusal
+    is that submission's answer alone; an error of the database fails them all."""
+    for attempt in range(3):
+        granted: list[str] = []
+        try:
+            return _submit_all(session, items, datasets_service, host, now, outbox, granted)
+        except IntegrityError:
+            # The same idempotency key, submitted at the same moment from another process:
+            # nothing of this transaction stays; the next attempt answers its job.
+            session.rollback()
+            for grant_id in granted:
+                end_grant(datasets_service, grant_id)
+            if attempt == 2:
+                raise
+        except BaseException:
+            for grant_id in granted:
+                end_grant(datasets_service, grant_id)
+            raise
+    raise AssertionError("unreachable")
+
+
+class GroupCommit:
+    """Submissions that arrive while others are being recorded wait for them, then go
+    together in one transaction (one lock, one read of the catalogues and accounts, one
+    commit), as a database's group commit does: a lone submission goes at once, and a burst
+    costs far less than its submissions one by one. The thread of the first waiting request
+    records its group; no thread of its own is kept."""
+
+    MOST = 64  # submissions one transaction takes
+
+    def __init__(self, record: Callable[[list[Submission]], list[Outcome]]) -> None:
+        self._record = record
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._busy = False
+
+    @property
+    def waiting(self) -> int:
+        """Submissions waiting for their group to be recorded."""
+        with self._lock:
+            return len(self._waiting)
+
+    def submit(self, item: Submission) -> Outcome:
+        """Record one submission with whatever came meanwhile; its outcome (the error of
+        the whole group re-raised, if recording failed)."""
+        mine = _Waiting(item)
+        with self._lock:
+            self._waiting.append(mine)
+            leads = not self._busy
+            self._busy = True
+        if not leads:
+            mine.done.wait()
+            if not mine.leads:
+                return mine.answer()
+        with self._lock:
+            group, self._waiting = self._waiting[:self.MOST], self._waiting[self.MOST:]
+        try:
+            outcomes: list[Any] = self._record([w.item for w in group])
+        except BaseException as exc:  # each waiting request answers it as its own
+            outcomes = [exc] * len(group)
+        finally:
+            with self._lock:
+                if self._waiting:  # the next group is led by its first
+                    self._waiting[0].leads = True
+                    self._waiting[0].done.set()
+                else:
+                    self._busy = False
+        for waiting, outcome in zip(group, outcomes, strict=True):
+            waiting.outcome = outcome
+            if waiting is not mine:
+                waiting.done.set()
+        return mine.answer()
+
+
+@dataclass(eq=False)
+class _Waiting:
+    item: Submission
+    done: threading.Event = field(default_factory=threading.Event)
+    leads: bool = False
+    outcome: Outcome | BaseException | None = None
+
+    def answer(self) -> Outcome:
+        if isinstance(self.outcome, BaseException) and not isinstance(self.outcome, ApiError):
+            raise self.outcome
+        assert self.outcome is not None
+        return self.outcome
+
+
+def _submit_all(session: Session, items: Sequence[Submission], datasets_service: DatasetClient,
+                host: HostCapacity, now: datetime, outbox: Outbox | None,
+                granted: list[str]) -> list[Outcome]:
+    people = [s for s in items if not s.principal.is_service]
+    owners = {s.principal.subject for s in people}
+    projects = {p for s in people for p in s.ask.projects}
+    hold_quotas(session, owners, projects)
+    flavors = {f.name: f for f in catalogues.flavors(session)}
+    accounts = {("user", a.subject): a
+                for a in user_accounts(session, owners, now, flavors).values()}
+    accounts.update({("project", a.subject): a
+                     for a in project_accounts(session, projects, now, flavors)})
+    batch = _Batch(session, now, catalogues.applications(session, "batch"), flavors,
+                   accounts, _keys_used(session, people))
+    outcomes: list[Outcome] = []
+    for item in items:
+        try:
+            outcomes.append(_submit_one(batch, item, datasets_service, host, granted))
+        except ApiError as exc:
+            outcomes.append(exc)
+    if batch.queued:
+        session.add_all(batch.queued.values())
+        session.flush()
+        if outbox is not None:
+            outbox.record_all(session, batch.traces, at_once=False)
+    return outcomes
+
+
+def _submit_one(batch: _Batch, item: Submission, datasets_service: DatasetClient,
+                host: HostCapacity, granted: list[str]) -> tuple[dict[str, Any], bool]:
+    principal, ask = item.principal, item.ask
     if principal.is_service:
         raise Forbidden("jobs are submitted by people or their desktops", code="not_a_person")
-    owner = principal.subject
-    hold_quotas(session, owner, ask.projects)
+    session, owner = batch.session, principal.subject
     parent = parent_of(session, principal)
-    earlier = _existing(session, owner, ask.idempotency_key)
-    if earlier is not None:
-        return job_out(earlier), False
-    application = _application(session, ask)
-    flavors = {f.name: f for f in catalogues.flavors(session)}
-    row = flavors.get(ask.flavor)
+    if ask.idempotency_key is not None:
+        key = (owner, ask.idempotency_key)
+        if key in batch.queued:
+            return job_out(batch.queued[key]), False
+        if key in batch.earlier:
+            return job_out(session.get(Workload, batch.earlier[key])), False
+    application = _application(batch, ask)
+    row = batch.flavors.get(ask.flavor)
     spec = catalogues.spec_of(row) if row is not None else None
-    accounts = [user_account(session, owner, now, flavors),
-                *project_accounts(session, ask.projects, now, flavors)]
-    decide("job", spec, Requester.of(principal.roles, ask.projects), accounts, host,
+    charged = [("user", owner), *(("project", p) for p in sorted(set(ask.projects)))]
+    decide("job", spec, Requester.of(principal.roles, ask.projects),
+           [batch.accounts[a] for a in charged], host,
            flavor_name=ask.flavor).raise_if_refused()
     assert row is not None
     limit = round((ask.time_limit_minutes or row.max_runtime_minutes) * 60)
@@ -177,7 +337,7 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
                    grant_id=None, backend_state={}, cpu_seconds=0.0, memory_peak_bytes=0,
                    name=ask.name, parent_id=parent.id if parent else None, depends_on=after,
                    idempotency_key=ask.idempotency_key, time_limit_seconds=limit,
-                   gpu_ids=[], created_at=now, projects=sorted(set(ask.projects)))
+                   gpu_ids=[], created_at=batch.now, projects=sorted(set(ask.projects)))
     resources = Resources(cpus=row.cpus, memory_mib=row.memory_mib, gpus=row.gpus,
                           max_runtime_seconds=limit, gpu_share=row.gpu_share or 1)
     kept = spec_to_json(WorkloadSpec(
@@ -187,29 +347,27 @@ def submit(session: Session, principal: Principal, ask: JobRequest,
     kept.pop("token")
     kept["image_digest"] = application.image_digest
     job.spec = kept
-    if dry_run:
+    if item.dry_run:
         return job_out(job), True
     grant = _grant(datasets_service, owner, principal, workload_id, datasets, application,
                    row.name)
+    if grant:
+        granted.append(grant["id"])
     job.grant_id = grant["id"] if grant else None
     job.spec = {**kept, "mounts": [_mount(m) for m in (grant or {}).get("mounts", [])]}
     try:
         trace = submitted_trace(job)
     except ValueError as exc:
-        end_grant(datasets_service, job.grant_id)
+        if job.grant_id:
+            granted.remove(job.grant_id)
+            end_grant(datasets_service, job.grant_id)
         raise ApiError(f"the job cannot be traced: {exc}", code="bad_job", status=422) from None
-    session.add(job)
-    try:
-        session.flush()
-    except IntegrityError:  # the same key, submitted at the same moment: answer the first
-        session.rollback()  # the transaction has written nothing else yet
-        end_grant(datasets_service, job.grant_id)
-        earlier = _existing(session, owner, ask.idempotency_key)
-        if earlier is None:
-            raise
-        return job_out(earlier), False
-    if outbox is not None:
-        outbox.record(session, trace, at_once=False)
+    taken = reserved(row, 1, limit)
+    for name in charged:
+        account = batch.accounts[name]
+        batch.accounts[name] = replace(account, usage=account.usage + taken)
+    batch.queued[(owner, ask.idempotency_key or workload_id)] = job
+    batch.traces.append(trace)
     return job_out(job), True
 
 

@@ -101,6 +101,11 @@ class Usage:
     cpu_hours: float = 0.0
     gpu_hours: float = 0.0
 
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(desktops=self.desktops + other.desktops, jobs=self.jobs + other.jobs,
+                     gpus=self.gpus + other.gpus, cpu_hours=self.cpu_hours + other.cpu_hours,
+                     gpu_hours=self.gpu_hours + other.gpu_hours)
+
 
 @dataclass(frozen=True)
 class Account:

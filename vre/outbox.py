@@ -99,21 +99,26 @@ class Outbox:
         that transaction commits, and never if it rolls back. With `at_once` False the
         request does not wait for it: the deliverer sends it with others, in one batch (for
         actions that come many a second, such as job submissions)."""
-        trace_id = keep_trace(session, self.table, trace)
+        return self.record_all(session, [trace], at_once=at_once)[0]
+
+    def record_all(self, session: Session, traces: Sequence[dict[str, Any]], *,
+                   at_once: bool = True) -> list[str]:
+        """`record` for several traces, written in one statement; their ids in order."""
+        trace_ids = keep_traces(session, self.table, traces)
         if not at_once:
             if not session.info.get(_LATER):
                 session.info[_LATER] = True
                 after_commit(session, lambda: (session.info.pop(_LATER, None),
                                                self._kick(linger=True)))
                 on_rollback(session, lambda: session.info.pop(_LATER, None))
-            return trace_id
+            return trace_ids
         pending: list[str] | None = session.info.get(_PENDING)
         if pending is None:
             pending = session.info[_PENDING] = []
             after_commit(session, lambda: self._committed(_forget(session, pending)))
             on_rollback(session, lambda: _forget(session, pending))
-        pending.append(trace_id)
-        return trace_id
+        pending.extend(trace_ids)
+        return trace_ids
 
     def _committed(self, trace_ids: list[str]) -> None:
         """Deliver the traces a transaction just committed, within the bounded wait; what
@@ -367,12 +372,21 @@ def keep_trace(session: Session, table: sa.Table, trace: dict[str, Any]) -> str:
     """Write a trace into the outbox in the session's transaction, and nothing more; its id.
     A process that delivers nothing itself (the first start, before any service runs) keeps
     its traces so: the service's own deliverer sends them when it starts."""
-    trace_id = str(uuid.uuid4())
+    return keep_traces(session, table, [trace])[0]
+
+
+def keep_traces(session: Session, table: sa.Table,
+                traces: Sequence[dict[str, Any]]) -> list[str]:
+    """`keep_trace` for several, in one statement; their ids in order."""
+    trace_ids = [str(uuid.uuid4()) for _ in traces]
+    if not traces:
+        return trace_ids
     now = utcnow()
-    session.execute(table.insert().values(
-        trace_id=trace_id, trace=json.dumps({**trace, "id": trace_id}), created_at=now,
-        due_at=now, attempts=0))
-    return trace_id
+    session.execute(table.insert(), [
+        {"trace_id": trace_id, "trace": json.dumps({**trace, "id": trace_id}),
+         "created_at": now, "due_at": now, "attempts": 0}
+        for trace_id, trace in zip(trace_ids, traces, strict=True)])
+    return trace_ids
 
 
 def install_outbox(app: Flask, table: sa.Table, send: Send) -> Outbox:

@@ -4,6 +4,7 @@ flavor and quota flows, the error codes of bad input, and the first-start catalo
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -18,10 +19,16 @@ import portal.app
 from dataset_service.models import Project, ProjectMember
 from launcher.local import first_start
 from portal.catalogues import DEFAULT_APPLICATIONS, DEFAULT_FLAVORS, seed_defaults
-from portal.models import EVERYONE, Application, Flavor, Quota, User, Workload
+from portal.jobs import JobRequest, Submission, submit_all
+from portal.models import EVERYONE, Application, Flavor, Quota, User, Workload, trace_outbox
+from portal.quotas import HostCapacity
 from tests.helpers import auth, serving
 from tests.portal_helpers import AS_ROLE, add_people, make_portal, post, signed_in
 from vre.config import Config
+from vre.db import utcnow
+from vre.errors import ApiError
+from vre.outbox import outbox_of
+from vre.tokens import Principal
 
 ROLES = ("anonymous", "researcher", "steward", "admin")
 HOST = {"host_cpus": 16, "host_memory_mib": 65536, "host_gpus": 0}
@@ -770,3 +777,41 @@ def test_first_start_seeds_the_catalogues_once(make_app: Callable[[str], Flask],
         assert not session.get(Flavor, "no-gpu").enabled, "an administrator's change stays"
         assert session.scalar(sa.select(sa.func.count()).select_from(Quota)) == 1
         assert seed_defaults(session) is False
+
+
+def test_submissions_recorded_together_are_each_decided_as_if_alone(
+        admin_portal: Flask, token: Callable[..., str]) -> None:
+    """One transaction of several submissions (the group commit of a burst): each is checked
+    against what those before it took, a refusal is that submission's answer alone, a key
+    repeated within the group answers its first job, and each job queued has its own
+    JOB_SUBMITTED trace, in the order of the submissions."""
+    assert admin_portal.test_client().post("/api/v1/quotas", headers=auth(
+        token("admin-1", "admin")), json={"scope": "user", "subject": "res-1",
+                                          "max_jobs": 3}).status_code == 201
+    me = Principal("res-1", frozenset({"researcher"}))
+    other = Principal("res-2", frozenset({"researcher"}))
+
+    def ask(name: str, **more: Any) -> Submission:
+        return Submission(more.pop("who", me), JobRequest(command=("true",), name=name, **more))
+
+    dry = Submission(me, JobRequest(command=("true",), name="dry"), dry_run=True)
+    items = [ask("a", idempotency_key="k1"), ask("a-again", idempotency_key="k1"),
+             ask("unknown", flavor="no-such-flavor"), ask("b"), dry, ask("c"), ask("over"),
+             ask("theirs", who=other)]
+    app = admin_portal
+    with app.app_context(), app.extensions["vre.db"].session() as session:
+        outcomes = submit_all(session, items, None, HostCapacity(16, 65536, 0),  # type: ignore[arg-type]
+                              utcnow(), outbox_of(app))
+    named = dict(zip([i.ask.name for i in items], outcomes, strict=True))
+    assert named["a"][1] is True and named["a-again"] == (named["a"][0], False)
+    assert isinstance(named["unknown"], ApiError) and named["unknown"].code == "flavor_unknown"
+    assert named["dry"][1] is True and named["c"][1] is True
+    assert isinstance(named["over"], ApiError) and named["over"].code == "quota_jobs"
+    assert named["theirs"][1] is True
+    queued = [named[n][0]["id"] for n in ("a", "b", "c", "theirs")]
+    with app.extensions["vre.db"].session() as session:
+        assert sorted(session.scalars(sa.select(Workload.id))) == sorted(queued)
+        traces = [json.loads(t) for t in session.scalars(
+            sa.select(trace_outbox.c.trace).order_by(trace_outbox.c.position))]
+    submitted = [t["details"]["workload_id"] for t in traces if t["action"] == "JOB_SUBMITTED"]
+    assert submitted == queued

@@ -1,0 +1,111 @@
+"""The group commit of job submissions: a lone submission is recorded at once; those arriving
+while a group is being recorded go together in the next one, in their order; each gets its
+own outcome; a failure of the whole group reaches every request in it, and the next group
+is still recorded."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from portal.jobs import GroupCommit, JobRequest, Outcome, Submission
+from vre.errors import ApiError
+from vre.tokens import Principal
+
+
+def submission(name: str) -> Submission:
+    return Submission(Principal("res-1", frozenset({"researcher"})),
+                      JobRequest(command=("true",), name=name))
+
+
+class Recorder:
+    """Records groups; the first group is held until released, so others gather meanwhile."""
+
+    def __init__(self, fail: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.groups: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail = fail
+
+    def __call__(self, items: list[Submission]) -> list[Outcome]:
+        number = len(self.groups)
+        self.groups.append([i.ask.name for i in items])
+        if number == 0:
+            self.entered.set()
+            assert self.release.wait(10)
+        if number in self.fail:
+            raise RuntimeError(f"group {number} failed")
+        return [ApiError("refused", code="refused") if i.ask.name.startswith("bad")
+                else ({"name": i.ask.name}, True) for i in items]
+
+
+def test_a_lone_submission_is_recorded_at_once() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    assert GroupCommit(recorder).submit(submission("a")) == ({"name": "a"}, True)
+    assert recorder.groups == [["a"]]
+
+
+def test_submissions_arriving_meanwhile_go_together_each_with_its_own_outcome() -> None:
+    recorder = Recorder()
+    commit = GroupCommit(recorder)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(commit.submit, submission("first"))
+        assert recorder.entered.wait(10)
+        names = ["b1", "bad2", "b3", "b4", "bad5", "b6"]
+        later: dict[str, Any] = {}
+        for name in names:  # queued one after another while the first group is recorded
+            later[name] = pool.submit(commit.submit, submission(name))
+            _wait_for(lambda: commit.waiting == len(later))
+        recorder.release.set()
+        assert first.result(10) == ({"name": "first"}, True)
+        outcomes = {name: future.result(10) for name, future in later.items()}
+    assert recorder.groups == [["first"], names]
+    for name, outcome in outcomes.items():
+        if name.startswith("bad"):
+            assert isinstance(outcome, ApiError) and outcome.code == "refused"
+        else:
+            assert outcome == ({"name": name}, True)
+
+
+def test_a_failed_group_fails_each_of_its_requests_and_the_next_group_is_recorded() -> None:
+    recorder = Recorder(fail={1})
+    commit = GroupCommit(recorder)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(commit.submit, submission("first"))
+        assert recorder.entered.wait(10)
+        failing = [pool.submit(commit.submit, submission(f"f{i}")) for i in range(3)]
+        _wait_for(lambda: commit.waiting == 3)
+        recorder.release.set()
+        assert first.result(10) == ({"name": "first"}, True)
+        for future in failing:
+            with pytest.raises(RuntimeError, match="group 1 failed"):
+                future.result(10)
+    assert commit.submit(submission("after")) == ({"name": "after"}, True)
+    assert recorder.groups[-1] == ["after"]
+
+
+def test_a_group_takes_at_most_its_size_and_the_rest_follow() -> None:
+    recorder = Recorder()
+    commit = GroupCommit(recorder)
+    count = GroupCommit.MOST + 5
+    with ThreadPoolExecutor(count + 1) as pool:
+        first = pool.submit(commit.submit, submission("first"))
+        assert recorder.entered.wait(10)
+        rest = [pool.submit(commit.submit, submission(f"s{i}")) for i in range(count)]
+        _wait_for(lambda: commit.waiting == count)
+        recorder.release.set()
+        assert first.result(10)[1] is True
+        assert all(f.result(10)[1] is True for f in rest)
+    assert [len(g) for g in recorder.groups] == [1, GroupCommit.MOST, 5]
+
+
+def _wait_for(condition: Any) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the condition never held")
