@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -52,7 +53,7 @@ from portal.desktops import (
     user_accounts,
 )
 from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Flavor, Workload
-from portal.quotas import Account, HostCapacity, Requester, decide
+from portal.quotas import QUOTA_CODES, Account, HostCapacity, Requester, Usage, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.outbox import Outbox
 from vre.tokens import Principal
@@ -285,11 +286,32 @@ def _submit_all(session: Session, items: Sequence[Submission], datasets_service:
     batch = _Batch(session, now, catalogues.applications(session, "batch"), flavors,
                    accounts, _keys_used(session, people))
     outcomes: list[Outcome] = []
-    for item in items:
+    planned: list[_Planned] = []
+    for index, item in enumerate(items):
         try:
-            outcomes.append(_submit_one(batch, item, datasets_service, host, granted))
+            outcome = _decide_one(batch, item, host)
         except ApiError as exc:
-            outcomes.append(exc)
+            outcome = exc
+        if isinstance(outcome, _Planned):
+            outcome.index = index
+            planned.append(outcome)
+            outcome = ({}, True)  # answered once granted
+        outcomes.append(outcome)
+    # Grants go to the dataset service together, after every decision (none is asked for a
+    # submission refused). One refused gives back what its submission took: the submissions
+    # that were refused for a quota meanwhile are decided again, after the others, as if they
+    # had come last (a serial order of submissions that arrived together).
+    gave_back = False
+    for plan, grant in zip(planned, _grants(datasets_service, planned, granted),
+                           strict=True):
+        outcome = _finish(batch, plan, grant, datasets_service, granted)
+        gave_back |= isinstance(outcome, ApiError)
+        outcomes[plan.index] = outcome
+    if gave_back:
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, ApiError) and outcome.code in QUOTA_CODES:
+                outcomes[index] = _submit_alone(batch, items[index], host, datasets_service,
+                                                granted)
     if batch.queued:
         session.add_all(batch.queued.values())
         session.flush()
@@ -298,8 +320,35 @@ def _submit_all(session: Session, items: Sequence[Submission], datasets_service:
     return outcomes
 
 
-def _submit_one(batch: _Batch, item: Submission, datasets_service: DatasetClient,
-                host: HostCapacity, granted: list[str]) -> tuple[dict[str, Any], bool]:
+@dataclass(eq=False)
+class _Planned:
+    """A submission allowed and charged to its accounts, waiting for its grant."""
+
+    principal: Principal
+    job: Workload
+    application: Application
+    charged: list[tuple[str, str]]
+    taken: Usage
+    index: int = -1
+
+
+def _submit_alone(batch: _Batch, item: Submission, host: HostCapacity,
+                  datasets_service: DatasetClient, granted: list[str]) -> Outcome:
+    try:
+        outcome = _decide_one(batch, item, host)
+    except ApiError as exc:
+        return exc
+    if not isinstance(outcome, _Planned):
+        return outcome
+    return _finish(batch, outcome, _grants(datasets_service, [outcome], granted)[0],
+                   datasets_service, granted)
+
+
+def _decide_one(batch: _Batch, item: Submission,
+                host: HostCapacity) -> _Planned | tuple[dict[str, Any], bool]:
+    """Check one submission in order (token, flavor, allowed, quota, capacity, its own
+    fields) and charge its accounts; what is left is its grant. A dry run, or a key used
+    before, is answered at once."""
     principal, ask = item.principal, item.ask
     if principal.is_service:
         raise Forbidden("jobs are submitted by people or their desktops", code="not_a_person")
@@ -349,24 +398,83 @@ def _submit_one(batch: _Batch, item: Submission, datasets_service: DatasetClient
     job.spec = kept
     if item.dry_run:
         return job_out(job), True
-    grant = _grant(datasets_service, owner, principal, workload_id, datasets, application,
-                   row.name)
-    if grant:
-        granted.append(grant["id"])
-    job.grant_id = grant["id"] if grant else None
-    job.spec = {**kept, "mounts": [_mount(m) for m in (grant or {}).get("mounts", [])]}
-    try:
-        trace = submitted_trace(job)
-    except ValueError as exc:
-        if job.grant_id:
-            granted.remove(job.grant_id)
-            end_grant(datasets_service, job.grant_id)
-        raise ApiError(f"the job cannot be traced: {exc}", code="bad_job", status=422) from None
-    taken = reserved(row, 1, limit)
-    for name in charged:
-        account = batch.accounts[name]
-        batch.accounts[name] = replace(account, usage=account.usage + taken)
+    plan = _Planned(principal, job, application, charged, reserved(row, 1, limit))
+    _charge(batch, plan, +1)
     batch.queued[(owner, ask.idempotency_key or workload_id)] = job
+    return plan
+
+
+def _charge(batch: _Batch, plan: _Planned, sign: int) -> None:
+    """Count what a planned job takes against its accounts (-1: give it back)."""
+    for name in plan.charged:
+        account = batch.accounts[name]
+        usage = account.usage + plan.taken if sign > 0 else account.usage - plan.taken
+        batch.accounts[name] = replace(account, usage=usage)
+
+
+def _grants(datasets_service: DatasetClient, planned: Sequence[_Planned],
+            granted: list[str]) -> list[dict[str, Any] | ApiError | None]:
+    """Each planned job's grant (None for a job on no dataset), or its refusal; asked of the
+    dataset service at the same time when there are several. An unexpected failure of one
+    is raised once all have answered, their grants listed in `granted` to be ended."""
+    def one(plan: _Planned) -> dict[str, Any] | Exception | None:
+        try:
+            return _grant(datasets_service, plan.job.owner_id, plan.principal, plan.job.id,
+                          tuple(plan.job.datasets), plan.application, plan.job.flavor)
+        except Exception as exc:
+            return exc
+
+    asking = [p for p in planned if p.job.datasets]
+    pool = _granting() if len(asking) > 1 else None
+    answers = dict(zip(asking, pool.map(one, asking) if pool else map(one, asking),
+                       strict=True))
+    failure = next((a for a in answers.values()
+                    if isinstance(a, Exception) and not isinstance(a, ApiError)), None)
+    if failure is not None:
+        granted.extend(a["id"] for a in answers.values() if isinstance(a, dict))
+        raise failure
+    return [answers.get(p) for p in planned]  # type: ignore[misc]
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _granting() -> ThreadPoolExecutor:
+    """Threads that ask for grants at the same time (made in the process that uses them)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(8, thread_name_prefix="vre-grant")
+        return _pool
+
+
+def _finish(batch: _Batch, plan: _Planned, grant: dict[str, Any] | ApiError | None,
+            datasets_service: DatasetClient, granted: list[str]) -> Outcome:
+    """The submission's answer once its grant came: queued with its JOB_SUBMITTED trace, or
+    refused (giving back what it took)."""
+    job = plan.job
+    if grant is not None and not isinstance(grant, ApiError):
+        granted.append(grant["id"])
+        job.grant_id = grant["id"]
+        job.spec = {**job.spec, "mounts": [_mount(m) for m in grant.get("mounts", [])]}
+    else:
+        job.spec = {**job.spec, "mounts": []}
+    try:
+        if isinstance(grant, ApiError):
+            raise grant
+        try:
+            trace = submitted_trace(job)
+        except ValueError as exc:
+            if job.grant_id:
+                granted.remove(job.grant_id)
+                end_grant(datasets_service, job.grant_id)
+            raise ApiError(f"the job cannot be traced: {exc}", code="bad_job",
+                           status=422) from None
+    except ApiError as exc:
+        _charge(batch, plan, -1)
+        batch.queued = {k: j for k, j in batch.queued.items() if j is not job}
+        return exc
     batch.traces.append(trace)
     return job_out(job), True
 

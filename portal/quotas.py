@@ -38,6 +38,7 @@ STATUS = {
     QUOTA_DESKTOPS: 409, QUOTA_JOBS: 409, QUOTA_GPUS: 409, QUOTA_BUDGET: 409,
 }
 CODES = tuple(STATUS)
+QUOTA_CODES = (QUOTA_DESKTOPS, QUOTA_JOBS, QUOTA_GPUS, QUOTA_BUDGET)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,10 @@ class Usage:
         return Usage(desktops=self.desktops + other.desktops, jobs=self.jobs + other.jobs,
                      gpus=self.gpus + other.gpus, cpu_hours=self.cpu_hours + other.cpu_hours,
                      gpu_hours=self.gpu_hours + other.gpu_hours)
+
+    def __sub__(self, other: Usage) -> Usage:
+        return self + Usage(desktops=-other.desktops, jobs=-other.jobs, gpus=-other.gpus,
+                            cpu_hours=-other.cpu_hours, gpu_hours=-other.gpu_hours)
 
 
 @dataclass(frozen=True)

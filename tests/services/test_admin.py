@@ -19,6 +19,7 @@ import portal.app
 from dataset_service.models import Project, ProjectMember
 from launcher.local import first_start
 from portal.catalogues import DEFAULT_APPLICATIONS, DEFAULT_FLAVORS, seed_defaults
+from portal.clients import datasets_as_portal
 from portal.jobs import JobRequest, Submission, submit_all
 from portal.models import EVERYONE, Application, Flavor, Quota, User, Workload, trace_outbox
 from portal.quotas import HostCapacity
@@ -815,3 +816,29 @@ def test_submissions_recorded_together_are_each_decided_as_if_alone(
             sa.select(trace_outbox.c.trace).order_by(trace_outbox.c.position))]
     submitted = [t["details"]["workload_id"] for t in traces if t["action"] == "JOB_SUBMITTED"]
     assert submitted == queued
+
+
+def test_a_refused_grant_gives_back_its_place_to_those_refused_for_it(
+        admin_site: dict[str, Any], token: Callable[..., str]) -> None:
+    """Grants are asked for after every submission of a group is decided. One the dataset
+    service refuses gives back the quota its submission took: a later submission refused
+    for that quota is decided again, and queued."""
+    app = admin_site["portal"]
+    assert app.test_client().post("/api/v1/quotas", headers=auth(token("admin-1", "admin")),
+                                  json={"scope": "user", "subject": "res-1",
+                                        "max_jobs": 2}).status_code == 201
+    me = Principal("res-1", frozenset({"researcher"}))
+    items = [Submission(me, JobRequest(command=("true",), name=f"on-nothing-{n}",
+                                       datasets=("no-such-dataset",))) for n in (1, 2)]
+    items += [Submission(me, JobRequest(command=("true",), name="plain")),
+             Submission(me, JobRequest(command=("true",), name="third")),
+             Submission(me, JobRequest(command=("true",), name="fourth"))]
+    with app.app_context(), app.extensions["vre.db"].session() as session:
+        outcomes = submit_all(session, items, datasets_as_portal(app),
+                              HostCapacity(16, 65536, 0), utcnow(), outbox_of(app))
+    *refused, plain, third, fourth = outcomes
+    assert all(isinstance(r, ApiError) and r.status == 403 for r in refused), refused
+    assert not isinstance(plain, ApiError) and not isinstance(third, ApiError)
+    assert isinstance(fourth, ApiError) and fourth.code == "quota_jobs"
+    with app.extensions["vre.db"].session() as session:
+        assert sorted(session.scalars(sa.select(Workload.name))) == ["plain", "third"]
