@@ -153,7 +153,7 @@ def cmd_submit(client: PortalClient, args: argparse.Namespace) -> int:
         args.argv, flavor=args.flavor, application=args.app, image=args.image, name=args.name,
         environment=dict(args.env) if args.env else None, time_limit_minutes=args.time,
         after=args.after, idempotency_key=args.idempotency_key, datasets=args.dataset,
-        dry_run=args.dry_run)
+        projects=args.project, dry_run=args.dry_run)
     if args.dry_run:
         if args.json:
             print(as_json(answer))
@@ -264,17 +264,19 @@ QUOTA_MEASURES = (("desktops", "max_desktops", "desktops"), ("jobs", "max_jobs",
 
 
 def cmd_quota(client: PortalClient, args: argparse.Namespace) -> int:
-    quota = client.quota()
+    quota = client.quota(args.project)
     if args.json:
         print(as_json(quota))
         return 0
-    limits, usage = quota.get("limits") or {}, quota.get("usage") or {}
     rows = []
-    for label, limit_key, usage_key in QUOTA_MEASURES:
-        limit, used = limits.get(limit_key), usage.get(usage_key) or 0
-        rows.append((label, "unlimited" if limit is None else _number(limit), _number(used),
-                     "-" if limit is None else _number(max(limit - used, 0))))
-    print(table(rows, ("MEASURE", "LIMIT", "USED", "LEFT")))
+    for account, status in (("you", quota), *((f"project {p['project']}", p)
+                                              for p in quota.get("projects") or [])):
+        limits, usage = status.get("limits") or {}, status.get("usage") or {}
+        for label, limit_key, usage_key in QUOTA_MEASURES:
+            limit, used = limits.get(limit_key), usage.get(usage_key) or 0
+            rows.append((account, label, "unlimited" if limit is None else _number(limit),
+                         _number(used), "-" if limit is None else _number(max(limit - used, 0))))
+    print(table(rows, ("ACCOUNT", "MEASURE", "LIMIT", "USED", "LEFT")))
     return 0
 
 
@@ -338,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="submitting again with the same key returns the same job")
     submit.add_argument("--dataset", action="append", metavar="ID",
                         help="dataset to mount read-only (repeatable)")
+    submit.add_argument("--project", action="append", metavar="NAME",
+                        help="the job is for this project: its flavors, counted against its "
+                        "quota (repeatable; from a desktop, by default the desktop's)")
     submit.add_argument("--wait", action="store_true",
                         help="wait for the job to end and exit with its status")
     submit.add_argument("--dry-run", action="store_true",
@@ -356,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     history = command("history", cmd_history, "your jobs that ended, latest first")
     history.add_argument("--limit", type=_positive, default=20, metavar="N",
                          help="at most this many (default: 20)")
-    command("quota", cmd_quota, "your limits and what is in use")
+    quota = command("quota", cmd_quota, "your limits and what is in use, and your projects'")
+    quota.add_argument("--project", action="append", metavar="NAME",
+                       help="show this project's quota too (repeatable; from a desktop, by "
+                       "default the desktop's projects)")
     flavors = command("flavors", cmd_flavors, "list the resource flavors you may use")
     flavors.add_argument("--project", action="append", help="for work in this project")
     flavors.add_argument("--kind", choices=("job", "desktop"),

@@ -49,19 +49,23 @@ def _is_admin(principal: Principal) -> bool:
 
 # -- flavors ------------------------------------------------------------------------------
 
-class FlavorQuery(BaseModel):
+class ProjectsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Kind = Field("job", description=(
-        "What the caller means to start: a person's flavors are marked with the whole "
-        "decision for it, their quota included."))
     project: list[str] = Field(default_factory=list, description=(
-        "Projects the workload is for (repeatable); the caller must be a member of each. "
-        "Flavors reserved for a project are listed only when it is named."))
+        "Projects the question is about (repeatable); the caller must be a member of each "
+        "(from a desktop: by default the projects it was started for)"))
 
     @field_validator("project", mode="before")
     @classmethod
     def _listed(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+
+class FlavorQuery(ProjectsQuery):
+    kind: Kind = Field("job", description=(
+        "What the caller means to start: a person's flavors are marked with the whole "
+        "decision for it, their quota included. Flavors reserved for a project are listed "
+        "only when it is named."))
 
 
 def _account(session: Session, principal: Principal) -> Account | None:
@@ -200,24 +204,43 @@ class QuotaUsage(BaseModel):
     gpu_hours: float = Field(description="GPU-hours used this month.")
 
 
+class ProjectQuotaStatus(BaseModel):
+    project: str
+    limits: QuotaLimits
+    usage: QuotaUsage
+    left: QuotaLimits
+
+
 class QuotaStatus(BaseModel):
     """The caller's quota, what they use, and what is left (null: no limit)."""
 
     limits: QuotaLimits
     usage: QuotaUsage
     left: QuotaLimits
+    projects: list[ProjectQuotaStatus] = Field(default_factory=list, description=(
+        "The quota of each project asked about (from a desktop: those it was started for), "
+        "which its work counts against as well"))
+
+
+def _status(account: Account) -> dict[str, Any]:
+    return {"limits": QuotaLimits(**asdict(account.limits)),
+            "usage": QuotaUsage(**asdict(account.usage)),
+            "left": QuotaLimits(**asdict(left_of(account.limits, account.usage)))}
 
 
 @bp.get("/quota")
 @endpoint("The caller's own quota, usage and what is left of it (a desktop's token: its "
-          "owner's)", response=QuotaStatus, tags=["quotas"], scopes=[WORKLOAD_SCOPE])
-def my_quota() -> QuotaStatus:
+          "owner's), and those of the projects named", query=ProjectsQuery,
+          response=QuotaStatus, tags=["quotas"], scopes=[WORKLOAD_SCOPE])
+def my_quota(query: ProjectsQuery) -> QuotaStatus:
     principal = _principal()
+    projects = member_projects(principal, query.project)
+    now = utcnow()
     with db_of().session() as session:
-        account = desktops.user_account(session, principal.subject, utcnow())
-    return QuotaStatus(limits=QuotaLimits(**asdict(account.limits)),
-                       usage=QuotaUsage(**asdict(account.usage)),
-                       left=QuotaLimits(**asdict(left_of(account.limits, account.usage))))
+        account = desktops.user_account(session, principal.subject, now)
+        shared = desktops.project_accounts(session, projects, now)
+    return QuotaStatus(**_status(account), projects=[
+        ProjectQuotaStatus(project=a.subject, **_status(a)) for a in shared])
 
 
 class QuotaQuery(BaseModel):

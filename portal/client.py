@@ -55,7 +55,7 @@ class PortalClient(ServiceClient):
                    name: str | None = None, environment: dict[str, str] | None = None,
                    time_limit_minutes: int | None = None, after: list[str] | None = None,
                    idempotency_key: str | None = None, datasets: list[str] | None = None,
-                   dry_run: bool = False) -> dict[str, Any]:
+                   projects: list[str] | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Submit a job: its record, or with `dry_run` `{"dry_run": true, "job": ...}`, the
         job as it would be queued, nothing submitted. What is not given is left out, for the
         portal's defaults to apply."""
@@ -63,7 +63,7 @@ class PortalClient(ServiceClient):
         given = {"flavor": flavor, "application": application, "image": image, "name": name,
                  "environment": environment, "time_limit_minutes": time_limit_minutes,
                  "after": after, "idempotency_key": idempotency_key, "datasets": datasets,
-                 "dry_run": dry_run or None}
+                 "project": projects, "dry_run": dry_run or None}
         body.update({key: value for key, value in given.items() if value is not None})
         return self._call("POST", "/api/v1/jobs", json=body)
 
@@ -92,9 +92,10 @@ class PortalClient(ServiceClient):
         their manifest."""
         return self._call("GET", _job_path(job_id, "outputs"))
 
-    def quota(self) -> dict[str, Any]:
-        """The caller's limits and what is in use against them."""
-        return self._call("GET", "/api/v1/quota")
+    def quota(self, projects: list[str] | None = None) -> dict[str, Any]:
+        """The caller's limits and what is in use against them, and those of the projects
+        (from a desktop, by default the projects it was started for)."""
+        return self._call("GET", "/api/v1/quota", params={"project": projects or []})
 
     def create_export(self, title: str, purpose: str, files: list[str], *,
                       submit: bool = True) -> dict[str, Any]:

@@ -12,13 +12,14 @@ from flask_login import current_user
 from dataset_service.client import DatasetClient, DatasetError, DatasetUnavailable
 from portal.catalogues import is_project_name
 from portal.identity import access_token, identity_of
+from portal.models import Workload
 from tracer.chain_config import chain_client, contract_address
 from tracer.client import TracerClient, TraceVerifier
 from vre.client import connection_pool
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.service_auth import StaticToken
 from vre.tokens import Principal, bearer_token
-from vre.web import config_of
+from vre.web import config_of, db_of
 
 
 def install(app: Flask) -> None:
@@ -109,6 +110,8 @@ def member_projects(principal: Principal, projects: Collection[str]) -> frozense
     for project in projects:
         if not is_project_name(project):
             raise NotFound(f"there is no project {project!r}", field="project")
+    if principal.workload_id is not None:
+        return _workload_projects(principal, projects)
     if not projects or principal.has_any("admin"):
         return frozenset(projects)
     token = bearer_token(request.headers.get("Authorization"))
@@ -127,3 +130,17 @@ def member_projects(principal: Principal, projects: Collection[str]) -> frozense
             raise Forbidden(f"you are not a member of project {project!r}",
                             code="not_a_member", field="project")
     return frozenset(projects)
+
+
+def _workload_projects(principal: Principal, projects: Collection[str]) -> frozenset[str]:
+    """A workload's token works for the projects its workload was started for (their
+    membership was checked then): by default all of them, or those of them it names."""
+    with db_of().reading() as session:
+        row = session.get(Workload, principal.workload_id)
+        started_for = frozenset(row.projects or ()) \
+            if row is not None and row.owner_id == principal.subject else frozenset()
+    outside = sorted(set(projects) - started_for)
+    if outside:
+        raise Forbidden(f"project {outside[0]!r} is not one the workload this token belongs "
+                        "to was started for", code="project_not_in_workload", field="project")
+    return frozenset(projects) or started_for

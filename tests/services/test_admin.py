@@ -20,6 +20,7 @@ from dataset_service.models import Project, ProjectMember
 from launcher.local import first_start
 from portal.catalogues import DEFAULT_APPLICATIONS, DEFAULT_FLAVORS, seed_defaults
 from portal.clients import datasets_as_portal
+from portal.compute.tokens import WORKLOAD_TOKEN_SCOPE
 from portal.jobs import JobRequest, Submission, submit_all
 from portal.models import EVERYONE, Application, Flavor, Quota, User, Workload, trace_outbox
 from portal.quotas import HostCapacity
@@ -842,3 +843,51 @@ def test_a_refused_grant_gives_back_its_place_to_those_refused_for_it(
     assert isinstance(fourth, ApiError) and fourth.code == "quota_jobs"
     with app.extensions["vre.db"].session() as session:
         assert sorted(session.scalars(sa.select(Workload.name))) == ["plain", "third"]
+
+
+def test_a_desktops_work_is_for_the_projects_it_was_started_for(
+        admin_site: dict[str, Any], token: Callable[..., str]) -> None:
+    """A desktop's token works for the projects its desktop was started for: its jobs are
+    charged to them unless they name some of them, they see those projects' flavors and
+    quotas, and naming any other project is refused (membership was checked at launch)."""
+    app = admin_site["portal"]
+    client = app.test_client()
+    admin = auth(token("admin-1", "admin"))
+    assert client.post("/api/v1/flavors", headers=admin, json={
+        "name": "lung-big", "cpus": 1, "memory_mib": 512, "max_runtime_minutes": 60,
+        "allowed_projects": ["lung"]}).status_code == 201
+    assert client.post("/api/v1/quotas", headers=admin, json={
+        "scope": "project", "subject": "lung", "max_jobs": 5}).status_code == 201
+    with app.extensions["vre.db"].session() as session:
+        session.add(Workload(id="d0123456789abcdef", owner_id="res-1", kind="desktop",
+                             application="desktop", flavor="desktop", state="running",
+                             reason="", datasets=[], backend_state={}, spec={},
+                             cpu_seconds=0.0, memory_peak_bytes=0, gpu_ids=[],
+                             created_at=utcnow(), projects=["lung"]))
+    desktop = auth(token("res-1", "researcher", scope=WORKLOAD_TOKEN_SCOPE,
+                         wid="d0123456789abcdef"))
+    flavors = client.get("/api/v1/flavors", headers=desktop).get_json()
+    assert "lung-big" in {f["name"] for f in flavors}
+    job = client.post("/api/v1/jobs", headers=desktop,
+                      json={"command": ["true"], "flavor": "lung-big"})
+    assert job.status_code == 201, job.get_json()
+    quota = client.get("/api/v1/quota", headers=desktop).get_json()
+    assert [(p["project"], p["usage"]["jobs"], p["left"]["max_jobs"])
+            for p in quota["projects"]] == [("lung", 1, 4)]
+    for path, method in (("/api/v1/jobs", "post"), ("/api/v1/quota?project=heart", "get"),
+                         ("/api/v1/flavors?project=heart", "get")):
+        refused = getattr(client, method)(path, headers=desktop,
+                                          json={"command": ["true"], "project": ["heart"]}
+                                          if method == "post" else None)
+        assert refused.status_code == 403, (path, refused.get_json())
+        assert refused.get_json()["error"]["code"] == "project_not_in_workload"
+    with app.extensions["vre.db"].session() as session:
+        recorded = {w.id: w.projects for w in session.scalars(
+            sa.select(Workload).where(Workload.kind == "job"))}
+    assert recorded == {job.get_json()["id"]: ["lung"]}
+    # A person asks for a project's quota by naming it; an outsider's answer is as for none.
+    member = client.get("/api/v1/quota?project=lung", headers=auth(token("res-1", "researcher")))
+    assert member.get_json()["projects"][0]["usage"]["jobs"] == 1
+    outsider = client.get("/api/v1/quota?project=lung", headers=auth(token("res-9", "researcher")))
+    nothing = client.get("/api/v1/quota?project=nope", headers=auth(token("res-9", "researcher")))
+    assert outsider.status_code == nothing.status_code == 404, outsider.get_json()

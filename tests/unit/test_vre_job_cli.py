@@ -187,10 +187,13 @@ def stub_portal(api: JobAPI) -> Flask:
 
     @app.get("/api/v1/quota")
     def quota() -> Any:
+        projects = [{"project": p, "limits": {"max_jobs": 10},
+                     "usage": {"desktops": 0, "jobs": 7, "gpus": 0, "cpu_hours": 1,
+                               "gpu_hours": 0}} for p in request.args.getlist("project")]
         return {"limits": {"max_desktops": 2, "max_jobs": 4, "max_gpus": None,
                            "cpu_hours_per_month": 500, "gpu_hours_per_month": 20.5},
                 "usage": {"desktops": 1, "jobs": 5, "gpus": 1, "cpu_hours": 12.25,
-                          "gpu_hours": 3}}
+                          "gpu_hours": 3}, "projects": projects}
 
     return app
 
@@ -374,12 +377,27 @@ def test_outputs_lists_files_with_hashes_then_folder_and_manifest(vre_job, api, 
 def test_quota_shows_limits_use_and_what_is_left(vre_job, capsys) -> None:
     assert vre_job("quota") == 0
     assert _rows(capsys.readouterr().out) == [
-        ["MEASURE", "LIMIT", "USED", "LEFT"], ["desktops", "2", "1", "1"],
-        ["jobs", "4", "5", "0"], ["gpus", "unlimited", "1", "-"],
-        ["cpu", "hours", "this", "month", "500", "12.25", "487.75"],
-        ["gpu", "hours", "this", "month", "20.5", "3", "17.5"]]
+        ["ACCOUNT", "MEASURE", "LIMIT", "USED", "LEFT"], ["you", "desktops", "2", "1", "1"],
+        ["you", "jobs", "4", "5", "0"], ["you", "gpus", "unlimited", "1", "-"],
+        ["you", "cpu", "hours", "this", "month", "500", "12.25", "487.75"],
+        ["you", "gpu", "hours", "this", "month", "20.5", "3", "17.5"]]
     assert vre_job("quota", "--json") == 0
     assert json.loads(capsys.readouterr().out)["limits"]["max_gpus"] is None
+
+
+def test_quota_shows_each_projects_account_after_yours(vre_job, capsys) -> None:
+    assert vre_job("quota", "--project", "lung") == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 11
+    assert rows[7] == ["project", "lung", "jobs", "10", "7", "3"]
+    assert rows[8] == ["project", "lung", "gpus", "unlimited", "0", "-"]
+
+
+def test_submit_names_the_projects_the_job_is_for(vre_job, api, capsys) -> None:
+    assert vre_job("submit", "--project", "lung", "--project", "heart", "--", "true") == 0
+    assert api.submitted[-1]["project"] == ["lung", "heart"]
+    assert vre_job("submit", "--", "true") == 0
+    assert "project" not in api.submitted[-1]
 
 
 def test_a_refusal_is_one_line_with_its_code_and_exit_1(vre_job, api, capsys) -> None:
