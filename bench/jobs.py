@@ -4,7 +4,10 @@ baseline measured in the same run:
 
 1. submissions accepted per second through POST /api/v1/jobs from loopback (target: 500/s,
    what Slurm's controller accepts), against GET /api/v1/me (the bare authenticated request
-   path) through the same server, both from the same keep-alive client threads. Half the
+   path) through the same server, both from the same keep-alive client threads (64, and
+   the services serving 64 request threads each, VRE_THREADS, as a site taking submissions
+   from many desktops at once runs them: submissions arriving together are recorded in one
+   transaction, so how many may be in flight at once is the figure's lever). Half the
    submissions name a dataset (each then gets its own grant from the dataset service); the
    plain ones are also measured alone (Slurm's figure is for plain submissions). One job
    holding the whole job pool (VRE_JOB_CPUS = the no-gpu flavor's 2 CPUs) runs meanwhile,
@@ -21,8 +24,8 @@ baseline measured in the same run:
    process, --portal and --token) for a user with 200 of them; against `vre-job flavors`,
    the same process start and HTTP path with a trivial answer.
 
-    .venv/bin/python bench/jobs.py [--submissions 2000] [--clients 4] [--starts 20]
-            [--queued 10000] [--runs 20] [--database-url URL ('' for SQLite)]
+    .venv/bin/python bench/jobs.py [--submissions 2000] [--clients 64] [--threads 64]
+            [--starts 20] [--queued 10000] [--runs 20] [--database-url URL ('' for SQLite)]
 """
 
 from __future__ import annotations
@@ -72,8 +75,8 @@ class Platform:
     """`vre up` with the demo data in a scratch data directory, on free ports, its database
     in schemas of its own (dropped by the caller)."""
 
-    def __init__(self, workdir: Path, database_url: str) -> None:
-        env = platform_env(workdir, ADMIN_PASSWORD, VRE_JOB_CPUS="2")
+    def __init__(self, workdir: Path, database_url: str, threads: int) -> None:
+        env = platform_env(workdir, ADMIN_PASSWORD, VRE_JOB_CPUS="2", VRE_THREADS=str(threads))
         if database_url:
             env.update(VRE_DATABASE_URL=database_url,
                        VRE_DATABASE_SCHEMA_PREFIX=f"benchjobs{os.getpid()}_")
@@ -116,8 +119,8 @@ class Platform:
 
 
 @contextlib.contextmanager
-def running_platform(workdir: Path, database_url: str) -> Iterator[Platform]:
-    platform = Platform(workdir, database_url)
+def running_platform(workdir: Path, database_url: str, threads: int) -> Iterator[Platform]:
+    platform = Platform(workdir, database_url, threads)
     try:
         yield platform
     finally:
@@ -316,7 +319,9 @@ def command_times(argv: list[str], runs: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submissions", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=64, help="request threads of each "
+                        "service process (VRE_THREADS)")
     parser.add_argument("--starts", type=int, default=20)
     parser.add_argument("--queued", type=int, default=10_000)
     parser.add_argument("--mine", type=int, default=200, help="queued jobs of the user "
@@ -331,7 +336,7 @@ def main() -> None:
     rows: list[tuple[str, float, float, str, str]] = []  # figure, value, baseline, unit, target
     with tempfile.TemporaryDirectory(prefix="vre-bench-jobs-") as scratch:
         try:
-            with running_platform(Path(scratch), args.database_url) as platform:
+            with running_platform(Path(scratch), args.database_url, args.threads) as platform:
                 database = "PostgreSQL" if args.database_url else "SQLite"
                 print(f"vre up on {database}, {os.cpu_count()} cores, job pool 2 CPUs "
                       f"(one {FLAVOR} job at a time)", flush=True)
@@ -410,7 +415,8 @@ def run_figures(platform: Platform, args: argparse.Namespace, vre_job: list[str]
                          "failed")
     cores = os.cpu_count() or 1
     print(f"submissions: {submit_rate:.0f}/s over {args.submissions} ({half} with dataset "
-          f"{dataset_id}), {args.clients} keep-alive clients; GET /api/v1/me "
+          f"{dataset_id}), {args.clients} keep-alive clients, {args.threads} request threads "
+          f"a service; GET /api/v1/me "
           f"{me_rate:.0f}/s before, {me_rate_after:.0f}/s after", flush=True)
     print(f"  with datasets: {cpu_line(submit_cpu)}", flush=True)
     print(f"  without (plain, {len(plain)} at {plain_rate:.0f}/s): {cpu_line(plain_cpu)}",
