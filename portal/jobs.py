@@ -167,28 +167,21 @@ def _keys_used(session: Session, items: Sequence[Submission]) -> dict[tuple[str,
     return {(o, k): j for o, k, j in rows if (o, k) in keyed}
 
 
-def submit(session: Session, principal: Principal, ask: JobRequest,
-           datasets_service: DatasetClient, host: HostCapacity, now: datetime,
-           outbox: Outbox | None, dry_run: bool = False) -> tuple[dict[str, Any], bool]:
-    """Queue a job; answers it and whether it is new (False for a repeated idempotency key).
-    Checked in order: token, flavor, allowed, quota, capacity, datasets; a refusal leaves no
-    row, no grant and no trace."""
-    outcome = submit_all(session, [Submission(principal, ask, dry_run)], datasets_service,
-                         host, now, outbox)[0]
-    if isinstance(outcome, ApiError):
-        raise outcome
-    return outcome
-
-
 def submit_all(session: Session, items: Sequence[Submission], datasets_service: DatasetClient,
                host: HostCapacity, now: datetime, outbox: Outbox | None) -> list[Outcome]:
-    """Decide and queue submissions that arrived together, in one transaction: each exactly
-    as `submit` would, in their order, so each counts what those before it took. A refusal
-    is that submission's answer alone; an error of the database fails them all."""
+    """Decide and queue submissions that arrived together, in one transaction (committed
+    here); each its job and whether it is new (False for a repeated idempotency key), or its
+    refusal. Each is checked in order (token, flavor, allowed, quota, capacity, datasets)
+    against what those before it took; a refusal leaves no row, no grant and no trace, and is
+    that submission's answer alone; an error of the database fails them all and ends the
+    grants made for them."""
     for attempt in range(3):
         granted: list[str] = []
         try:
-            return _submit_all(session, items, datasets_service, host, now, outbox, granted)
+            outcomes = _submit_all(session, items, datasets_service, host, now, outbox,
+                                   granted)
+            session.commit()  # here: a commit that fails ends the grants made for it
+            return outcomes
         except IntegrityError:
             # The same idempotency key, submitted at the same moment from another process:
             # nothing of this transaction stays; the next attempt answers its job.

@@ -891,3 +891,43 @@ def test_a_desktops_work_is_for_the_projects_it_was_started_for(
     outsider = client.get("/api/v1/quota?project=lung", headers=auth(token("res-9", "researcher")))
     nothing = client.get("/api/v1/quota?project=nope", headers=auth(token("res-9", "researcher")))
     assert outsider.status_code == nothing.status_code == 404, outsider.get_json()
+
+
+class _Grants:
+    """The dataset service as the portal's grant calls see it: every grant made, and ended
+    (a stand-in: the failure under test is the portal's database's, after the grants)."""
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+        self.ended: list[str] = []
+
+    def create_grant(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.made.append(f"g-{body['workload_id']}")
+        return {"id": self.made[-1], "mounts": []}
+
+    def end_grant(self, grant_id: str) -> dict[str, Any]:
+        self.ended.append(grant_id)
+        return {"id": grant_id}
+
+
+class _BrokenOutbox:
+    def record_all(self, *args: Any, **kwargs: Any) -> list[str]:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("the database went away"))
+
+
+def test_a_group_that_cannot_be_recorded_ends_the_grants_made_for_it(
+        admin_portal: Flask) -> None:
+    """A database failing after a group's grants were made (here, writing its traces) fails
+    every submission of the group, leaves no job, and ends every grant made for it."""
+    me = Principal("res-1", frozenset({"researcher"}))
+    items = [Submission(me, JobRequest(command=("true",), name=f"j{n}", datasets=("ds-1",)))
+             for n in range(3)]
+    grants = _Grants()
+    app = admin_portal
+    with pytest.raises(sa.exc.OperationalError), app.app_context(), \
+            app.extensions["vre.db"].session() as session:
+        submit_all(session, items, grants, HostCapacity(16, 65536, 0),  # type: ignore[arg-type]
+                   utcnow(), _BrokenOutbox())  # type: ignore[arg-type]
+    assert len(grants.made) == 3 and sorted(grants.ended) == sorted(grants.made)
+    with app.extensions["vre.db"].session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Workload)) == 0

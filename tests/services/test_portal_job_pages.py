@@ -4,7 +4,7 @@ escaped, its log and its traces marked as the ledger verifies them (or said unav
 cancelling from the form (a second time refused with its reason, never a 500), and nobody but
 the owner (or an administrator) seeing a job or its log; anonymous visitors sent to sign in.
 
-Jobs here are rows written straight into the portal's database as `portal.jobs.submit` writes
+Jobs here are rows written straight into the portal's database as `portal.jobs.submit_all` writes
 them; running them in sandboxes is tests/sandbox/test_jobs.py's part. Where a page needs the
 agent's word (places, log bytes, outputs), a stand-in answers as its client does."""
 
@@ -36,7 +36,7 @@ def a_job(app: Flask, owner: str, job_id: str, state: str = "queued", *,
           name: str = "", command: tuple[str, ...] = ("python", "train.py"),
           mounts: tuple[dict[str, Any], ...] = (), backend_state: dict | None = None,
           **fields: Any) -> str:
-    """A job as `portal.jobs.submit` queues it (and the agent moves it on)."""
+    """A job as `portal.jobs.submit_all` queues it (and the agent moves it on)."""
     now = utcnow()
     started = now - timedelta(minutes=3) if state != "queued" else None
     ended = now if state in ("succeeded", "failed", "cancelled") else None
