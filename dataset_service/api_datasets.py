@@ -28,7 +28,16 @@ from dataset_service.models import (
     RevokedUser,
     Study,
 )
-from dataset_service.policy import Action, Code, Decision, decide, decide_use, visible_to
+from dataset_service.policy import (
+    Action,
+    Actor,
+    Code,
+    DatasetFacts,
+    Decision,
+    decide,
+    decide_use,
+    visible_to,
+)
 from dataset_service.repository import Repository
 from tracer.client import TracerClient, TracerError, checked_trace
 from vre.api import PUBLIC, current_principal, endpoint
@@ -541,48 +550,131 @@ def revoke_access(dataset_id: str, user_id: str) -> dict[str, str]:
 @endpoint("Decide and trace what a workload may mount; answer with its read-only mounts",
           body=GrantIn, response=GrantOut, status=201, roles=["service"], tags=["grants"])
 def create_grant(body: GrantIn) -> GrantOut:
-    wanted = list(dict.fromkeys(body.datasets))
     repository = current_app.extensions["dataset.repository"]
-    _restore_trees(repository, wanted)
+    _restore_trees(repository, list(dict.fromkeys(body.datasets)))
     with db_of().session() as session:
-        rows = {d.id: d for d in session.scalars(sa.select(Dataset).where(
-            Dataset.id.in_(wanted)))}
-        actor = ds.actor_for(session, body.user_id, frozenset(body.user_roles))
-        answers = decide_use(actor, [ds.facts_of(session, rows[i]) for i in wanted
-                                     if i in rows])
-        # A dataset the user may not even see is refused as one that does not exist.
-        unknown = {"code": "not_found", "reason": "no such dataset"}
-        refused = {i: unknown for i in wanted if i not in rows}
-        refused.update({i: unknown if d.code == Code.NOT_VISIBLE else
-                        {"code": str(d.code), "reason": d.reason}
-                        for i, d in answers.items() if not d})
-        if refused:
-            raise ApiError("some datasets may not be used: " + "; ".join(
-                f"{i}: {r['reason']}" for i, r in refused.items()),
-                code="grant_refused", status=403, details={"refused": refused})
-        mounts = []
-        for dataset_id in wanted:
-            dataset = rows[dataset_id]
-            if not repository.tree_path(dataset.id).is_dir():
-                raise ApiError(f"dataset {dataset.id!r} has no tree to mount; try again",
-                               code="dataset_tree_missing", status=409)
-            mounts.append(Mount(dataset_id=dataset.id, name=dataset.name,
-                                version=dataset.version, content_hash=dataset.content_hash,
-                                tree=repository.tree_name(dataset.id),
-                                project=_project_name(session, dataset.project_id)))
-        grant = Grant(user_id=body.user_id, workload_id=body.workload_id,
-                      purpose=body.purpose, dataset_ids=wanted, tool=body.tool,
-                      image=body.image, flavor=body.flavor)
-        session.add(grant)
-        session.flush()
-        record_trace(session, body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
-            "workload_id": body.workload_id, "purpose": body.purpose, "tool": body.tool,
-            "image": body.image, "flavor": body.flavor},
-            # A job's grant comes with its submission, many a second: its trace goes in
-            # the outbox's next batch, as the job's own JOB_SUBMITTED does.
-            at_once=body.purpose != "job")
-        return GrantOut(id=grant.id, user_id=grant.user_id, workload_id=grant.workload_id,
-                        purpose=grant.purpose, mounts=mounts)
+        return _grant(session, repository, body, _Known(session))
+
+
+class GrantsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grants: list[GrantIn] = Field(min_length=1, max_length=64)
+
+
+class GrantRefusal(BaseModel):
+    code: str
+    message: str
+    status: int
+    details: dict[str, Any] | None = None
+
+
+class GrantAnswer(BaseModel):
+    """One grant of the batch: made, or refused as POST /grants would refuse it."""
+
+    grant: GrantOut | None = None
+    error: GrantRefusal | None = None
+
+
+class GrantsOut(BaseModel):
+    grants: list[GrantAnswer]
+
+
+@bp.post("/grants/batch")
+@endpoint("Decide and trace several workloads' grants in one transaction (jobs submitted "
+          "together): each decided as POST /grants decides it, in order, a refusal that "
+          "grant's answer alone", body=GrantsIn, response=GrantsOut, roles=["service"],
+          tags=["grants"])
+def create_grants(body: GrantsIn) -> GrantsOut:
+    repository = current_app.extensions["dataset.repository"]
+    _restore_trees(repository, list(dict.fromkeys(d for g in body.grants for d in g.datasets)))
+    answers = []
+    with db_of().session() as session:
+        known = _Known(session)
+        for ask in body.grants:
+            try:
+                answers.append(GrantAnswer(grant=_grant(session, repository, ask, known)))
+            except ApiError as exc:
+                answers.append(GrantAnswer(error=GrantRefusal(
+                    code=exc.code, message=exc.message, status=exc.status,
+                    details=exc.details)))
+    return GrantsOut(grants=answers)
+
+
+class _Known:
+    """What the grants of one transaction read once: datasets with their policy facts, the
+    people asking, project names."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.datasets: dict[str, Dataset | None] = {}
+        self.facts: dict[str, DatasetFacts] = {}
+        self.actors: dict[tuple[str, frozenset[str]], Actor] = {}
+        self.projects: dict[str, str] = {}
+
+    def datasets_of(self, wanted: list[str]) -> dict[str, Dataset]:
+        missing = [i for i in wanted if i not in self.datasets]
+        if missing:
+            self.datasets.update(dict.fromkeys(missing))
+            self.datasets.update({d.id: d for d in self.session.scalars(
+                sa.select(Dataset).where(Dataset.id.in_(missing)))})
+        return {i: d for i in wanted if (d := self.datasets[i]) is not None}
+
+    def facts_of(self, dataset: Dataset) -> DatasetFacts:
+        if dataset.id not in self.facts:
+            self.facts[dataset.id] = ds.facts_of(self.session, dataset)
+        return self.facts[dataset.id]
+
+    def actor(self, user_id: str, roles: frozenset[str]) -> Actor:
+        if (user_id, roles) not in self.actors:
+            self.actors[user_id, roles] = ds.actor_for(self.session, user_id, roles)
+        return self.actors[user_id, roles]
+
+    def project_name(self, project_id: str) -> str:
+        if project_id not in self.projects:
+            self.projects[project_id] = _project_name(self.session, project_id)
+        return self.projects[project_id]
+
+
+def _grant(session: Session, repository: Repository, body: GrantIn, known: _Known) -> GrantOut:
+    """Decide one grant, and record and trace it in the session's transaction; refused (with
+    every dataset refused and why) before anything is written."""
+    wanted = list(dict.fromkeys(body.datasets))
+    rows = known.datasets_of(wanted)
+    actor = known.actor(body.user_id, frozenset(body.user_roles))
+    answers = decide_use(actor, [known.facts_of(rows[i]) for i in wanted if i in rows])
+    # A dataset the user may not even see is refused as one that does not exist.
+    unknown = {"code": "not_found", "reason": "no such dataset"}
+    refused = {i: unknown for i in wanted if i not in rows}
+    refused.update({i: unknown if d.code == Code.NOT_VISIBLE else
+                    {"code": str(d.code), "reason": d.reason}
+                    for i, d in answers.items() if not d})
+    if refused:
+        raise ApiError("some datasets may not be used: " + "; ".join(
+            f"{i}: {r['reason']}" for i, r in refused.items()),
+            code="grant_refused", status=403, details={"refused": refused})
+    mounts = []
+    for dataset_id in wanted:
+        dataset = rows[dataset_id]
+        if not repository.tree_path(dataset.id).is_dir():
+            raise ApiError(f"dataset {dataset.id!r} has no tree to mount; try again",
+                           code="dataset_tree_missing", status=409)
+        mounts.append(Mount(dataset_id=dataset.id, name=dataset.name,
+                            version=dataset.version, content_hash=dataset.content_hash,
+                            tree=repository.tree_name(dataset.id),
+                            project=known.project_name(dataset.project_id)))
+    grant = Grant(user_id=body.user_id, workload_id=body.workload_id,
+                  purpose=body.purpose, dataset_ids=wanted, tool=body.tool,
+                  image=body.image, flavor=body.flavor)
+    session.add(grant)
+    session.flush()
+    record_trace(session, body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
+        "workload_id": body.workload_id, "purpose": body.purpose, "tool": body.tool,
+        "image": body.image, "flavor": body.flavor},
+        # A job's grant comes with its submission, many a second: its trace goes in
+        # the outbox's next batch, as the job's own JOB_SUBMITTED does.
+        at_once=body.purpose != "job")
+    return GrantOut(id=grant.id, user_id=grant.user_id, workload_id=grant.workload_id,
+                    purpose=grant.purpose, mounts=mounts)
 
 
 def _restore_trees(repository: Repository, wanted: list[str]) -> None:

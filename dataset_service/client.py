@@ -144,6 +144,11 @@ class DatasetClient(ServiceClient):
     def create_grant(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/api/v1/grants", json=body)
 
+    def create_grants(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several grants in one transaction: each answer {"grant": ...} or {"error": ...}
+        (its code, message, status and details), in order."""
+        return self._call("POST", "/api/v1/grants/batch", json={"grants": bodies})["grants"]
+
     def end_grant(self, grant_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/api/v1/grants/{grant_id}")
 

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -295,8 +294,8 @@ def _submit_all(session: Session, items: Sequence[Submission], datasets_service:
     # that were refused for a quota meanwhile are decided again, after the others, as if they
     # had come last (a serial order of submissions that arrived together).
     gave_back = False
-    for plan, grant in zip(planned, _grants(datasets_service, planned, granted),
-                           strict=True):
+    grants = _made(_grants(datasets_service, planned), granted)
+    for plan, grant in zip(planned, grants, strict=True):
         outcome = _finish(batch, plan, grant, datasets_service, granted)
         gave_back |= isinstance(outcome, ApiError)
         outcomes[plan.index] = outcome
@@ -333,8 +332,15 @@ def _submit_alone(batch: _Batch, item: Submission, host: HostCapacity,
         return exc
     if not isinstance(outcome, _Planned):
         return outcome
-    return _finish(batch, outcome, _grants(datasets_service, [outcome], granted)[0],
+    return _finish(batch, outcome, _made(_grants(datasets_service, [outcome]), granted)[0],
                    datasets_service, granted)
+
+
+def _made(grants: list[dict[str, Any] | ApiError | None],
+          granted: list[str]) -> list[dict[str, Any] | ApiError | None]:
+    """The grants, each made one listed in `granted` first: ended if anything fails after."""
+    granted.extend(g["id"] for g in grants if isinstance(g, dict))
+    return grants
 
 
 def _decide_one(batch: _Batch, item: Submission,
@@ -405,41 +411,43 @@ def _charge(batch: _Batch, plan: _Planned, sign: int) -> None:
         batch.accounts[name] = replace(account, usage=usage)
 
 
-def _grants(datasets_service: DatasetClient, planned: Sequence[_Planned],
-            granted: list[str]) -> list[dict[str, Any] | ApiError | None]:
-    """Each planned job's grant (None for a job on no dataset), or its refusal; asked of the
-    dataset service at the same time when there are several. An unexpected failure of one
-    is raised once all have answered, their grants listed in `granted` to be ended."""
-    def one(plan: _Planned) -> dict[str, Any] | Exception | None:
-        try:
-            return _grant(datasets_service, plan.job.owner_id, plan.principal, plan.job.id,
-                          tuple(plan.job.datasets), plan.application, plan.job.flavor)
-        except Exception as exc:
-            return exc
-
+def _grants(datasets_service: DatasetClient,
+            planned: Sequence[_Planned]) -> list[dict[str, Any] | ApiError | None]:
+    """Each planned job's grant (None for a job on no dataset), or its refusal: proof that
+    its datasets are still granted now, and their content hashes, pinned for the job's whole
+    life. Asked of the dataset service in one request when there are several (one
+    transaction there too)."""
     asking = [p for p in planned if p.job.datasets]
-    pool = _granting() if len(asking) > 1 else None
-    answers = dict(zip(asking, pool.map(one, asking) if pool else map(one, asking),
-                       strict=True))
-    failure = next((a for a in answers.values()
-                    if isinstance(a, Exception) and not isinstance(a, ApiError)), None)
-    if failure is not None:
-        granted.extend(a["id"] for a in answers.values() if isinstance(a, dict))
-        raise failure
-    return [answers.get(p) for p in planned]  # type: ignore[misc]
+    bodies = [_grant_body(p) for p in asking]
+    answers: list[dict[str, Any] | ApiError] = []
+    try:
+        if len(bodies) == 1:
+            answers = [datasets_service.create_grant(bodies[0])]
+        elif bodies:
+            answers = [a["grant"] if a.get("error") is None else ApiError(
+                a["error"]["message"], code=a["error"]["code"], status=a["error"]["status"],
+                details=a["error"].get("details"))
+                for a in datasets_service.create_grants(bodies)]
+    except DatasetError as exc:
+        answers = [_refusal(exc)] * len(bodies)
+    found = dict(zip(asking, answers, strict=True))
+    return [found.get(p) for p in planned]
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+def _grant_body(plan: _Planned) -> dict[str, Any]:
+    return {"user_id": plan.job.owner_id, "user_roles": sorted(plan.principal.roles),
+            "workload_id": plan.job.id, "purpose": "job", "datasets": list(plan.job.datasets),
+            "tool": plan.application.id, "flavor": plan.job.flavor,
+            "image": plan.application.image}
 
 
-def _granting() -> ThreadPoolExecutor:
-    """Threads that ask for grants at the same time (made in the process that uses them)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(8, thread_name_prefix="vre-grant")
-        return _pool
+def _refusal(exc: DatasetError) -> ApiError:
+    """The dataset service's refusal (or silence) as a job's."""
+    if isinstance(exc, DatasetUnavailable):
+        return ServiceUnavailable("the dataset service does not answer; try again",
+                                  code="datasets_unavailable")
+    return ApiError(exc.message, code=exc.code or "grant_refused", status=exc.status,
+                    details=exc.details)
 
 
 def _finish(batch: _Batch, plan: _Planned, grant: dict[str, Any] | ApiError | None,
@@ -448,7 +456,6 @@ def _finish(batch: _Batch, plan: _Planned, grant: dict[str, Any] | ApiError | No
     refused (giving back what it took)."""
     job = plan.job
     if grant is not None and not isinstance(grant, ApiError):
-        granted.append(grant["id"])
         job.grant_id = grant["id"]
         job.spec = {**job.spec, "mounts": [_mount(m) for m in grant.get("mounts", [])]}
     else:
@@ -484,26 +491,6 @@ def _datasets(parent: Workload | None, ask: JobRequest) -> tuple[str, ...]:
         raise Forbidden(f"dataset {outside[0]!r} is not mounted in the desktop this job comes "
                         "from", code="dataset_not_in_workload")
     return tuple(dict.fromkeys(ask.datasets))
-
-
-def _grant(datasets_service: DatasetClient, owner: str, principal: Principal,
-           workload_id: str, datasets: tuple[str, ...], application: Application,
-           flavor: str) -> dict[str, Any] | None:
-    """The job's own grant: proof that its datasets are still granted now, and their content
-    hashes, pinned for the job's whole life."""
-    if not datasets:
-        return None
-    try:
-        return datasets_service.create_grant({
-            "user_id": owner, "user_roles": sorted(principal.roles),
-            "workload_id": workload_id, "purpose": "job", "datasets": list(datasets),
-            "tool": application.id, "flavor": flavor, "image": application.image})
-    except DatasetUnavailable:
-        raise ServiceUnavailable("the dataset service does not answer; try again",
-                                 code="datasets_unavailable") from None
-    except DatasetError as exc:
-        raise ApiError(exc.message, code=exc.code or "grant_refused", status=exc.status,
-                       details=exc.details) from None
 
 
 def _mount(m: dict[str, Any]) -> dict[str, Any]:

@@ -905,6 +905,9 @@ class _Grants:
         self.made.append(f"g-{body['workload_id']}")
         return {"id": self.made[-1], "mounts": []}
 
+    def create_grants(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"grant": self.create_grant(b), "error": None} for b in bodies]
+
     def end_grant(self, grant_id: str) -> dict[str, Any]:
         self.ended.append(grant_id)
         return {"id": grant_id}

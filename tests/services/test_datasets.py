@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -479,3 +480,52 @@ def test_a_grant_is_ended_by_its_holder_and_traced_once(platform, steward, porta
     assert ended[0]["details"]["subject_user"] == "res-1"
     assert ended[0]["datasets"] == [{"id": dataset["id"], "hash": dataset["content_hash"]}]
     assert client.delete("/api/v1/grants/no-such-grant", headers=portal).status_code == 404
+
+
+def test_grants_asked_together_are_each_decided_alone_in_one_transaction(
+        platform, steward, portal, token) -> None:
+    """The batch of grants of jobs submitted together: each granted or refused as a grant
+    asked alone would be (a refusal that grant's answer alone), each with its USE_DATASETS
+    trace; only a service may ask."""
+    service, auditor = platform
+    dataset = create(service, steward)
+    client = service.test_client()
+    client.post(f"/api/v1/datasets/{dataset['id']}/release", headers=steward)
+
+    def body(user: str, *ids: str) -> dict:
+        return {"user_id": user, "user_roles": ["researcher"], "workload_id": f"j-{user}",
+                "purpose": "job", "datasets": list(ids), "tool": "pytorch"}
+
+    asks = [body("res-1", dataset["id"]), body("res-2", dataset["id"]),
+            body("res-1", "no-such-dataset"), body("res-1", dataset["id"], dataset["id"])]
+    answer = client.post("/api/v1/grants/batch", headers=portal, json={"grants": asks})
+    assert answer.status_code == 200, answer.get_json()
+    mine, outsider, unknown, again = answer.get_json()["grants"]
+    alone = grant(service, portal, "res-2", dataset["id"]).get_json()["error"]
+    assert outsider == {"grant": None, "error": {
+        "code": alone["code"], "message": alone["message"], "status": 403,
+        "details": alone["details"]}}
+    assert unknown["error"]["details"]["refused"]["no-such-dataset"]["code"] == "not_found"
+    for made in (mine, again):
+        assert made["error"] is None
+        assert [m["content_hash"] for m in made["grant"]["mounts"]] == \
+            [dataset["content_hash"]]
+    assert mine["grant"]["id"] != again["grant"]["id"]
+    open_ids = {g["id"] for g in client.get("/api/v1/grants/open", headers=portal)
+                .get_json()["grants"]}
+    assert {mine["grant"]["id"], again["grant"]["id"]} <= open_ids
+    # A job's grant is traced in the outbox's next batch, a moment after it answered.
+    deadline = time.monotonic() + 10
+    while True:
+        used = [t["details"]["workload_id"] for t in auditor.query(dataset=dataset["id"])
+                if t["action"] == "USE_DATASETS"]
+        if len(used) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert used == ["j-res-1", "j-res-1"]
+    researcher = auth(token("res-1", "researcher"))
+    refused = client.post("/api/v1/grants/batch", headers=researcher, json={"grants": asks})
+    assert refused.status_code == 403
+    for wrong in ({"grants": []}, {"grants": [{"user_id": "x"}]}, {"grant": asks}):
+        bad = client.post("/api/v1/grants/batch", headers=portal, json=wrong)
+        assert bad.status_code in (400, 422), bad.get_json()
