@@ -233,6 +233,8 @@ class GroupCommit:
             group, self._waiting = self._waiting[:self.MOST], self._waiting[self.MOST:]
         try:
             outcomes: list[Any] = self._record([w.item for w in group])
+        except Exception as exc:
+            outcomes = self._one_by_one(group) if len(group) > 1 else [exc]
         except BaseException as exc:  # each waiting request answers it as its own
             outcomes = [exc] * len(group)
         finally:
@@ -247,6 +249,18 @@ class GroupCommit:
             if waiting is not mine:
                 waiting.done.set()
         return mine.answer()
+
+
+    def _one_by_one(self, group: list[_Waiting]) -> list[Any]:
+        """A group whose transaction failed, recorded again one submission at a time: one
+        that breaks a transaction fails alone, not with those that came with it."""
+        outcomes: list[Any] = []
+        for waiting in group:
+            try:
+                outcomes.extend(self._record([waiting.item]))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
 
 @dataclass(eq=False)

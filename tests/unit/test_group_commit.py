@@ -1,7 +1,7 @@
 """The group commit of job submissions: a lone submission is recorded at once; those arriving
 while a group is being recorded go together in the next one, in their order; each gets its
-own outcome; a failure of the whole group reaches every request in it, and the next group
-is still recorded."""
+own outcome; a group that fails is recorded again one by one, so a submission that breaks it
+fails alone, and the next group is still recorded."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ def submission(name: str) -> Submission:
 class Recorder:
     """Records groups; the first group is held until released, so others gather meanwhile."""
 
-    def __init__(self, fail: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(self, poison: str | None = None) -> None:
         self.groups: list[list[str]] = []
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.fail = fail
+        self.poison = poison  # a name that fails any group it is in
 
     def __call__(self, items: list[Submission]) -> list[Outcome]:
         number = len(self.groups)
@@ -36,8 +36,8 @@ class Recorder:
         if number == 0:
             self.entered.set()
             assert self.release.wait(10)
-        if number in self.fail:
-            raise RuntimeError(f"group {number} failed")
+        if self.poison is not None and any(self.poison in i.ask.name for i in items):
+            raise RuntimeError(f"group {number} failed: it holds {self.poison or 'anything'}")
         return [ApiError("refused", code="refused") if i.ask.name.startswith("bad")
                 else ({"name": i.ask.name}, True) for i in items]
 
@@ -71,21 +71,36 @@ def test_submissions_arriving_meanwhile_go_together_each_with_its_own_outcome() 
             assert outcome == ({"name": name}, True)
 
 
-def test_a_failed_group_fails_each_of_its_requests_and_the_next_group_is_recorded() -> None:
-    recorder = Recorder(fail={1})
+def test_a_submission_that_breaks_its_group_fails_alone() -> None:
+    """A group whose transaction fails is recorded again one submission at a time: the one
+    that broke it fails by itself, the others are recorded."""
+    recorder = Recorder(poison="poison")
     commit = GroupCommit(recorder)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(commit.submit, submission("first"))
         assert recorder.entered.wait(10)
-        failing = [pool.submit(commit.submit, submission(f"f{i}")) for i in range(3)]
+        later = {n: pool.submit(commit.submit, submission(n)) for n in ("a", "poison", "b")}
         _wait_for(lambda: commit.waiting == 3)
         recorder.release.set()
         assert first.result(10) == ({"name": "first"}, True)
-        for future in failing:
-            with pytest.raises(RuntimeError, match="group 1 failed"):
-                future.result(10)
+        assert later["a"].result(10) == ({"name": "a"}, True)
+        assert later["b"].result(10) == ({"name": "b"}, True)
+        with pytest.raises(RuntimeError, match="poison"):
+            later["poison"].result(10)
+    assert recorder.groups[1:] == [["a", "poison", "b"], ["a"], ["poison"], ["b"]]
     assert commit.submit(submission("after")) == ({"name": "after"}, True)
-    assert recorder.groups[-1] == ["after"]
+
+
+def test_when_nothing_can_be_recorded_every_request_gets_the_failure() -> None:
+    recorder = Recorder(poison="")  # every name: the database is down
+    recorder.release.set()
+    commit = GroupCommit(recorder)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(commit.submit, submission(f"s{i}")) for i in range(4)]
+        for future in futures:
+            with pytest.raises(RuntimeError):
+                future.result(10)
+    assert commit.waiting == 0
 
 
 def test_a_group_takes_at_most_its_size_and_the_rest_follow() -> None:
