@@ -218,8 +218,8 @@ class GroupCommit:
             return len(self._waiting)
 
     def submit(self, item: Submission) -> Outcome:
-        """Record one submission with whatever came meanwhile; its outcome (the error of
-        the whole group re-raised, if recording failed)."""
+        """Record one submission with whatever came meanwhile; its outcome (the error that
+        failed its recording re-raised)."""
         mine = _Waiting(item)
         with self._lock:
             self._waiting.append(mine)
@@ -249,7 +249,6 @@ class GroupCommit:
             if waiting is not mine:
                 waiting.done.set()
         return mine.answer()
-
 
     def _one_by_one(self, group: list[_Waiting]) -> list[Any]:
         """A group whose transaction failed, recorded again one submission at a time: one
