@@ -58,16 +58,10 @@ def month_start(now: datetime) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def usage_of(session: Session, owner_id: str, now: datetime,
-             flavors: dict[str, Flavor] | None = None) -> Usage:
-    """What a user runs now and has used this month, from the workloads the agent recorded
-    (`flavors` by name, when the caller read them already)."""
-    return usages_of(session, [owner_id], now, flavors)[owner_id]
-
-
 def usages_of(session: Session, owners: Iterable[str], now: datetime,
               flavors: dict[str, Flavor] | None = None) -> dict[str, Usage]:
-    """`usage_of` for each of several users, in one statement."""
+    """What each of several users runs now and has used this month, from the workloads the
+    agent recorded, in one statement (`flavors` by name, when the caller read them already)."""
     wanted = sorted(set(owners))
     found = _usages(session, Workload.owner_id.in_(wanted), Workload.owner_id, now, flavors)
     return {owner: found.get(owner, Usage()) for owner in wanted}
