@@ -96,6 +96,13 @@ def ensure_workload_user(name: str) -> sandbox.HostUser:
     return sandbox.HostUser(uid=entry.pw_uid, gid=entry.pw_gid)
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Write a file that other threads read without a lock: it appears whole or not at all."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def _starttime(pid: int) -> int | None:
     """A live process's start time in clock ticks since boot, which tells a pid reused apart;
     None once it ended (a keeper this process started is reaped here)."""
@@ -252,10 +259,13 @@ class LocalBackend(ComputeBackend):
     def _poll_once(self, workload_id: str, home: Path, recorded: Path) -> Exited | None:
         state = self._state(home)
         status_file = home / "exit"
+        # Liveness first: the keeper writes the exit before it ends, so a keeper seen gone
+        # has left its exit file unless it was killed.
+        alive = _starttime(state["pid"]) == state["starttime"]
         if status_file.exists():
             status = int(status_file.read_text().strip() or -1)
             reason = ""
-        elif _starttime(state["pid"]) == state["starttime"]:
+        elif alive:
             return None
         else:
             status, reason = -1, "vanished: its keeper process is gone"
@@ -272,7 +282,7 @@ class LocalBackend(ComputeBackend):
         if state.get("limits"):
             cgroups.kill_all(workload_id)
             cgroups.remove(workload_id)
-        recorded.write_text(json.dumps(asdict(exited)))
+        _write_whole(recorded, json.dumps(asdict(exited)))
         return exited
 
     def stop(self, workload_id: str, now: bool = False) -> None:
@@ -501,7 +511,7 @@ class LocalBackend(ComputeBackend):
         state = {"pid": process.pid, "starttime": _starttime(process.pid), "kind": spec.kind,
                  "owner": spec.owner, "limits": self.limits, "started_at": time.time(),
                  "resources": asdict(spec.resources), "folders": [f for _, f in datasets]}
-        (home / "state.json").write_text(json.dumps(state))
+        _write_whole(home / "state.json", json.dumps(state))
         return state
 
     def _display(self, spec: WorkloadSpec, home: Path, etc: str,

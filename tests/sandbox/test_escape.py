@@ -248,6 +248,38 @@ def test_stop_ends_every_process_and_is_recorded(compute: LocalBackend) -> None:
     assert compute.capacity().free_cpus == compute.capacity().total_cpus
 
 
+def poll_until_exited(compute: LocalBackend, workload_id: str, seen: list[object]) -> None:
+    """Poll until the workload has exited; add what was read, or the error a poll raised."""
+    while True:
+        try:
+            exited = compute.poll(workload_id)
+        except Exception as error:
+            seen.append(error)
+            return
+        if exited is not None:
+            seen.append(exited)
+            return
+
+
+def test_an_exit_is_read_whole_by_every_poll_at_once(compute: LocalBackend) -> None:
+    """The agent's watcher and a stop request poll the same ending workload together: each
+    must read the one exit recorded, never a record half written nor a keeper "vanished"
+    between writing its exit and being reaped."""
+    for _ in range(20):
+        workload = spec(["sh", "-c", "exit 7"])
+        compute.start(workload)
+        seen: list[object] = []
+        threads = [threading.Thread(target=poll_until_exited,
+                                    args=(compute, workload.workload_id, seen))
+                   for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(seen) == 8 and all(isinstance(e, Exited) for e in seen), seen
+        assert {(e.status, e.reason) for e in seen} == {(7, "")}
+
+
 def test_a_restarted_backend_adopts_a_running_workload(compute: LocalBackend,
                                                        sandbox_config) -> None:
     workload = spec(["sleep", "300"])
