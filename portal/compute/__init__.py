@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -237,7 +237,11 @@ class ComputeBackend(ABC):
 
 def spec_to_json(spec: WorkloadSpec) -> dict[str, Any]:
     """A spec as the agent's API carries it (and the database keeps it, without the token)."""
-    data = asdict(spec)
+    # What `asdict` answers, built field by field: it deep-copies, and a burst of job
+    # submissions turns every spec into JSON.
+    data = dict(vars(spec))
+    data["resources"] = dict(vars(spec.resources))
+    data["mounts"] = tuple(dict(vars(m)) for m in spec.mounts)
     data["environment"] = dict(spec.environment)
     return data
 

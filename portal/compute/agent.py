@@ -558,12 +558,17 @@ class Agent:
     def watch_revocations(self) -> list[str]:
         """Stop the workloads of revoked owners, and those whose grant ended or whose data was
         invalidated. Answers the ids asked to stop."""
-        with self.db.reading() as session:
-            rows = list(session.scalars(sa.select(Workload).where(
-                Workload.state.in_(("queued", "starting", "running")))))
-            active = [lifecycle.Running(r.id, r.owner_id, r.grant_id, tuple(r.datasets))
-                      for r in rows]
-            queued = {r.id for r in rows if r.state == "queued"}
+        with self.db.reading() as session:  # the columns alone: thousands may be queued
+            rows = session.execute(sa.select(
+                Workload.id, Workload.owner_id, Workload.grant_id, Workload.datasets,
+                Workload.state).where(Workload.state.in_(("queued", "starting", "running"))))
+            active: list[lifecycle.Running] = []
+            queued: set[str] = set()
+            for r in rows:
+                active.append(lifecycle.Running(r.id, r.owner_id, r.grant_id,
+                                                tuple(r.datasets or ())))
+                if r.state == "queued":
+                    queued.add(r.id)
         if not active:
             return []
         # Grants are read after the workloads: a workload's grant is made before it is.

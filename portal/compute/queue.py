@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
+from functools import cached_property
 
 # Why a waiting job was cancelled (stable codes). EXCEEDS_HOST is the code portal.quotas
 # refuses such a job with at submission; here it catches a pool that shrank since.
@@ -55,7 +56,7 @@ class Ask:
     gpus: int = 0
     gpu_share: int = 1
 
-    @property
+    @cached_property  # asked for each job in each round of a queue of thousands
     def gpu_amount(self) -> Fraction:
         """The GPUs it holds: a share of one, for a job whose flavor shares."""
         return Fraction(self.gpus, max(self.gpu_share, 1))
@@ -233,7 +234,8 @@ def _gpu_key(device: str) -> tuple[int, int, str]:
 
 
 def _fits(ask: Ask, cpus: float, memory_mib: int, gpus: Fraction | int) -> bool:
-    return ask.cpus <= cpus + _EPS and ask.memory_mib <= memory_mib and ask.gpu_amount <= gpus
+    return (ask.cpus <= cpus + _EPS and ask.memory_mib <= memory_mib
+            and (not ask.gpus or ask.gpu_amount <= gpus))
 
 
 def _gpus_for(ask: Ask, load: Mapping[str, Fraction]) -> tuple[str, ...] | None:
