@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import datetime
 from typing import Any, Literal
 
@@ -207,10 +208,16 @@ def record_trace(session: Session, actor: str, action: str, datasets: list[Datas
     """Trace an action in its own transaction: the trace reaches the ledger if and only if
     the action commits (the outbox sends it after commit, until the tracer acknowledges;
     with `at_once` False, with others in the deliverer's next batch)."""
-    outbox_of().record(session, checked_trace({
+    outbox_of().record(session, trace_of(actor, action, datasets, details), at_once=at_once)
+
+
+def trace_of(actor: str, action: str, datasets: list[Dataset],
+             details: dict[str, Any]) -> dict[str, Any]:
+    """The trace of an action on datasets, each named with its content hash; checked."""
+    return checked_trace({
         "actor": actor, "action": action,
         "datasets": [{"id": d.id, "hash": d.content_hash} for d in datasets],
-        "details": {k: v for k, v in details.items() if v is not None}}), at_once=at_once)
+        "details": {k: v for k, v in details.items() if v is not None}})
 
 
 def _out(dataset: Dataset, exact: bool = True) -> DatasetOut:
@@ -553,7 +560,10 @@ def create_grant(body: GrantIn) -> GrantOut:
     repository = current_app.extensions["dataset.repository"]
     _restore_trees(repository, list(dict.fromkeys(body.datasets)))
     with db_of().session() as session:
-        return _grant(session, repository, body, _Known(session))
+        granting = _Granting(session)
+        made = _grant(repository, body, granting)
+        granting.write()
+        return made
 
 
 class GrantsIn(BaseModel):
@@ -589,20 +599,22 @@ def create_grants(body: GrantsIn) -> GrantsOut:
     _restore_trees(repository, list(dict.fromkeys(d for g in body.grants for d in g.datasets)))
     answers = []
     with db_of().session() as session:
-        known = _Known(session)
+        granting = _Granting(session)
         for ask in body.grants:
             try:
-                answers.append(GrantAnswer(grant=_grant(session, repository, ask, known)))
+                answers.append(GrantAnswer(grant=_grant(repository, ask, granting)))
             except ApiError as exc:
                 answers.append(GrantAnswer(error=GrantRefusal(
                     code=exc.code, message=exc.message, status=exc.status,
                     details=exc.details)))
+        granting.write()
     return GrantsOut(grants=answers)
 
 
-class _Known:
-    """What the grants of one transaction read once: datasets with their policy facts, the
-    people asking, project names."""
+class _Granting:
+    """The grants of one transaction: what they read once (datasets with their policy facts,
+    the people asking, project names), and what they write together at the end (the grants
+    in one statement, their traces in another)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -610,6 +622,20 @@ class _Known:
         self.facts: dict[str, DatasetFacts] = {}
         self.actors: dict[tuple[str, frozenset[str]], Actor] = {}
         self.projects: dict[str, str] = {}
+        self.grants: list[Grant] = []
+        self.traces: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+
+    def add(self, grant: Grant, trace: dict[str, Any], at_once: bool) -> None:
+        self.grants.append(grant)
+        self.traces[at_once].append(trace)
+
+    def write(self) -> None:
+        """Write the grants decided and their traces, in the session's transaction."""
+        self.session.add_all(self.grants)
+        self.session.flush()
+        for at_once, traces in self.traces.items():
+            if traces:
+                outbox_of().record_all(self.session, traces, at_once=at_once)
 
     def datasets_of(self, wanted: list[str]) -> dict[str, Dataset]:
         missing = [i for i in wanted if i not in self.datasets]
@@ -635,9 +661,9 @@ class _Known:
         return self.projects[project_id]
 
 
-def _grant(session: Session, repository: Repository, body: GrantIn, known: _Known) -> GrantOut:
-    """Decide one grant, and record and trace it in the session's transaction; refused (with
-    every dataset refused and why) before anything is written."""
+def _grant(repository: Repository, body: GrantIn, known: _Granting) -> GrantOut:
+    """Decide one grant, to be written and traced with the others of its transaction
+    (`known.write`); refused (with every dataset refused and why) before anything is kept."""
     wanted = list(dict.fromkeys(body.datasets))
     rows = known.datasets_of(wanted)
     actor = known.actor(body.user_id, frozenset(body.user_roles))
@@ -662,16 +688,14 @@ def _grant(session: Session, repository: Repository, body: GrantIn, known: _Know
                             version=dataset.version, content_hash=dataset.content_hash,
                             tree=repository.tree_name(dataset.id),
                             project=known.project_name(dataset.project_id)))
-    grant = Grant(user_id=body.user_id, workload_id=body.workload_id,
+    grant = Grant(id=str(uuid.uuid4()), user_id=body.user_id, workload_id=body.workload_id,
                   purpose=body.purpose, dataset_ids=wanted, tool=body.tool,
                   image=body.image, flavor=body.flavor)
-    session.add(grant)
-    session.flush()
-    record_trace(session, body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
+    known.add(grant, trace_of(body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
         "workload_id": body.workload_id, "purpose": body.purpose, "tool": body.tool,
-        "image": body.image, "flavor": body.flavor},
-        # A job's grant comes with its submission, many a second: its trace goes in
-        # the outbox's next batch, as the job's own JOB_SUBMITTED does.
+        "image": body.image, "flavor": body.flavor}),
+        # A job's grant comes with its submission, many a second: its trace goes in the
+        # outbox's next batch, as the job's own JOB_SUBMITTED does.
         at_once=body.purpose != "job")
     return GrantOut(id=grant.id, user_id=grant.user_id, workload_id=grant.workload_id,
                     purpose=grant.purpose, mounts=mounts)
