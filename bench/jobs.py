@@ -471,7 +471,9 @@ def run_figures(platform: Platform, args: argparse.Namespace, vre_job: list[str]
     rows.append(("vre-job queue p95 (flavors: baseline)",
                  percentile(queue_times, 0.95) * 1000, percentile(flavor_times, 0.95) * 1000,
                  "ms", "none set"))
+    # Its sandbox outlives `vre up` (a restarted agent adopts it): it must be gone first.
     platform.call(researcher, "POST", f"/api/v1/jobs/{blocker['id']}/cancel")
+    wait_state(platform, researcher, blocker["id"], ("cancelled",))
 
 
 if __name__ == "__main__":

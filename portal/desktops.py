@@ -82,35 +82,37 @@ def _usages(session: Session, whose: sa.ColumnElement[bool], by: sa.ColumnElemen
     if flavors is None:
         flavors = {f.name: f for f in catalogues.flavors(session)}
     since = month_start(now)
+    key = by if by is not None else sa.null()
+    keys = (by,) if by is not None else ()
+    totals: dict[str | None, Usage] = {}
+    # The waiting jobs, grouped by the database a flavor: a researcher may have thousands,
+    # read from an index of the waiting alone (ix_workloads_queued).
+    for subject, name, count, seconds in session.execute(
+            sa.select(key, Workload.flavor, sa.func.count(),
+                      sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
+            .where(whose, Workload.state == "queued").group_by(*keys, Workload.flavor)):
+        flavor = flavors.get(name)
+        used = reserved(flavor, count, seconds) if flavor else Usage(jobs=count)
+        totals[subject] = totals.get(subject, Usage()) + used
     group = (Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
              Workload.ended_at)
-    key = by if by is not None else sa.null()
-    totals: dict[str | None, Usage] = {}
-    # One statement, grouped by the database: a researcher may have thousands of jobs
-    # waiting, and they fall in one group a flavor (they have not started).
-    for subject, state, kind, name, started_at, ended_at, count, seconds in session.execute(
-            sa.select(key, *group, sa.func.count(),
-                      sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
-            .where(whose,
-                   sa.or_(Workload.state.in_((*ACTIVE_STATES, "queued")),
-                          Workload.ended_at >= since))
-            .group_by(*((by,) if by is not None else ()), *group)):
+    for subject, state, kind, name, started_at, ended_at, count in session.execute(
+            sa.select(key, *group, sa.func.count())
+            .where(whose, sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at >= since))
+            .group_by(*keys, *group)):
         flavor = flavors.get(name)
-        if state == "queued":
-            used = reserved(flavor, count, seconds) if flavor else Usage(jobs=count)
-        else:
-            used = Usage()
-            active = state in ACTIVE_STATES
-            if active:
-                used = Usage(desktops=count if kind == "desktop" else 0,
-                             jobs=count if kind == "job" else 0,
-                             gpus=count * flavor.gpus if flavor else 0)
-            if flavor and started_at:
-                began = max(_aware(started_at), since)
-                ended = now if active or ended_at is None else _aware(ended_at)
-                hours = count * max(0.0, (ended - began).total_seconds() / 3600)
-                used = used + Usage(cpu_hours=hours * flavor.cpus,
-                                    gpu_hours=hours * _gpus_held(flavor))
+        used = Usage()
+        active = state in ACTIVE_STATES
+        if active:
+            used = Usage(desktops=count if kind == "desktop" else 0,
+                         jobs=count if kind == "job" else 0,
+                         gpus=count * flavor.gpus if flavor else 0)
+        if flavor and started_at:
+            began = max(_aware(started_at), since)
+            ended = now if active or ended_at is None else _aware(ended_at)
+            hours = count * max(0.0, (ended - began).total_seconds() / 3600)
+            used = used + Usage(cpu_hours=hours * flavor.cpus,
+                                gpu_hours=hours * _gpus_held(flavor))
         totals[subject] = totals.get(subject, Usage()) + used
     return totals
 

@@ -291,6 +291,10 @@ class Workload(Base):
         sa.UniqueConstraint("owner_id", "idempotency_key",
                             name="uq_workloads_owner_id_idempotency_key"),
         sa.Index("ix_workloads_kind_state", "kind", "state"),
+        # What the quotas count of the waiting jobs, read without their rows.
+        sa.Index("ix_workloads_queued", "owner_id", "flavor", "time_limit_seconds",
+                 postgresql_where=sa.text("state = 'queued'"),
+                 sqlite_where=sa.text("state = 'queued'")),
     )
 
 
