@@ -23,7 +23,7 @@ from portal.compute.client import AgentClient
 from portal.compute.tokens import workload_token
 from portal.models import ACTIVE_STATES, Flavor, Workload
 from portal.quotas import Account, Decision, HostCapacity, Requester, Usage, decide
-from vre.db import utcnow
+from vre.db import UtcDateTime, seconds_between, utcnow
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.tokens import Principal
 from vre.web import config_of
@@ -94,23 +94,28 @@ def _usages(session: Session, whose: sa.ColumnElement[bool], by: sa.ColumnElemen
         flavor = flavors.get(name)
         used = reserved(flavor, count, seconds) if flavor else Usage(jobs=count)
         totals[subject] = totals.get(subject, Usage()) + used
-    group = (Workload.state, Workload.kind, Workload.flavor, Workload.started_at,
-             Workload.ended_at)
-    for subject, state, kind, name, started_at, ended_at, count in session.execute(
-            sa.select(key, *group, sa.func.count())
+    # What ran this month, its time summed by the database a state, kind and flavor: a
+    # researcher may have run thousands of jobs since the month began.
+    since_at, now_at = sa.literal(since, UtcDateTime()), sa.literal(now, UtcDateTime())
+    ran = seconds_between(
+        sa.case((sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at.is_(None)),
+                 now_at), else_=Workload.ended_at),
+        sa.case((Workload.started_at < since_at, since_at), else_=Workload.started_at))
+    seconds = sa.func.coalesce(sa.func.sum(sa.case(
+        (sa.and_(Workload.started_at.is_not(None), ran > 0), ran), else_=0.0)), 0.0)
+    group = (Workload.state, Workload.kind, Workload.flavor)
+    for subject, state, kind, name, count, ran_seconds in session.execute(
+            sa.select(key, *group, sa.func.count(), seconds)
             .where(whose, sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at >= since))
             .group_by(*keys, *group)):
         flavor = flavors.get(name)
         used = Usage()
-        active = state in ACTIVE_STATES
-        if active:
+        if state in ACTIVE_STATES:
             used = Usage(desktops=count if kind == "desktop" else 0,
                          jobs=count if kind == "job" else 0,
                          gpus=count * flavor.gpus if flavor else 0)
-        if flavor and started_at:
-            began = max(_aware(started_at), since)
-            ended = now if active or ended_at is None else _aware(ended_at)
-            hours = count * max(0.0, (ended - began).total_seconds() / 3600)
+        if flavor and ran_seconds:
+            hours = float(ran_seconds) / 3600
             used = used + Usage(cpu_hours=hours * flavor.cpus,
                                 gpu_hours=hours * _gpus_held(flavor))
         totals[subject] = totals.get(subject, Usage()) + used

@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 
 from portal.catalogues import seed_defaults
+from portal.desktops import month_start, usages_of
 from portal.models import Quota, Workload
 from tests.helpers import auth
 from tests.portal_helpers import make_portal
@@ -165,3 +166,44 @@ def test_hidden_flavors_stay_hidden_whatever_the_quota(portal: Flask,
     own_quota(portal, "res-1", max_jobs=0)
     assert "no-gpu" not in flavors(portal, auth(token("res-1", "researcher")))
     assert flavors(portal, admin)["no-gpu"]["refusal"] == "flavor_disabled"
+
+
+def test_the_months_hours_are_summed_whatever_the_number_of_workloads(portal: Flask) -> None:
+    """Time used this month: running workloads count up to now, ended ones to their end, and
+    only from the month's start; workloads of other people, and queued, never started or
+    last month's ones count nothing. Summed by the database for hundreds at once."""
+    now = utcnow()
+    since = month_start(now)
+    flavors = {"no-gpu": (2, 0.0), "small-gpu": (4, 1.0), "shared-gpu": (2, 0.25)}
+    expected_cpu = expected_gpu = 0.0
+    rows = []
+    for n in range(300):
+        flavor = list(flavors)[n % 3]
+        cpus, gpus = flavors[flavor]
+        started = now - timedelta(hours=1 + n % 50, minutes=n)
+        state = ("running", "succeeded", "failed", "cancelled", "queued")[n % 5]
+        ended = None if state in ("running", "queued") else started + timedelta(minutes=n % 40)
+        if state == "queued":
+            started = None
+        rows.append(Workload(id=f"j{n:016d}", owner_id="res-1", kind="job",
+                             application="terminal", flavor=flavor, state=state, datasets=[],
+                             started_at=started, ended_at=ended, time_limit_seconds=0,
+                             created_at=started or now))
+        if started is not None and (ended is None or ended >= since):
+            hours = max(0.0, ((ended or now) - max(started, since)).total_seconds() / 3600)
+            expected_cpu += hours * cpus
+            expected_gpu += hours * gpus
+    rows.append(Workload(id="jlastmonth0000001", owner_id="res-1", kind="job",
+                         application="terminal", flavor="no-gpu", state="succeeded",
+                         datasets=[], started_at=since - timedelta(days=3),
+                         ended_at=since - timedelta(days=2), created_at=since))
+    rows.append(Workload(id="jsomeoneelse00001", owner_id="someone", kind="job",
+                         application="terminal", flavor="no-gpu", state="running",
+                         datasets=[], started_at=now - timedelta(hours=9), created_at=now))
+    with portal.extensions["vre.db"].session() as session:
+        session.add_all(rows)
+    with portal.extensions["vre.db"].reading() as session:
+        usage = usages_of(session, ["res-1"], now)["res-1"]
+    assert usage.cpu_hours == pytest.approx(expected_cpu, rel=1e-6)
+    assert usage.gpu_hours == pytest.approx(expected_gpu, rel=1e-6)
+    assert usage.jobs == 60 + 60 and usage.gpus == 20 + 20, "running and queued hold places"
