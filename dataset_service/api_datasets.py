@@ -661,13 +661,13 @@ class _Granting:
         return self.projects[project_id]
 
 
-def _grant(repository: Repository, body: GrantIn, known: _Granting) -> GrantOut:
+def _grant(repository: Repository, body: GrantIn, granting: _Granting) -> GrantOut:
     """Decide one grant, to be written and traced with the others of its transaction
-    (`known.write`); refused (with every dataset refused and why) before anything is kept."""
+    (`granting.write`); refused (with every dataset refused and why) before anything is kept."""
     wanted = list(dict.fromkeys(body.datasets))
-    rows = known.datasets_of(wanted)
-    actor = known.actor(body.user_id, frozenset(body.user_roles))
-    answers = decide_use(actor, [known.facts_of(rows[i]) for i in wanted if i in rows])
+    rows = granting.datasets_of(wanted)
+    actor = granting.actor(body.user_id, frozenset(body.user_roles))
+    answers = decide_use(actor, [granting.facts_of(rows[i]) for i in wanted if i in rows])
     # A dataset the user may not even see is refused as one that does not exist.
     unknown = {"code": "not_found", "reason": "no such dataset"}
     refused = {i: unknown for i in wanted if i not in rows}
@@ -687,11 +687,12 @@ def _grant(repository: Repository, body: GrantIn, known: _Granting) -> GrantOut:
         mounts.append(Mount(dataset_id=dataset.id, name=dataset.name,
                             version=dataset.version, content_hash=dataset.content_hash,
                             tree=repository.tree_name(dataset.id),
-                            project=known.project_name(dataset.project_id)))
+                            project=granting.project_name(dataset.project_id)))
+    # Its id now: the answer names it before the grants are written.
     grant = Grant(id=str(uuid.uuid4()), user_id=body.user_id, workload_id=body.workload_id,
                   purpose=body.purpose, dataset_ids=wanted, tool=body.tool,
                   image=body.image, flavor=body.flavor)
-    known.add(grant, trace_of(body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
+    granting.add(grant, trace_of(body.user_id, "USE_DATASETS", [rows[i] for i in wanted], {
         "workload_id": body.workload_id, "purpose": body.purpose, "tool": body.tool,
         "image": body.image, "flavor": body.flavor}),
         # A job's grant comes with its submission, many a second: its trace goes in the
