@@ -190,9 +190,14 @@ def _group_commit() -> jobs.GroupCommit:
 
 
 def _record(items: list[jobs.Submission]) -> list[jobs.Outcome]:
+    """Record a group of submissions; the agent is told once that jobs wait, if any does."""
     with db_of().session() as session:
-        return jobs.submit_all(session, items, datasets_as_portal(),
-                               catalogues.host_capacity(config_of()), utcnow(), outbox_of())
+        outcomes = jobs.submit_all(session, items, datasets_as_portal(),
+                                   catalogues.host_capacity(config_of()), utcnow(), outbox_of())
+    if any(isinstance(o, tuple) and o[1] and not i.dry_run
+           for i, o in zip(items, outcomes, strict=True)):
+        jobs.poke_agent()
+    return outcomes
 
 
 @bp.post("/jobs")
@@ -212,8 +217,6 @@ def submit_job(body: JobIn) -> Any:
     job, new = outcome
     if body.dry_run:
         return {"dry_run": True, "job": job}, 200
-    if new:
-        jobs.poke_agent()
     return job, 201 if new else 200
 
 

@@ -8,9 +8,11 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, render_template
+from flask import Flask, Request, render_template
 from flask import session as browser
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_login import LoginManager
+from itsdangerous import URLSafeTimedSerializer
 
 from portal import (
     api,
@@ -45,6 +47,26 @@ from vre.web import create_service_app, db_of
 SERVICE = service("portal")
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signer built once for each key instead of for
+    each request, and not at all for a request that carries no session cookie (every API
+    call, which a bearer token authenticates)."""
+
+    _signer: tuple[tuple[Any, ...], URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, *(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        signer = self._signer
+        if signer is None or signer[0] != keys:
+            signer = self._signer = (keys, super().get_signing_serializer(app))
+        return signer[1]
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def _error_page(err: ApiError) -> Any:
     return render_template("error.html", error=err), err.status
 
@@ -69,6 +91,7 @@ def create_app(config: Config | None = None) -> Flask:
         REMEMBER_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_SECURE=config.url_of("portal").startswith("https://"),
     )
+    app.session_interface = CookieSessions()
     app.extensions["vre.issuer"] = TokenIssuer.from_file(
         key_path, config.portal_issuer, config.token_audience, config.token_ttl_seconds)
     logins = LoginManager(app)

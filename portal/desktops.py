@@ -5,6 +5,7 @@ ends its grant with it. Web workers run this; only the agent touches sandboxes."
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def usages_of(session: Session, owners: Iterable[str], now: datetime,
     """What each of several users runs now and has used this month, from the workloads the
     agent recorded, in one statement (`flavors` by name, when the caller read them already)."""
     wanted = sorted(set(owners))
-    found = _usages(session, Workload.owner_id.in_(wanted), Workload.owner_id, now, flavors)
+    found = _usages(session, "owners", {"owners": wanted}, now, flavors)
     return {owner: found.get(owner, Usage()) for owner in wanted}
 
 
@@ -75,39 +76,21 @@ def reserved(flavor: Flavor, count: int, seconds: float) -> Usage:
                  gpu_hours=seconds / 3600 * _gpus_held(flavor))
 
 
-def _usages(session: Session, whose: sa.ColumnElement[bool], by: sa.ColumnElement[str] | None,
-            now: datetime, flavors: dict[str, Flavor] | None) -> dict[str | None, Usage]:
-    """What the workloads `whose` selects run now and used this month, summed for each value
-    of `by` (all together under None without one)."""
+def _usages(session: Session, shape: str, values: dict[str, Any], now: datetime,
+            flavors: dict[str, Flavor] | None) -> dict[str | None, Usage]:
+    """What the workloads of one shape of `_usage_statements` (its parameters in `values`)
+    run now and used this month, summed for each owner ('owners') or all together under
+    None ('project')."""
     if flavors is None:
         flavors = {f.name: f for f in catalogues.flavors(session)}
-    since = month_start(now)
-    key = by if by is not None else sa.null()
-    keys = (by,) if by is not None else ()
+    waiting, ran = _usage_statements(shape)
+    values = {**values, "since": month_start(now), "now": now}
     totals: dict[str | None, Usage] = {}
-    # The waiting jobs, grouped by the database a flavor: a researcher may have thousands,
-    # read from an index of the waiting alone (ix_workloads_queued).
-    for subject, name, count, seconds in session.execute(
-            sa.select(key, Workload.flavor, sa.func.count(),
-                      sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
-            .where(whose, Workload.state == "queued").group_by(*keys, Workload.flavor)):
+    for subject, name, count, seconds in session.execute(waiting, values):
         flavor = flavors.get(name)
         used = reserved(flavor, count, seconds) if flavor else Usage(jobs=count)
         totals[subject] = totals.get(subject, Usage()) + used
-    # What ran this month, its time summed by the database a state, kind and flavor: a
-    # researcher may have run thousands of jobs since the month began.
-    since_at, now_at = sa.literal(since, UtcDateTime()), sa.literal(now, UtcDateTime())
-    ran = seconds_between(
-        sa.case((sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at.is_(None)),
-                 now_at), else_=Workload.ended_at),
-        sa.case((Workload.started_at < since_at, since_at), else_=Workload.started_at))
-    seconds = sa.func.coalesce(sa.func.sum(sa.case(
-        (sa.and_(Workload.started_at.is_not(None), ran > 0), ran), else_=0.0)), 0.0)
-    group = (Workload.state, Workload.kind, Workload.flavor)
-    for subject, state, kind, name, count, ran_seconds in session.execute(
-            sa.select(key, *group, sa.func.count(), seconds)
-            .where(whose, sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at >= since))
-            .group_by(*keys, *group)):
+    for subject, state, kind, name, count, ran_seconds in session.execute(ran, values):
         flavor = flavors.get(name)
         used = Usage()
         if state in ACTIVE_STATES:
@@ -122,12 +105,47 @@ def _usages(session: Session, whose: sa.ColumnElement[bool], by: sa.ColumnElemen
     return totals
 
 
-def _charged_to(project: str) -> sa.ColumnElement[bool]:
-    """Workloads started for `project`. The list is JSON in both databases; a project name
-    has no quote, so its quoted form matches it and no other."""
+@functools.cache
+def _usage_statements(shape: str) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The two statements `_usages` runs, built once for each shape: building them took
+    longer than running them, and every submission, start and flavor listing runs them.
+    'owners': the workloads of the users :owners, summed per owner; 'project': those
+    charged to one project (:charged, a pattern of its quoted name), summed together."""
+    if shape == "owners":
+        whose = Workload.owner_id.in_(sa.bindparam("owners", expanding=True))
+        key: sa.ColumnElement[Any] = Workload.owner_id
+        keys: tuple[sa.ColumnElement[Any], ...] = (Workload.owner_id,)
+    else:
+        whose = sa.cast(Workload.projects, sa.Text).like(sa.bindparam("charged"))
+        key, keys = sa.null(), ()
+    # The waiting jobs, grouped by the database a flavor: a researcher may have thousands,
+    # read from an index of the waiting alone (ix_workloads_queued).
+    waiting = (sa.select(key, Workload.flavor, sa.func.count(),
+                         sa.func.coalesce(sa.func.sum(Workload.time_limit_seconds), 0))
+               .where(whose, Workload.state == "queued").group_by(*keys, Workload.flavor))
+    # What ran this month, its time summed by the database a state, kind and flavor: a
+    # researcher may have run thousands of jobs since the month began.
+    since = sa.bindparam("since", type_=UtcDateTime())
+    now = sa.bindparam("now", type_=UtcDateTime())
+    ran = seconds_between(
+        sa.case((sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at.is_(None)),
+                 now), else_=Workload.ended_at),
+        sa.case((Workload.started_at < since, since), else_=Workload.started_at))
+    seconds = sa.func.coalesce(sa.func.sum(sa.case(
+        (sa.and_(Workload.started_at.is_not(None), ran > 0), ran), else_=0.0)), 0.0)
+    group = (Workload.state, Workload.kind, Workload.flavor)
+    spent = (sa.select(key, *group, sa.func.count(), seconds)
+             .where(whose, sa.or_(Workload.state.in_(ACTIVE_STATES), Workload.ended_at >= since))
+             .group_by(*keys, *group))
+    return waiting, spent
+
+
+def _charged_to(project: str) -> str:
+    """The pattern of workloads started for `project`. The list is JSON in both databases;
+    a project name has no quote, so its quoted form matches it and no other."""
     if not catalogues.is_project_name(project):
         raise ValueError(f"{project!r} is not a project name")
-    return sa.cast(Workload.projects, sa.Text).like(f'%"{project}"%')
+    return f'%"{project}"%'
 
 
 def hold_quotas(session: Session, owners: Iterable[str], projects: Iterable[str], *,
@@ -156,8 +174,8 @@ def project_accounts(session: Session, projects: Iterable[str], now: datetime,
     wanted = sorted(set(projects))
     quotas = catalogues.effective_quotas(session, "project", wanted)
     return [Account("project", project, catalogues.limits_of(quotas[project]),
-                    _usages(session, _charged_to(project), None, now, flavors).get(
-                        None, Usage()))
+                    _usages(session, "project", {"charged": _charged_to(project)}, now,
+                            flavors).get(None, Usage()))
             for project in wanted]
 
 

@@ -226,7 +226,7 @@ class GroupCommit:
             leads = not self._busy
             self._busy = True
         if not leads:
-            mine.done.wait()
+            mine.wait()
             if not mine.leads:
                 return mine.answer()
         with self._lock:
@@ -241,13 +241,13 @@ class GroupCommit:
             with self._lock:
                 if self._waiting:  # the next group is led by its first
                     self._waiting[0].leads = True
-                    self._waiting[0].done.set()
+                    self._waiting[0].wake()
                 else:
                     self._busy = False
         for waiting, outcome in zip(group, outcomes, strict=True):
             waiting.outcome = outcome
             if waiting is not mine:
-                waiting.done.set()
+                waiting.wake()
         return mine.answer()
 
     def _one_by_one(self, group: list[_Waiting]) -> list[Any]:
@@ -262,12 +262,25 @@ class GroupCommit:
         return outcomes
 
 
-@dataclass(eq=False)
 class _Waiting:
-    item: Submission
-    done: threading.Event = field(default_factory=threading.Event)
-    leads: bool = False
-    outcome: Outcome | BaseException | None = None
+    """A submission waiting for its group: woken once, to lead the next group or with its
+    outcome. A lock taken at birth is its signal (lighter than an Event, which builds a
+    condition for each wait: one for each submission of a burst)."""
+
+    __slots__ = ("_signal", "item", "leads", "outcome")
+
+    def __init__(self, item: Submission) -> None:
+        self.item = item
+        self.leads = False
+        self.outcome: Outcome | BaseException | None = None
+        self._signal = threading.Lock()
+        self._signal.acquire()
+
+    def wait(self) -> None:
+        self._signal.acquire()
+
+    def wake(self) -> None:
+        self._signal.release()
 
     def answer(self) -> Outcome:
         if isinstance(self.outcome, BaseException) and not isinstance(self.outcome, ApiError):
