@@ -11,6 +11,7 @@ neither the token validator nor the API layer, which both ask it."""
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -181,15 +182,23 @@ class RevocationState:
 
     def __init__(self, feeds: Iterable[CachedFeed] = ()) -> None:
         self.feeds = list(feeds)
+        # The last merge and the feeds' snapshots it was made of: every request asks, and
+        # the feeds change only when they are read again.
+        self._merged: tuple[tuple[Revocations, ...], Revocations] = ((), NOTHING)
 
     def add(self, feed: CachedFeed) -> None:
         self.feeds.append(feed)
 
     def snapshot(self) -> Revocations:
-        result = NOTHING
-        for feed in self.feeds:
-            result = result.merged(feed.get())
-        return result
+        parts = tuple(feed.get() for feed in self.feeds)
+        made_of, merged = self._merged
+        if len(made_of) == len(parts) and all(map(operator.is_, made_of, parts)):
+            return merged
+        merged = NOTHING
+        for part in parts:
+            merged = merged.merged(part)
+        self._merged = (parts, merged)
+        return merged
 
     def invalidate(self) -> None:
         for feed in self.feeds:

@@ -62,8 +62,10 @@ log = logging.getLogger("vre.compute.agent")
 POLL_SECONDS = 0.25
 # The queue is planned when a job arrives or ends, and also this often (estimates age).
 QUEUE_SECONDS = 5.0
-# A round of planning waits this many times what the last one took after it.
-PLAN_PACE = 4.0
+# A round of planning waits this many times what the last one took after it: planning a
+# long queue during a burst of submissions takes at most a tenth of a core (Slurm's
+# scheduler, for comparison, defers its passes during bursts and backfills every 30 s).
+PLAN_PACE = 9.0
 ExitHook = Callable[[Workload], None]
 TokenMinter = Callable[[Workload], str]
 # Fair share forgets: usage counts half after this long (Slurm's PriorityDecayHalfLife).
@@ -352,7 +354,7 @@ class Agent:
                         log.exception("watching workloads failed (%s)", work.__name__)
             # The queue is planned when a job arrived or ended, and every QUEUE_SECONDS; a
             # burst of submissions is planned together, the rounds paced at PLAN_PACE times
-            # what the last one took, so planning a long queue never takes more than a fifth
+            # what the last one took, so planning a long queue never takes more than a tenth
             # of a core.
             since = time.monotonic() - planned_at
             if (due and since >= pace) or since >= QUEUE_SECONDS:
