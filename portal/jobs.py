@@ -51,7 +51,15 @@ from portal.desktops import (
     reserved,
     user_accounts,
 )
-from portal.models import JOB_FINAL_STATES, JOB_OPEN_STATES, Application, Flavor, Workload
+from portal.models import (
+    JOB_FINAL_STATES,
+    JOB_OPEN_STATES,
+    Application,
+    Flavor,
+    JobRecord,
+    NewJob,
+    Workload,
+)
 from portal.quotas import QUOTA_CODES, Account, HostCapacity, Requester, Usage, decide
 from vre.errors import ApiError, Forbidden, NotFound, ServiceUnavailable
 from vre.outbox import Outbox
@@ -118,7 +126,7 @@ class _Batch:
     flavors: dict[str, Flavor]
     accounts: dict[tuple[str, str], Account]
     earlier: dict[tuple[str, str], str]  # (owner, idempotency key) -> job id
-    queued: dict[tuple[str, str], Workload] = field(default_factory=dict)
+    queued: dict[tuple[str, str], NewJob] = field(default_factory=dict)
     traces: list[dict[str, Any]] = field(default_factory=list)  # JOB_SUBMITTED of each queued
 
 
@@ -331,8 +339,7 @@ def _submit_all(session: Session, items: Sequence[Submission], datasets_service:
                 outcomes[index] = _submit_alone(batch, items[index], host, datasets_service,
                                                 granted)
     if batch.queued:
-        session.add_all(batch.queued.values())
-        session.flush()
+        session.execute(sa.insert(Workload.__table__), [j.values() for j in batch.queued.values()])
         if outbox is not None:
             outbox.record_all(session, batch.traces, at_once=False)
     return outcomes
@@ -343,7 +350,7 @@ class _Planned:
     """A submission allowed and charged to its accounts, waiting for its grant."""
 
     principal: Principal
-    job: Workload
+    job: NewJob
     application: Application
     charged: list[tuple[str, str]]
     taken: Usage
@@ -406,12 +413,11 @@ def _decide_one(batch: _Batch, item: Submission,
     datasets = _datasets(parent, ask)
     after = _dependencies(session, owner, ask.after)
     workload_id = "j" + uuid.uuid4().hex[:16]
-    job = Workload(id=workload_id, owner_id=owner, kind="job", application=application.id,
-                   flavor=row.name, state="queued", reason="", datasets=list(datasets),
-                   grant_id=None, backend_state={}, cpu_seconds=0.0, memory_peak_bytes=0,
-                   name=ask.name, parent_id=parent.id if parent else None, depends_on=after,
-                   idempotency_key=ask.idempotency_key, time_limit_seconds=limit,
-                   gpu_ids=[], created_at=batch.now, projects=sorted(set(ask.projects)))
+    job = NewJob(id=workload_id, owner_id=owner, application=application.id, flavor=row.name,
+                 datasets=list(datasets), projects=sorted(set(ask.projects)), name=ask.name,
+                 parent_id=parent.id if parent else None, depends_on=after,
+                 idempotency_key=ask.idempotency_key, time_limit_seconds=limit,
+                 created_at=batch.now)
     resources = Resources(cpus=row.cpus, memory_mib=row.memory_mib, gpus=row.gpus,
                           max_runtime_seconds=limit, gpu_share=row.gpu_share or 1)
     kept = spec_to_json(WorkloadSpec(
@@ -533,7 +539,7 @@ def _iso(moment: datetime | None) -> str | None:
     return aware(moment).isoformat() if moment else None
 
 
-def job_out(row: Workload, place: dict[str, Any] | None = None) -> dict[str, Any]:
+def job_out(row: JobRecord, place: dict[str, Any] | None = None) -> dict[str, Any]:
     """A job as the API answers it."""
     run = wall_seconds(row)
     return {

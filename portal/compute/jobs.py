@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from portal.models import Workload
+from portal.models import JobRecord, Workload
 from tracer.client import checked_trace
 from vre.db import utcnow
 from vre.outbox import Outbox
@@ -20,7 +20,7 @@ def aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def wall_seconds(row: Workload) -> float | None:
+def wall_seconds(row: JobRecord) -> float | None:
     """How long the job ran (so far, while it runs); None before it started."""
     if row.started_at is None:
         return None
@@ -28,12 +28,12 @@ def wall_seconds(row: Workload) -> float | None:
     return max(0.0, (end - aware(row.started_at)).total_seconds())
 
 
-def _dataset_refs(row: Workload) -> list[dict[str, Any]]:
+def _dataset_refs(row: JobRecord) -> list[dict[str, Any]]:
     return [{"id": m["dataset_id"], "hash": m["content_hash"]}
             for m in row.spec.get("mounts", [])]
 
 
-def _details(row: Workload, **extra: Any) -> dict[str, Any]:
+def _details(row: JobRecord, **extra: Any) -> dict[str, Any]:
     base = {"workload_id": row.id, "subject_user": row.owner_id, "tool": row.application,
             "image": row.spec.get("image") or None,
             "image_digest": row.spec.get("image_digest") or None,
@@ -41,7 +41,7 @@ def _details(row: Workload, **extra: Any) -> dict[str, Any]:
     return {k: v for k, v in {**base, **extra}.items() if v is not None and v != []}
 
 
-def submitted_trace(row: Workload) -> dict[str, Any]:
+def submitted_trace(row: JobRecord) -> dict[str, Any]:
     """JOB_SUBMITTED: the datasets with their content hashes, image, flavor, command, time
     limit and the jobs it waits for."""
     return checked_trace({
