@@ -365,9 +365,16 @@ def effective_quotas(session: Session, scope: str,
                      subjects: Iterable[str]) -> dict[str, Quota | None]:
     """`effective_quota` of each subject, read in one statement."""
     wanted = set(subjects)
-    rows = {q.subject: q for q in session.scalars(sa.select(Quota).where(
-        Quota.scope == scope, Quota.subject.in_([*sorted(wanted), EVERYONE])))}
+    if not wanted:
+        return {}
+    rows = {q.subject: q for q in session.scalars(_QUOTAS_OF, {
+        "scope": scope, "subjects": [*sorted(wanted), EVERYONE]})}
     return {s: rows.get(s) or rows.get(EVERYONE) for s in wanted}
+
+
+# Built once: every submission's group and every start reads the quotas.
+_QUOTAS_OF = sa.select(Quota).where(Quota.scope == sa.bindparam("scope"),
+                                    Quota.subject.in_(sa.bindparam("subjects", expanding=True)))
 
 
 def limits_of(row: Quota | None) -> Limits:

@@ -172,6 +172,8 @@ def project_accounts(session: Session, projects: Iterable[str], now: datetime,
     """The quota of each project a workload is started for (its own, else the projects'
     default), with what the project's workloads use now and this month."""
     wanted = sorted(set(projects))
+    if not wanted:
+        return []
     quotas = catalogues.effective_quotas(session, "project", wanted)
     return [Account("project", project, catalogues.limits_of(quotas[project]),
                     _usages(session, "project", {"charged": _charged_to(project)}, now,

@@ -168,10 +168,15 @@ def _keys_used(session: Session, items: Sequence[Submission]) -> dict[tuple[str,
              if s.ask.idempotency_key is not None}
     if not keyed:
         return {}
-    rows = session.execute(sa.select(Workload.owner_id, Workload.idempotency_key, Workload.id)
-                           .where(Workload.owner_id.in_({o for o, _ in keyed}),
-                                  Workload.idempotency_key.in_({k for _, k in keyed})))
+    rows = session.execute(_KEYS_USED, {"owners": sorted({o for o, _ in keyed}),
+                                        "keys": sorted({k for _, k in keyed})})
     return {(o, k): j for o, k, j in rows if (o, k) in keyed}
+
+
+# Built once: each group of submissions asks it.
+_KEYS_USED = sa.select(Workload.owner_id, Workload.idempotency_key, Workload.id).where(
+    Workload.owner_id.in_(sa.bindparam("owners", expanding=True)),
+    Workload.idempotency_key.in_(sa.bindparam("keys", expanding=True)))
 
 
 def submit_all(session: Session, items: Sequence[Submission], datasets_service: DatasetClient,

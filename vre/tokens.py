@@ -4,6 +4,7 @@ expiry), and the token issuer the portal runs in one-machine mode."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -68,7 +69,7 @@ class Principal:
     def has_any(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
 
-    @property
+    @functools.cached_property
     def scopes(self) -> frozenset[str]:
         """The platform scopes the token is limited to; empty for a person's own token."""
         scope = self.claims.get("scope")
@@ -149,7 +150,9 @@ class TokenValidator:
             platform[0], KeySet(platform[1]))
         # What refuses a person's token before it expires; set where the service installs it.
         self.revocations: RevocationState | None = None
-        self._verified: TimedCache[tuple[dict[str, Any], str]] = TimedCache(
+        # A verified token's caller and issuer (a Principal is immutable, so one serves each
+        # request the token comes with).
+        self._verified: TimedCache[tuple[Principal, str]] = TimedCache(
             VERIFIED_SECONDS, VERIFIED_TOKENS)
 
     def validate(self, token: str | None) -> Principal:
@@ -157,16 +160,17 @@ class TokenValidator:
             raise TokenError("a bearer token is required", code="token_missing")
         verified = self._verified.get(token)
         if verified is None:
-            verified = self._verify(token)
+            claims, issuer = self._verify(token)
+            verified = (Principal(
+                subject=str(claims["sub"]), roles=_roles_of(claims),
+                client=claims.get("azp") or claims.get("client_id"),
+                username=claims.get("preferred_username"), claims=claims,
+            ), issuer)
             self._verified.put(token, verified)
-        elif verified[0]["exp"] + self.leeway < time.time():
+        elif verified[0].claims["exp"] + self.leeway < time.time():
             raise TokenError("token has expired", code="token_expired")
-        claims, issuer = verified
-        principal = Principal(
-            subject=str(claims["sub"]), roles=_roles_of(claims),
-            client=claims.get("azp") or claims.get("client_id"),
-            username=claims.get("preferred_username"), claims=claims,
-        )
+        principal, issuer = verified
+        claims = principal.claims
         if issuer != self.issuer and not (principal.is_service or principal.scopes):
             raise TokenError("people sign in at the identity provider; the platform issues "
                              "tokens for services and workloads only")
