@@ -160,6 +160,13 @@ class CachedFeed:
             self._stale = True
 
     def get(self) -> Revocations:
+        # Every request asks: a fresh snapshot is answered without the lock (each attribute
+        # read is atomic; a reload under way answers the snapshot it replaces, as a caller
+        # just before it would have had).
+        value = self._value
+        if value is not None and not self._stale \
+                and self._clock() - self._loaded_at < self.max_age:
+            return value
         with self._lock:
             now = self._clock()
             if not self._stale and now - self._loaded_at < self.max_age:
