@@ -45,6 +45,7 @@ from portal.compute import (
 )
 from portal.compute.outputs import Manifest, Unpinnable, manifest, pin_file
 from vre.config import Config
+from vre.files import write_whole
 
 SESSION = Path(__file__).parent / "session"
 # Packages of the platform a workload may import (its tools and clients); never a server's.
@@ -94,13 +95,6 @@ def ensure_workload_user(name: str) -> sandbox.HostUser:
     if entry.pw_uid == 0:
         raise ComputeError("workload_user_root", f"the sandbox account {name!r} is root")
     return sandbox.HostUser(uid=entry.pw_uid, gid=entry.pw_gid)
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """Write a file that other threads read without a lock: it appears whole or not at all."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _starttime(pid: int) -> int | None:
@@ -282,7 +276,7 @@ class LocalBackend(ComputeBackend):
         if state.get("limits"):
             cgroups.kill_all(workload_id)
             cgroups.remove(workload_id)
-        _write_whole(recorded, json.dumps(asdict(exited)))
+        write_whole(recorded, json.dumps(asdict(exited)))
         return exited
 
     def stop(self, workload_id: str, now: bool = False) -> None:
@@ -346,12 +340,8 @@ class LocalBackend(ComputeBackend):
         if text is None:
             notice.unlink(missing_ok=True)
             return
-        partial = run / ".notice.tmp"
-        partial.write_text(text + "\n")
-        partial.chmod(0o644)
-        if os.geteuid() == 0:
-            os.chown(partial, self.user.uid, self.user.gid)
-        partial.replace(notice)
+        write_whole(notice, text + "\n",
+                    owner=(self.user.uid, self.user.gid) if os.geteuid() == 0 else None)
 
     def pin(self, owner: str, path: str, dest: Path, max_bytes: int) -> tuple[int, str]:
         if not _SAFE_ID.match(owner):
@@ -511,7 +501,7 @@ class LocalBackend(ComputeBackend):
         state = {"pid": process.pid, "starttime": _starttime(process.pid), "kind": spec.kind,
                  "owner": spec.owner, "limits": self.limits, "started_at": time.time(),
                  "resources": asdict(spec.resources), "folders": [f for _, f in datasets]}
-        _write_whole(home / "state.json", json.dumps(state))
+        write_whole(home / "state.json", json.dumps(state))
         return state
 
     def _display(self, spec: WorkloadSpec, home: Path, etc: str,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from portal.exports.checks import Known
+from vre.files import write_whole
 
 # The byte sizes a series' pixels take as the arrays researchers make of them.
 ITEM_SIZES = (1, 2, 4, 8)
@@ -78,9 +79,7 @@ def known_for(trees: Iterable[tuple[str, Path]], cache: Path, threshold: int = 1
             facts = json.loads(kept.read_text())
         except (FileNotFoundError, ValueError):
             facts = dataset_facts(tree)
-            partial = kept.with_suffix(".tmp")
-            partial.write_text(json.dumps(facts))
-            partial.replace(kept)
+            write_whole(kept, json.dumps(facts), mode=0o600)
         hashes |= set(facts["hashes"])
         shapes |= {tuple(s) for s in facts["shapes"]}
         sizes |= set(facts["sizes"])
