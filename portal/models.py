@@ -304,8 +304,8 @@ class Workload(Base):
 class NewJob:
     """A job decided in a submission's transaction, before it is written: the values of its
     Workload row, read as a row is (`portal.jobs.job_out`, its JOB_SUBMITTED trace). Written
-    with the others of its transaction in one INSERT: an ORM object each cost a burst of
-    submissions more than deciding them."""
+    with the others of its transaction in one INSERT: building an ORM object for each cost
+    more than deciding the submission."""
 
     id: str
     owner_id: str

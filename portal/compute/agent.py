@@ -63,8 +63,8 @@ POLL_SECONDS = 0.25
 # The queue is planned when a job arrives or ends, and also this often (estimates age).
 QUEUE_SECONDS = 5.0
 # A round of planning waits this many times what the last one took after it: planning a
-# long queue during a burst of submissions takes at most a tenth of a core (Slurm's
-# scheduler, for comparison, defers its passes during bursts and backfills every 30 s).
+# long queue during a burst of submissions takes at most a tenth of a core (Slurm's backfill
+# pass, for comparison, runs every 30 s by default).
 PLAN_PACE = 9.0
 ExitHook = Callable[[Workload], None]
 TokenMinter = Callable[[Workload], str]

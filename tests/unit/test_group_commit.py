@@ -118,6 +118,57 @@ def test_a_group_takes_at_most_its_size_and_the_rest_follow() -> None:
     assert [len(g) for g in recorder.groups] == [1, GroupCommit.MOST, 5]
 
 
+def _burst(commit: GroupCommit, recorder: Recorder, pool: ThreadPoolExecutor) -> None:
+    """A first group held while two more wait, then recorded: those two make a group of
+    more than one, as a burst does."""
+    first = pool.submit(commit.submit, submission("first"))
+    assert recorder.entered.wait(10)
+    pair = [pool.submit(commit.submit, submission(n)) for n in ("a", "b")]
+    _wait_for(lambda: commit.waiting == 2)
+    recorder.release.set()
+    assert [f.result(10)[1] for f in (first, *pair)] == [True, True, True]
+    assert recorder.groups == [["first"], ["a", "b"]]
+
+
+def test_during_a_burst_the_next_group_waits_for_those_arriving_meanwhile() -> None:
+    recorder = Recorder()
+    commit = GroupCommit(recorder)
+    commit.LINGER_SECONDS = 2.0  # long enough that the next one surely comes meanwhile
+    with ThreadPoolExecutor(8) as pool:
+        _burst(commit, recorder, pool)
+        leader = pool.submit(commit.submit, submission("c"))
+        _wait_for(lambda: commit.waiting == 1)  # c leads, and lingers
+        follower = pool.submit(commit.submit, submission("d"))
+        assert leader.result(10) == ({"name": "c"}, True)
+        assert follower.result(10) == ({"name": "d"}, True)
+    assert recorder.groups[2:] == [["c", "d"]]
+
+
+def test_a_full_group_is_recorded_at_once_however_long_it_could_wait() -> None:
+    recorder = Recorder()
+    commit = GroupCommit(recorder)
+    commit.LINGER_SECONDS, commit.MOST = 60.0, 3
+    with ThreadPoolExecutor(8) as pool:
+        _burst(commit, recorder, pool)
+        later = []
+        for name in ("c", "d", "e"):
+            later.append(pool.submit(commit.submit, submission(name)))
+            _wait_for(lambda: commit.waiting == len(later) or later[0].done())
+        assert [f.result(10)[1] for f in later] == [True, True, True]  # not after 60 s
+    assert recorder.groups[2:] == [["c", "d", "e"]]
+
+
+def test_a_submission_after_a_lone_one_waits_for_nobody() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    commit = GroupCommit(recorder)
+    commit.LINGER_SECONDS = 60.0
+    with ThreadPoolExecutor(2) as pool:
+        assert pool.submit(commit.submit, submission("a")).result(10)[1] is True
+        assert pool.submit(commit.submit, submission("b")).result(10)[1] is True
+    assert recorder.groups == [["a"], ["b"]]
+
+
 def _wait_for(condition: Any) -> None:
     for _ in range(1000):
         if condition():
