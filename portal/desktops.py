@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from flask import current_app
@@ -76,7 +76,11 @@ def reserved(flavor: Flavor, count: int, seconds: float) -> Usage:
                  gpu_hours=seconds / 3600 * _gpus_held(flavor))
 
 
-def _usages(session: Session, shape: str, values: dict[str, Any], now: datetime,
+#: What `_usages` sums: each of several users' workloads, or those charged to one project.
+UsageShape = Literal["owners", "project"]
+
+
+def _usages(session: Session, shape: UsageShape, values: dict[str, Any], now: datetime,
             flavors: dict[str, Flavor] | None) -> dict[str | None, Usage]:
     """What the workloads of one shape of `_usage_statements` (its parameters in `values`)
     run now and used this month, summed for each owner ('owners') or all together under
@@ -106,11 +110,13 @@ def _usages(session: Session, shape: str, values: dict[str, Any], now: datetime,
 
 
 @functools.cache
-def _usage_statements(shape: str) -> tuple[sa.Select[Any], sa.Select[Any]]:
+def _usage_statements(shape: UsageShape) -> tuple[sa.Select[Any], sa.Select[Any]]:
     """The two statements `_usages` runs, built once for each shape: building them took
     longer than running them, and every submission, start and flavor listing runs them.
     'owners': the workloads of the users :owners, summed per owner; 'project': those
     charged to one project (:charged, a pattern of its quoted name), summed together."""
+    if shape not in ("owners", "project"):
+        raise ValueError(f"no usage statements of shape {shape!r}")
     if shape == "owners":
         whose = Workload.owner_id.in_(sa.bindparam("owners", expanding=True))
         key: sa.ColumnElement[Any] = Workload.owner_id
