@@ -19,7 +19,7 @@ import pytest
 
 from portal.compute import DatasetMount, Exited, Resources, WorkloadSpec
 from portal.compute.agent import Agent, Served
-from portal.compute.local import LocalBackend
+from portal.compute.local import LocalBackend, descendants
 from portal.vncproxy import VncProxy
 from vre.config import Config, load_config
 
@@ -74,6 +74,17 @@ def spec(command: list[str] | tuple[str, ...], *, owner: str = "alice",
 def python(code: str) -> list[str]:
     """Run Python code inside the sandbox with the platform's own interpreter."""
     return [sys.executable, "-c", code]
+
+
+def processes_named(ancestor: int, name: str) -> list[int]:
+    """The live descendants of a process whose command is `name`; one that ends while the
+    tree is read (a desktop's short-lived helpers do) is simply not among them."""
+    found = []
+    for pid in descendants(ancestor):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                found.append(pid)
+    return found
 
 
 def wait_exit(backend: LocalBackend, workload_id: str, timeout: float = 60) -> Exited:

@@ -24,14 +24,14 @@ from dataset_service.client import DatasetClient
 from dataset_service.models import Grant
 from portal.catalogues import seed_defaults
 from portal.compute.agent import Agent, PlatformWatch, socket_path
-from portal.compute.local import LocalBackend, descendants
+from portal.compute.local import LocalBackend
 from portal.models import Flavor, Workload
 from portal.vncproxy import TICKET_AUDIENCE, VncProxy, agent_locator, agent_reporter
 from tests.conftest import ISSUER
 from tests.dataset_helpers import create
 from tests.helpers import auth
 from tests.portal_helpers import post, signed_in, site  # noqa: F401 - the fixture
-from tests.sandbox.conftest import serving_agent, serving_proxy
+from tests.sandbox.conftest import processes_named, serving_agent, serving_proxy
 from tests.sandbox.rfb import RfbClient, WebSocketStream
 from vre.revocation_feed import FeedClient
 from vre.tokens import TokenValidator
@@ -346,8 +346,7 @@ def test_a_crashed_vnc_server_shows_the_desktop_failed_with_its_reason(
     wait_for(life, alice, desktop["id"], ready)
     with life["portal"].extensions["vre.db"].session() as session:
         keeper = session.get(Workload, desktop["id"]).backend_state["pid"]
-    servers = [pid for pid in descendants(keeper)
-               if Path(f"/proc/{pid}/comm").read_text().strip() == "Xvnc"]
+    servers = processes_named(keeper, "Xvnc")
     assert len(servers) == 1, servers
     os.kill(servers[0], signal.SIGKILL)
     shown = wait_for(life, alice, desktop["id"], ended)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from portal.compute import Resources
-from portal.compute.local import SESSION, LocalBackend, descendants
+from portal.compute.local import SESSION, LocalBackend
 from portal.vncproxy import connect_unix
-from tests.sandbox.conftest import spec, wait_exit
+from tests.sandbox.conftest import processes_named, spec, wait_exit
 from tests.sandbox.rfb import RfbClient
 
 pytestmark = pytest.mark.skipif(not shutil.which("Xvnc"), reason="needs TigerVNC's Xvnc")
@@ -112,8 +112,7 @@ def test_positive_control_copy_out_is_seen_when_allowed(compute: LocalBackend) -
 def test_a_desktop_whose_vnc_server_dies_ends(compute: LocalBackend) -> None:
     workload_id = start_desktop(compute)
     keeper = json.loads((compute.root / workload_id / "state.json").read_text())["pid"]
-    servers = [pid for pid in descendants(keeper)
-               if Path(f"/proc/{pid}/comm").read_text().strip() == "Xvnc"]
+    servers = processes_named(keeper, "Xvnc")
     assert len(servers) == 1
     os.kill(servers[0], signal.SIGKILL)  # as a crash would
     exited = wait_exit(compute, workload_id)
