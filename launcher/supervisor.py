@@ -20,6 +20,8 @@ from typing import IO, Any
 
 import requests
 
+from vre.client import connect_unix
+
 _PR_SET_PDEATHSIG = 1
 #: A restarted process waits this long, doubled after each death that follows soon after its
 #: start, up to RESTART_MAX; one that ran for STABLE_SECONDS starts again from the first delay.
@@ -71,9 +73,7 @@ class Probe:
 def _ask_jsonrpc(path: str, timeout: float) -> str | None:
     request = b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}\n'
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
+        with connect_unix(path, timeout) as sock:
             sock.sendall(request)
             answer = b""
             while not answer.rstrip().endswith(b"}"):

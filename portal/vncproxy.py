@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from portal.compute.lifecycle import ACTIVITY_REPORT_SECONDS
+from vre.client import connect_unix
 from vre.tokens import TokenError, TokenIssuer, TokenValidator
 
 log = logging.getLogger("vre.vncproxy")
@@ -61,22 +60,6 @@ def offered_tickets(headers: Headers) -> list[str]:
     offered = (p.strip() for line in headers.get_all("Sec-WebSocket-Protocol")
                for p in line.split(","))
     return [p[len(TICKET_PROTOCOL):] for p in offered if p.startswith(TICKET_PROTOCOL)]
-
-
-def connect_unix(path: Path) -> socket.socket:
-    """A connected Unix socket, reached through its folder's descriptor so that a deep data
-    directory never meets the kernel's 108-byte limit on socket paths."""
-    folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(f"/proc/self/fd/{folder}/{path.name}")
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.close(folder)
-    sock.setblocking(False)
-    return sock
 
 
 class TicketBook:
@@ -160,7 +143,9 @@ class VncProxy:
     async def _relay(self, connection: ServerConnection) -> None:
         target: Path = connection.vnc_target  # type: ignore[attr-defined]
         try:
-            reader, writer = await asyncio.open_unix_connection(sock=connect_unix(target))
+            sock = connect_unix(target)
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
         except OSError:
             await connection.close(1011, "desktop_unreachable")
             return

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from tracer.chain import (
     validate_anchor_args,
     validate_leaf_args,
 )
+from vre.client import connect_unix
 from vre.imports import keeping_recursion_limit
 
 with keeping_recursion_limit():
@@ -92,9 +92,7 @@ class UnixSocketProvider(JSONBaseProvider):
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         request = self.encode_rpc_request(method, params)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
+        with connect_unix(self.path, self.timeout) as sock:
             sock.sendall(request + b"\n")
             raw = b""
             while True:

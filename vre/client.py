@@ -1,12 +1,16 @@
 """The one HTTP client base for the platform's services: bearer tokens, timeouts, and the
-JSON error model turned back into exceptions that carry status, stable code and details."""
+JSON error model turned back into exceptions that carry status, stable code and details;
+and Unix sockets reached however deep the data directory is."""
 
 from __future__ import annotations
 
+import contextlib
 import json as _json
+import os
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -58,6 +62,31 @@ def connection_pool(max_per_host: int = 10) -> urllib3.PoolManager:
     return urllib3.PoolManager(num_pools=8, maxsize=max_per_host, retries=False)
 
 
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """An address for the Unix socket at `path` that fits the kernel's 108-byte limit on
+    socket paths however deep its folder is: its name under the open folder's descriptor,
+    good to bind or connect to within the block."""
+    folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
+
+
+def connect_unix(path: Path | str, timeout: float | None = None) -> socket.socket:
+    """A stream socket connected to the Unix socket at `path` (see socket_address)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with socket_address(Path(path)) as address:
+            sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class _UnixConnection(urllib3.connection.HTTPConnection):
     """HTTP over a Unix socket: what a workload, which has no network, speaks to the platform."""
 
@@ -66,15 +95,12 @@ class _UnixConnection(urllib3.connection.HTTPConnection):
         self.socket_path = socket_path
 
     def _new_conn(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
-        sock.settimeout(timeout)
         try:
-            sock.connect(self.socket_path)
+            return connect_unix(self.socket_path, timeout)
         except OSError as exc:
-            sock.close()
-            raise urllib3.exceptions.NewConnectionError(self, f"{exc.strerror}") from None
-        return sock
+            raise urllib3.exceptions.NewConnectionError(
+                self, exc.strerror or str(exc)) from None
 
 
 class _UnixSocketPool(urllib3.HTTPConnectionPool):

@@ -50,7 +50,7 @@ from portal.exports import store_of
 from portal.models import ACTIVE_STATES, JOB_FINAL_STATES, User, Workload, trace_outbox
 from portal.revocations import revoke_workload
 from tracer.client import TracerClient, checked_trace
-from vre.client import ServiceError
+from vre.client import ServiceError, socket_address
 from vre.config import Config
 from vre.db import Database, utcnow
 from vre.outbox import Outbox
@@ -814,7 +814,9 @@ class Served:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         path.parent.chmod(0o700)
         path.unlink(missing_ok=True)
-        self.server = make_server(f"unix://{path}", 0, create_app(agent), threaded=True)
+        with socket_address(path) as address:  # a deep data directory is no matter
+            self.server = make_server(f"unix://{address}", 0, create_app(agent),
+                                      threaded=True)
         os.chmod(path, 0o600)
         self.stopping = threading.Event()
         self.poller = threading.Thread(target=agent.run_forever, args=(self.stopping,),

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from portal.compute import ComputeError, WorkloadSpec, spec_to_json
+from vre.client import connect_unix
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -19,10 +19,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.path))
-        self.sock = sock
+        self.sock = connect_unix(self.path, self.timeout)
 
 
 class AgentClient:

@@ -203,3 +203,16 @@ def test_a_tracer_outage_neither_blocks_nor_loses_a_desktops_traces(
     agent.outbox.stop()
     assert [t["id"] for t in delivered] == [t["id"] for t in kept]
     assert agent.outbox.pending() == 0
+
+
+def test_an_agent_in_a_deep_data_directory_is_served_and_reached(
+        config: Config, make_app: Callable[[str], Flask]) -> None:
+    """The kernel takes at most 108 bytes of a socket's path; a data directory deeper than
+    that still gets its agent, as an operator may put it anywhere."""
+    deep = config.model_copy(update={"home": config.home / ("d" * 60) / ("e" * 60)})
+    db = make_app("portal").extensions["vre.db"]
+    path = socket_path(deep)
+    assert len(str(path).encode()) > 108
+    with serving_agent(Agent(deep, db, LocalBackend(deep)), path):
+        assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o600
+        assert AgentClient(path).capacity()["free_cpus"] > 0

@@ -18,9 +18,9 @@ import pytest
 
 from portal.compute import Resources
 from portal.compute.local import SESSION, LocalBackend
-from portal.vncproxy import connect_unix
 from tests.sandbox.conftest import processes_named, spec, wait_exit
 from tests.sandbox.rfb import RfbClient
+from vre.client import connect_unix
 
 pytestmark = pytest.mark.skipif(not shutil.which("Xvnc"), reason="needs TigerVNC's Xvnc")
 
@@ -54,9 +54,7 @@ def start_desktop(compute: LocalBackend, *, clipboard_out: bool = False,
 
 
 def connect(path: Path) -> RfbClient:
-    sock = connect_unix(path)  # as the proxy does: a test's data directory may be deep
-    sock.setblocking(True)
-    sock.settimeout(10)
+    sock = connect_unix(path, timeout=10)  # as the proxy does: the data directory may be deep
     client = RfbClient(sock)
     client.handshake()
     return client
