@@ -7,7 +7,7 @@ scripts/setup.sh --test
 source scripts/test-postgres.sh
 .venv/bin/ruff check .
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-2}" "$@"
 code=$?
 set -e
 if (( code == 5 )); then

@@ -53,6 +53,21 @@ def rogue_issuer(tmp_path_factory: pytest.TempPathFactory) -> TokenIssuer:
     return TokenIssuer.from_file(keys / "signing.pem", ISSUER, "vre", 300)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Where the suite runs on several workers (scripts/test.sh), each module's tests run on
+    one worker, so that a module's fixtures are made once, and every page test on one, so
+    that one platform serves them all."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/browser" if module.startswith("tests/browser/") else module
+
+    return ByModule(config, log)
+
+
 def _postgres_available() -> None:
     try:
         psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
