@@ -67,6 +67,9 @@ QUEUE_SECONDS = 5.0
 # pass, for comparison, runs every 30 s by default).
 PLAN_PACE = 9.0
 ExitHook = Callable[[Workload], None]
+# How long a stop waits for the after-exit work of an end another thread recorded (a call to
+# the dataset service, whose client gives up sooner).
+AFTER_EXIT_WAIT_SECONDS = 30.0
 TokenMinter = Callable[[Workload], str]
 # Fair share forgets: usage counts half after this long (Slurm's PriorityDecayHalfLife).
 FAIR_SHARE_HALF_LIFE = timedelta(days=7)
@@ -208,6 +211,7 @@ class Agent:
         self.watch = watch or OwnAccounts(db)
         self.tokens = tokens
         self._lock = threading.Lock()
+        self._after_exit: dict[str, threading.Event] = {}  # ends whose hook is under way
         self._queue_lock = threading.Lock()
         self._watched_at = 0.0
         self.wake = threading.Event()
@@ -279,16 +283,21 @@ class Agent:
 
     def stop(self, workload_id: str, now: bool = False, reason: str = lifecycle.STOPPED,
              actor: str | None = None) -> dict[str, Any]:
-        """End a workload and record how it ended, why and at whose request."""
+        """End a workload and record how it ended, why and at whose request. Answers once its
+        after-exit work (its grant ended) is done, whichever thread recorded the end."""
         with self.db.session() as session:
             row = self._row(session, workload_id)
-            if row.state not in ACTIVE_STATES:
-                return row_out(row)
-            row.state = "stopping"
-            row.stop_reason = row.stop_reason or reason
-            row.stopped_by = row.stopped_by or actor
-        self.backend.stop(workload_id, now=now)
-        self.tick()
+            active = row.state in ACTIVE_STATES
+            if active:
+                row.state = "stopping"
+                row.stop_reason = row.stop_reason or reason
+                row.stopped_by = row.stopped_by or actor
+        if active:
+            self.backend.stop(workload_id, now=now)
+            self.tick()
+        pending = self._after_exit.get(workload_id)
+        if pending is not None:
+            pending.wait(AFTER_EXIT_WAIT_SECONDS)
         with self.db.session() as session:
             return row_out(self._row(session, workload_id))
 
@@ -309,26 +318,33 @@ class Agent:
 
     def tick(self) -> list[str]:
         """Poll every active workload once; record the ones that ended. Answers their ids."""
-        ended = []
-        with self._lock, self.db.session() as session:
-            for row in session.scalars(sa.select(Workload).where(
-                    Workload.state.in_(("running", "stopping")))):
-                try:
-                    exited = self.backend.poll(row.id)
-                except ComputeError as exc:
-                    exited = Exited(status=-1, reason=exc.reason)
-                if exited is None:
-                    continue
-                try:  # one workload's end that cannot be recorded holds up no other's
-                    with session.begin_nested():
-                        self._ended(row, exited)
-                except Exception:
-                    log.exception("recording the end of %s failed; retried next round",
-                                  row.id)
-                    continue
-                ended.append(row.id)
-        for workload_id in ended:
-            self._hook(workload_id)
+        ended: list[str] = []
+        try:
+            with self._lock, self.db.session() as session:
+                for row in session.scalars(sa.select(Workload).where(
+                        Workload.state.in_(("running", "stopping")))):
+                    try:
+                        exited = self.backend.poll(row.id)
+                    except ComputeError as exc:
+                        exited = Exited(status=-1, reason=exc.reason)
+                    if exited is None:
+                        continue
+                    try:  # one workload's end that cannot be recorded holds up no other's
+                        with session.begin_nested():
+                            self._ended(row, exited)
+                    except Exception:
+                        log.exception("recording the end of %s failed; retried next round",
+                                      row.id)
+                        continue
+                    ended.append(row.id)
+                    # Known before the end commits: whoever reads the end finds its
+                    # after-exit work under way, and can wait for it (as stop does).
+                    self._after_exit[row.id] = threading.Event()
+            for workload_id in ended:
+                self._hook(workload_id)
+        finally:
+            for workload_id in ended:
+                self._after_exit.pop(workload_id).set()
         return ended
 
     def run_forever(self, stop: threading.Event) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -216,3 +217,36 @@ def test_an_agent_in_a_deep_data_directory_is_served_and_reached(
     with serving_agent(Agent(deep, db, LocalBackend(deep)), path):
         assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o600
         assert AgentClient(path).capacity()["free_cpus"] > 0
+
+
+def test_a_stop_answers_once_the_after_exit_work_of_an_end_seen_elsewhere_is_done(
+        config: Config, make_app: Callable[[str], Flask]) -> None:
+    """The poller may record a workload's end while someone stops it: the stop still answers
+    only once the end's after-exit work (the grant ended) is done, not while it is under way."""
+    db = make_app("portal").extensions["vre.db"]
+    hooked: list[str] = []
+
+    def slow_hook(row: Workload) -> None:
+        time.sleep(1.0)  # a dataset service slow to end the grant
+        hooked.append(row.id)
+
+    agent = Agent(config, db, LocalBackend(config), on_exit=slow_hook)
+    workload = spec(["sh", "-c", "exit 0"], mounts=())
+    agent.start(workload, "no-gpu", [])
+    deadline = time.monotonic() + 30
+    while agent.backend.poll(workload.workload_id) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    poller = threading.Thread(target=agent.tick)  # as the agent's own polling thread
+    poller.start()
+    try:
+        while True:
+            with db.session() as session:
+                if session.get(Workload, workload.workload_id).state == "succeeded":
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert agent.stop(workload.workload_id)["state"] == "succeeded"
+        assert hooked == [workload.workload_id]
+    finally:
+        poller.join(timeout=30)
