@@ -587,15 +587,34 @@ class Agent:
                                                 tuple(r.datasets or ())))
                 if r.state == "queued":
                     queued.add(r.id)
+        # Grants are read after the workloads: a workload's grant is made before it is.
+        open_grants = self.watch.open_grants()
+        if open_grants:
+            self.end_grants_left_open(set(open_grants))
         if not active:
             return []
-        # Grants are read after the workloads: a workload's grant is made before it is.
-        stops = lifecycle.must_stop(active, self.watch.revoked_owners(),
-                                    self.watch.open_grants())
+        stops = lifecycle.must_stop(active, self.watch.revoked_owners(), open_grants)
         cancelled = [w for w, reason in stops.items() if w in queued
                      and self.cancel_queued(w, reason, code=reason)]
         return cancelled + [w for w, reason in stops.items()
                             if w not in queued and self.stop_soon(w, reason)]
+
+    def end_grants_left_open(self, open_grants: set[str]) -> list[str]:
+        """Do again the after-exit work of ended workloads whose grant is still open: the
+        dataset service did not answer when they ended, or the agent was killed before it
+        asked. Answers their ids."""
+        ids = sorted(open_grants)
+        left: list[str] = []
+        with self.db.reading() as session:
+            for start in range(0, len(ids), 500):
+                left += session.scalars(sa.select(Workload.id).where(
+                    Workload.grant_id.in_(ids[start:start + 500]),
+                    Workload.ended_at.is_not(None)))
+        left = [w for w in left if w not in self._after_exit]  # under way: not twice
+        for workload_id in left:
+            log.info("ending the grant left open by %s", workload_id)
+            self._hook(workload_id)
+        return left
 
     def stop_soon(self, workload_id: str, reason: str, actor: str = PLATFORM_ACTOR) -> bool:
         """Mark a running workload stopping, with why, and end it in the background (the

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from portal.compute import ComputeError, DatasetMount, spec_to_json
+from portal.compute import ComputeError, DatasetMount, lifecycle, spec_to_json
 from portal.compute.agent import Agent, socket_path
 from portal.compute.client import AgentClient
 from portal.compute.local import LocalBackend
@@ -250,3 +250,54 @@ def test_a_stop_answers_once_the_after_exit_work_of_an_end_seen_elsewhere_is_don
         assert hooked == [workload.workload_id]
     finally:
         poller.join(timeout=30)
+
+
+class UnsteadyGrants:
+    """The dataset service's open grants as the agent sees them; ending one closes it, but
+    not while the service is down (`down`), when the call fails as an unreachable one does."""
+
+    def __init__(self, *open_ids: str) -> None:
+        self.open = set(open_ids)
+        self.asked: list[str] = []
+        self.down = True
+
+    def revoked_owners(self) -> frozenset[str]:
+        return frozenset()
+
+    def open_grants(self) -> dict[str, lifecycle.OpenGrant]:
+        return {grant_id: lifecycle.OpenGrant(grant_id) for grant_id in self.open}
+
+    def end_grant(self, row: Workload) -> None:
+        self.asked.append(row.grant_id)
+        if self.down:
+            raise ConnectionRefusedError("the dataset service could not be reached")
+        self.open.discard(row.grant_id)
+
+
+def test_a_grant_left_open_when_its_workload_ended_is_ended_later(
+        config: Config, make_app: Callable[[str], Flask]) -> None:
+    """The dataset service is down when a workload ends: its grant stays open only until the
+    agent next reads the open grants with the service back; a running workload's grant and a
+    grant of no workload of ours stay as they are."""
+    db = make_app("portal").extensions["vre.db"]
+    grants = UnsteadyGrants("g-ended", "g-running", "g-elsewhere")
+    agent = Agent(config, db, LocalBackend(config), on_exit=grants.end_grant, watch=grants)
+    ended = spec(["sh", "-c", "exit 0"], mounts=())
+    running = spec(["sleep", "300"], mounts=())
+    agent.start(ended, "no-gpu", [], grant_id="g-ended")
+    agent.start(running, "no-gpu", [], grant_id="g-running")
+    try:
+        deadline = time.monotonic() + 30
+        while ended.workload_id not in agent.tick():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert grants.asked == ["g-ended"] and "g-ended" in grants.open  # the call failed
+        assert agent.watch_revocations() == []  # still down: asked again, still open
+        assert grants.asked == ["g-ended"] * 2 and "g-ended" in grants.open
+        grants.down = False
+        agent.watch_revocations()
+        assert grants.open == {"g-running", "g-elsewhere"}
+        agent.watch_revocations()
+        assert grants.asked == ["g-ended"] * 3  # nothing more to end
+    finally:
+        agent.stop(running.workload_id, now=True)
